@@ -1,0 +1,332 @@
+"""The Python API: a workspace and the operations users run on it.
+
+The command line is a thin layer over this module; notebooks and batch jobs use it
+directly::
+
+    import segengine
+    ws = segengine.open("path/to/workspace")
+    ws.count("never-opened", "ca-ctos", as_of="2026-06-30")
+    ws.members("never-opened", active_only=True)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .definition.nodes import Group, Segment, today_utc
+from .definition.parse import load_definition, parse_definition
+from .definition.rewrite import find_cycle, inline_references, references, to_dict
+from .engines import ENGINES, get_engine
+from .engines.base import Engine
+from .errors import DefinitionError, InputError, Problem, SegmentNotFound
+from .fields import STATUSES
+from .progress import Progress
+from .store.imports import ImportSummary, import_contacts, import_events, parse_types_option
+from .store.workspace import Snapshot, Store
+
+SegmentArg = str | os.PathLike[str] | Mapping[str, Any] | Segment
+DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def parse_as_of(value: str | dt.date | None) -> dt.date:
+    """`as_of` as a date: default today (UTC); text must be YYYY-MM-DD."""
+    if value is None:
+        return today_utc()
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"--as-of: {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+class Workspace:
+    """A segengine workspace: contacts, events, saved segments and the engagement index."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.store = Store(path)
+        self._engines: dict[tuple[str, int], Engine] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.store.root
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str]) -> Workspace:
+        Store.init(path)
+        return cls(path)
+
+    def snapshot(self) -> Snapshot:
+        return self.store.snapshot()
+
+    # --- imports ---------------------------------------------------------------------
+
+    def import_contacts(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        types: str | Mapping[str, str] | None = None,
+        strict: bool = False,
+        rejects: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ) -> ImportSummary:
+        parsed = parse_types_option(types) if isinstance(types, str) or types is None else (
+            parse_types_option(",".join(f"{k}={v}" for k, v in types.items()))
+        )
+        summary = import_contacts(
+            self.store, path, types=parsed, strict=strict,
+            rejects_path=Path(rejects) if rejects else None, progress=progress,
+        )
+        self._after_write()
+        return summary
+
+    def import_events(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        strict: bool = False,
+        rejects: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ) -> ImportSummary:
+        summary = import_events(
+            self.store, path, strict=strict,
+            rejects_path=Path(rejects) if rejects else None, progress=progress,
+        )
+        self._after_write()
+        return summary
+
+    def _after_write(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+    # --- segments --------------------------------------------------------------------
+
+    def load_segment(self, arg: SegmentArg, snapshot: Snapshot | None = None) -> Segment:
+        """A segment from a saved name, a definition file, a dict or a `Segment`."""
+        snap = snapshot or self.snapshot()
+        if isinstance(arg, Segment):
+            return arg
+        if isinstance(arg, Mapping):
+            return parse_definition(dict(arg), snap.schema)
+        text = os.fspath(arg)
+        if text in snap.segments:
+            return parse_definition(snap.segments[text], snap.schema)
+        path = Path(text)
+        if path.suffix.lower() in DEFINITION_SUFFIXES or path.is_file():
+            if not path.is_file():
+                raise SegmentNotFound(f"segment file {text} does not exist")
+            return load_definition(path, snap.schema, origin=text)
+        hint = difflib.get_close_matches(text, list(snap.segments), n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise SegmentNotFound(
+            f"no saved segment {text!r}{did_you_mean}: give a saved name "
+            "(see `segengine segment list`) or a .json/.yaml file"
+        )
+
+    def resolve(self, segment: Segment, snapshot: Snapshot | None = None) -> Group:
+        """The segment's rule tree with every reference inlined (cycles are errors)."""
+        snap = snapshot or self.snapshot()
+
+        def lookup(name: str) -> Segment:
+            if name == segment.name and name not in snap.segments:
+                return segment
+            return parse_definition(snap.segments[name], snap.schema)
+
+        return inline_references(segment.root, lookup, name=segment.name)
+
+    def _roots(self, segments: Iterable[SegmentArg], snap: Snapshot) -> list[Group]:
+        loaded = [self.load_segment(s, snap) for s in segments]
+        if not loaded:
+            raise InputError("name at least one segment")
+        return [self.resolve(s, snap) for s in loaded]
+
+    def engine(self, name: str = "auto", snapshot: Snapshot | None = None) -> Engine:
+        """An engine over `snapshot` (default: the current state), cached while it is current."""
+        snap = snapshot or self.snapshot()
+        key = (name, snap.version)
+        if key not in self._engines:
+            if name not in ENGINES:
+                hint = difflib.get_close_matches(name, list(ENGINES), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise InputError(f"unknown engine {name!r}{extra}: use one of {', '.join(ENGINES)}")
+            stale = [k for k in self._engines if k[1] != snap.version]
+            for k in stale:
+                self._engines.pop(k).close()
+            self._engines[key] = get_engine(name, snap)
+        return self._engines[key]
+
+    def count(
+        self,
+        *segments: SegmentArg,
+        as_of: str | dt.date | None = None,
+        engine: str = "auto",
+    ) -> dict[str, Any]:
+        """Contacts matching any of `segments`: total, by status and sendable."""
+        day = parse_as_of(as_of)
+        snap = self.snapshot()
+        roots = self._roots(segments, snap)
+        by_status = self.engine(engine, snap).count(roots, day)
+        by_status = {s: int(by_status.get(s, 0)) for s in STATUSES}
+        return {
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "sendable": by_status["active"],
+            "as_of": day.isoformat(),
+        }
+
+    def contact_ids(
+        self,
+        *segments: SegmentArg,
+        as_of: str | dt.date | None = None,
+        engine: str = "auto",
+        snapshot: Snapshot | None = None,
+    ):
+        """Sorted contact ids (numpy int64) of the union of `segments`."""
+        snap = snapshot or self.snapshot()
+        return self.engine(engine, snap).contact_ids(self._roots(segments, snap), parse_as_of(as_of))
+
+    def members(
+        self,
+        *segments: SegmentArg,
+        as_of: str | dt.date | None = None,
+        active_only: bool = False,
+        engine: str = "auto",
+    ) -> pl.DataFrame:
+        """The contact rows of the union of `segments`, ordered by email."""
+        snap = self.snapshot()
+        ids = self.contact_ids(*segments, as_of=as_of, engine=engine, snapshot=snap)
+        frame = contacts_frame(snap).filter(pl.col("contact_id").is_in(pl.Series(ids)))
+        if active_only:
+            frame = frame.filter(pl.col("status") == "active")
+        return frame.sort("email").collect()
+
+    def sql(self, segment: SegmentArg, *, dialect: str = "duckdb", as_of: str | dt.date | None = None) -> str:
+        """One self-contained SELECT of the segment's contact_id values (SPEC section 9)."""
+        from .engines.sql import to_sql
+
+        snap = self.snapshot()
+        (root,) = self._roots([segment], snap)
+        return to_sql(root, snap.schema, parse_as_of(as_of), dialect)
+
+    # --- saved segments --------------------------------------------------------------
+
+    def save_segment(self, source: SegmentArg) -> Segment:
+        """Validate and save a definition; an existing name is replaced unless that makes a cycle."""
+        with self.store.transaction() as tx:
+            snap = tx.base
+            if isinstance(source, Mapping):
+                segment = parse_definition(dict(source), snap.schema)
+            elif isinstance(source, Segment):
+                segment = source
+            else:
+                segment = load_definition(Path(source), snap.schema, origin=os.fspath(source))
+            graph = {
+                name: references(parse_definition(doc, snap.schema).root)
+                for name, doc in snap.segments.items()
+            }
+            graph[segment.name] = references(segment.root)
+            missing = sorted(r for r in graph[segment.name] if r not in graph)
+            if missing:
+                raise SegmentNotFound(
+                    [Problem("rules", f"segment {segment.name!r} references {m!r}, which is not saved: "
+                             f"save {m!r} first") for m in missing]
+                )
+            cycle = find_cycle(segment.name, graph)
+            if cycle:
+                from .errors import ReferenceCycle
+
+                raise ReferenceCycle(
+                    f"saving {segment.name!r} would make a reference cycle: {' -> '.join(cycle)}"
+                )
+            tx.manifest["segments"][segment.name] = to_dict(segment)
+            tx.commit()
+        self._after_write()
+        return segment
+
+    def segments(self) -> dict[str, Segment]:
+        snap = self.snapshot()
+        return {name: parse_definition(doc, snap.schema) for name, doc in sorted(snap.segments.items())}
+
+    def delete_segment(self, name: str) -> None:
+        with self.store.transaction() as tx:
+            saved = tx.base.segments
+            if name not in saved:
+                raise SegmentNotFound(f"no saved segment {name!r}")
+            users = sorted(
+                other for other, doc in saved.items()
+                if other != name and name in references(parse_definition(doc, tx.base.schema).root)
+            )
+            if users:
+                raise DefinitionError(
+                    f"segment {name!r} is referenced by {', '.join(users)}: "
+                    "change or delete those segments first"
+                )
+            del tx.manifest["segments"][name]
+            tx.commit()
+        self._after_write()
+
+    # --- describing ------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """What the workspace holds: contacts by status, events by type, fields, campaigns."""
+        from .engines.connect import connect_tables
+
+        snap = self.snapshot()
+        con = connect_tables(snap.tables)
+        try:
+            by_status = dict(con.execute("SELECT status, count(*) FROM contacts GROUP BY status").fetchall())
+            by_type = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+            campaigns = con.execute(
+                "SELECT campaign, min(timestamp) FILTER (WHERE type = 'sent') AS send_time, "
+                "count(*) FILTER (WHERE type = 'sent') AS sent, count(*) FILTER (WHERE type = 'open') AS opens, "
+                "count(*) FILTER (WHERE type = 'click') AS clicks FROM events GROUP BY campaign "
+                "ORDER BY send_time DESC NULLS LAST, campaign DESC"
+            ).fetchall()
+            lists = con.execute(
+                "SELECT l, count(*) FROM (SELECT unnest(lists) AS l FROM contacts) GROUP BY l ORDER BY l"
+            ).fetchall()
+        finally:
+            con.close()
+        return {
+            "workspace": str(self.path),
+            "version": snap.version,
+            "committed_at": snap.manifest.get("committed_at"),
+            "contacts": {
+                "total": sum(by_status.values()),
+                "by_status": {s: int(by_status.get(s, 0)) for s in STATUSES},
+            },
+            "events": {"total": sum(by_type.values()), "by_type": {k: int(v) for k, v in sorted(by_type.items())}},
+            "fields": [{"name": n, "type": t.value} for n, t in snap.schema.items()],
+            "lists": {name: int(n) for name, n in lists},
+            "campaigns": [
+                {"campaign": c, "send_time": t.isoformat() if t else None, "sent": s, "opens": o, "clicks": k}
+                for c, t, s, o, k in campaigns
+            ],
+            "segments": sorted(snap.segments),
+            "index": snap.manifest.get("index"),
+        }
+
+
+def contacts_frame(snap: Snapshot) -> pl.LazyFrame:
+    """The contacts of a snapshot as a lazy frame (with `email_domain` derived)."""
+    files = list(snap.files("contacts"))
+    if not files:
+        return pl.LazyFrame(schema={"contact_id": pl.Int64, "email": pl.String, "status": pl.String})
+    return pl.scan_parquet(files)
+
+
+def open(path: str | os.PathLike[str] | None = None) -> Workspace:  # noqa: A001 - the API's name
+    """Open a workspace (default: $SEGENGINE_WORKSPACE, else the current directory)."""
+    if path is None:
+        path = os.environ.get("SEGENGINE_WORKSPACE") or "."
+    return Workspace(path)

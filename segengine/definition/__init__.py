@@ -1,0 +1,1 @@
+"""Segment definitions: the rule tree, parsing with locations, validation, rewrites."""

@@ -1,0 +1,175 @@
+"""The segment rule tree: immutable, typed, hashable nodes.
+
+A parsed and validated definition is a `Segment` whose `root` is a `Group`. Values
+are normalised by the parser, so engines never re-check them:
+
+================================  ==============================================
+field type / operator             `FieldRule.value`
+================================  ==============================================
+text is/is_not/contains/...       ``str`` as written (engines lower-case it)
+text in/not_in                    ``tuple[str, ...]``
+number eq/ne/gt/gte/lt/lte        ``float``
+number between                    ``(low, high)`` floats
+number in/not_in                  ``tuple[float, ...]``
+date on/not_on/before/after       ``datetime.date``
+date between                      ``(date, date)``
+date in_last_days/older_than_days ``int`` (>= 0)
+boolean is                        ``bool``
+status is/is_not                  ``str``, lower-case
+status in/not_in                  ``tuple[str, ...]``, lower-case
+lists includes/includes_all/...   ``tuple[str, ...]`` as written
+is_empty/is_not_empty             ``None``
+================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from ..fields import ACTIVITY_EVENT_TYPE
+
+ANY_CAMPAIGN = "any"
+
+#: Operators that are true on an empty value (besides ``is_empty``).
+NEGATIVE_OPS = frozenset({"is_not", "not_contains", "not_in", "ne", "not_on", "excludes"})
+
+#: Each negative operator and the positive operator it negates.
+POSITIVE_OF = {
+    "is_not": "is",
+    "not_contains": "contains",
+    "not_in": "in",
+    "ne": "eq",
+    "not_on": "on",
+    "excludes": "includes",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    field: str
+    op: str
+    value: Any = None
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """An activity rule's `when`: a day window on the event's UTC date."""
+
+    op: str  # on | before | after | between | in_last_days | older_than_days
+    value: Any  # date, (date, date) or int
+
+
+@dataclass(frozen=True, slots=True)
+class CountCondition:
+    """An activity rule's `count`: how many matching events the contact must have."""
+
+    op: str = "gte"  # eq | gte | lte | gt | lt | between
+    value: Any = 1  # int or (low, high)
+
+    def matches(self, n: int) -> bool:
+        return count_matches(self, n)
+
+    @property
+    def matches_zero(self) -> bool:
+        """True when a contact with no matching events satisfies the condition."""
+        return count_matches(self, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LastCampaigns:
+    """``campaigns: {last: N}``: the N campaigns sent last on or before `as_of`."""
+
+    n: int
+
+
+Campaigns = Union[str, tuple[str, ...], LastCampaigns]  # noqa: UP007 - readable alias
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRule:
+    activity: str  # sent | opened | clicked | bounced | unsubscribed
+    campaigns: Campaigns = ANY_CAMPAIGN
+    when: Window | None = None
+    count: CountCondition = field(default_factory=CountCondition)
+    url_contains: str | None = None
+    negate: bool = False
+
+    @property
+    def event_type(self) -> str:
+        """The stored event type this rule counts (``opened`` counts ``open`` events)."""
+        return ACTIVITY_EVENT_TYPE[self.activity]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRef:
+    segment: str
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    match: str = "all"  # all | any
+    rules: tuple[Rule, ...] = ()
+    negate: bool = False
+
+
+Rule = Union[Group, FieldRule, ActivityRule, SegmentRef]  # noqa: UP007
+NODE_TYPES: tuple[type, ...] = (Group, FieldRule, ActivityRule, SegmentRef)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    name: str
+    root: Group
+    description: str = ""
+
+
+# --- shared semantics -------------------------------------------------------------
+# Every engine uses these helpers so that day arithmetic and count conditions are
+# defined once.
+
+
+def count_matches(cond: CountCondition, n: int) -> bool:
+    op, v = cond.op, cond.value
+    if op == "eq":
+        return n == v
+    if op == "gte":
+        return n >= v
+    if op == "lte":
+        return n <= v
+    if op == "gt":
+        return n > v
+    if op == "lt":
+        return n < v
+    if op == "between":
+        return v[0] <= n <= v[1]
+    raise ValueError(f"unknown count operator {op!r}")
+
+
+def day_bounds(op: str, value: Any, as_of: dt.date) -> tuple[dt.date | None, dt.date | None]:
+    """The inclusive day range ``(low, high)`` a date operator selects; None = unbounded.
+
+    ``not_on`` is not a range: engines evaluate it as the negation of ``on``.
+    """
+    one = dt.timedelta(days=1)
+    if op == "on":
+        return value, value
+    if op == "before":
+        return None, value - one
+    if op == "after":
+        return value + one, None
+    if op == "between":
+        return value[0], value[1]
+    if op == "in_last_days":
+        return as_of - dt.timedelta(days=value), as_of
+    if op == "older_than_days":
+        return None, as_of - dt.timedelta(days=value) - one
+    raise ValueError(f"{op!r} is not a day-range operator")
+
+
+def today_utc() -> dt.date:
+    """The default `as_of`: today's date in UTC."""
+    return dt.datetime.now(dt.UTC).date()

@@ -1,0 +1,628 @@
+"""Importing contacts and events (SPEC section 3).
+
+An import runs as one transaction: the input is staged (CSV) or read in place
+(Parquet), every record is parsed and checked by DuckDB in SQL, bad records go to a
+rejects report with their line number and reason, and the good ones are merged into
+new immutable Parquet files that one manifest swap publishes. DuckDB streams the work
+and spills to the transaction's staging directory, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from ..errors import ImportRejected, InputError
+from ..fields import CUSTOM_TYPES, EVENT_TYPES, FIELD_NAME_RE, RESERVED_NAMES, STATUSES, FieldType
+from ..progress import NullProgress, Progress
+from .staging import LINE, file_format, stage_csv
+from .workspace import REJECTS_DIR, Store, Transaction
+
+EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
+NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+# Inference is stricter than parsing: a leading zero (a postal code) means text.
+INFER_NUMBER_RE = r"^[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
+DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?)?\s*([Zz]|[+-]\d{2}(:?\d{2})?)?$"
+WS_RE = r"^\s+|\s+$"
+
+REJECT_SAMPLE = 3
+
+
+def q(name: str) -> str:
+    """Quote an SQL identifier (column names come from files, so always quote)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    """Quote an SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class ImportSummary:
+    kind: str
+    file: str
+    read: int = 0
+    imported: int = 0
+    updated: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    rejects_path: str | None = None
+    new_fields: dict[str, str] | None = None
+    version: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def connect(staging: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for import work: UTC, spilling to the staging directory."""
+    con = duckdb.connect(config={"threads": os.cpu_count() or 2})
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET temp_directory = {lit(str(staging / 'spill'))}")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+# --- reading the source -----------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """An input file as a DuckDB relation `src` with a `_line` column."""
+
+    fmt: str
+    columns: dict[str, str]  # column name -> DuckDB type of the source column
+    rows: int
+    csv_width: int | None  # number of header fields for CSV, to flag ragged rows
+
+
+def open_source(
+    con: duckdb.DuckDBPyConnection, path: Path, tx: Transaction, progress: Progress
+) -> Source:
+    fmt = file_format(path)
+    if fmt == "csv":
+        staged = tx.staging / "input.parquet"
+        with progress.task(f"reading {path.name}") as task:
+            header, rows = stage_csv(path, staged, progress=task.update)
+        con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet({lit(str(staged))})")
+        columns = {name: "VARCHAR" for name in header}
+        return Source("csv", columns, rows, len(header))
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
+        raise ImportRejected(f"{path}: not a readable Parquet file: {exc}") from None
+    con.execute(
+        "CREATE VIEW src AS SELECT * EXCLUDE (file_row_number), "
+        f"file_row_number + 1 AS {LINE}, NULL::INTEGER AS _width "
+        f"FROM read_parquet({lit(str(path))}, file_row_number = true)"
+    )
+    described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({lit(str(path))})").fetchall()
+    columns = {row[0]: row[1] for row in described}
+    return Source("parquet", columns, rows, None)
+
+
+# --- parsing values ---------------------------------------------------------------
+
+
+def is_text_type(duck_type: str) -> bool:
+    return duck_type == "VARCHAR"
+
+
+def blank_to_null(col: str) -> str:
+    return f"NULLIF(regexp_replace({col}, {lit(WS_RE)}, '', 'g'), '')"
+
+
+def parse_value(col: str, source_type: str, ftype: FieldType) -> tuple[str, str]:
+    """SQL for (typed value, is-invalid flag) of column `col` parsed as `ftype`.
+
+    An empty cell is null and valid; a non-empty one that does not parse is invalid.
+    """
+    if ftype == FieldType.TEXT:
+        if is_text_type(source_type):
+            return f"NULLIF({col}, '')", "false"
+        return f"CAST({col} AS VARCHAR)", "false"
+    if is_text_type(source_type):
+        s = blank_to_null(col)
+        if ftype == FieldType.NUMBER:
+            value = f"CASE WHEN regexp_matches({s}, {lit(NUMBER_RE)}) THEN TRY_CAST({s} AS DOUBLE) END"
+        elif ftype == FieldType.DATE:
+            value = f"CASE WHEN regexp_matches({s}, {lit(DATE_RE)}) THEN TRY_CAST({s} AS DATE) END"
+        elif ftype == FieldType.DATETIME:
+            value = (
+                f"CASE WHEN regexp_matches({s}, {lit(DATETIME_RE)}) "
+                f"THEN timezone('UTC', TRY_CAST(replace({s}, ',', '.') AS TIMESTAMPTZ)) END"
+            )
+        elif ftype == FieldType.BOOLEAN:
+            value = f"CASE lower({s}) WHEN 'true' THEN true WHEN 'false' THEN false END"
+        else:  # pragma: no cover - enum and set are built-ins, parsed elsewhere
+            raise ValueError(ftype)
+        return value, f"({s} IS NOT NULL AND ({value}) IS NULL)"
+    # A typed Parquet column: accept the matching class of types only.
+    t = source_type.upper()
+    numeric = any(k in t for k in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL"))
+    if ftype == FieldType.NUMBER and numeric:
+        return f"CAST({col} AS DOUBLE)", "false"
+    if ftype == FieldType.DATE and t == "DATE":
+        return col, "false"
+    if ftype == FieldType.DATETIME and t.startswith("TIMESTAMP"):
+        if "WITH TIME ZONE" in t:
+            return f"timezone('UTC', {col})", "false"
+        return f"CAST({col} AS TIMESTAMP)", "false"
+    if ftype == FieldType.DATETIME and t == "DATE":
+        return f"CAST({col} AS TIMESTAMP)", "false"
+    if ftype == FieldType.BOOLEAN and t == "BOOLEAN":
+        return col, "false"
+    raise ImportRejected(
+        f"column {col} holds {source_type} values but the field is {ftype.value}: "
+        "convert the column or import it under another name"
+    )
+
+
+def parquet_field_type(source_type: str) -> FieldType:
+    t = source_type.upper()
+    if t == "VARCHAR":
+        return FieldType.TEXT
+    if t == "BOOLEAN":
+        return FieldType.BOOLEAN
+    if t == "DATE":
+        return FieldType.DATE
+    if t.startswith("TIMESTAMP"):
+        return FieldType.DATETIME
+    if any(k in t for k in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")):
+        return FieldType.NUMBER
+    raise ImportRejected(
+        f"a column of Parquet type {source_type} cannot be a field: "
+        "use text, number, date, timestamp or boolean columns"
+    )
+
+
+def infer_types(con: duckdb.DuckDBPyConnection, columns: list[str]) -> dict[str, FieldType]:
+    """Infer the type of CSV columns from all their non-empty values (SPEC section 3)."""
+    if not columns:
+        return {}
+    checks = []
+    for c in columns:
+        s = blank_to_null(q(c))
+        checks += [
+            f"count({s})",
+            f"count({s}) FILTER (WHERE NOT regexp_matches({s}, {lit(INFER_NUMBER_RE)}))",
+            f"count({s}) FILTER (WHERE NOT regexp_matches({s}, {lit(DATE_RE)}) "
+            f"OR TRY_CAST({s} AS DATE) IS NULL)",
+            f"count({s}) FILTER (WHERE NOT regexp_matches({s}, {lit(DATETIME_RE)}) "
+            f"OR TRY_CAST(replace({s}, ',', '.') AS TIMESTAMPTZ) IS NULL)",
+            f"count({s}) FILTER (WHERE lower({s}) NOT IN ('true', 'false'))",
+        ]
+    row = con.execute(f"SELECT {', '.join(checks)} FROM src").fetchone()
+    inferred = {}
+    for i, c in enumerate(columns):
+        total, not_num, not_date, not_dt, not_bool = row[i * 5 : i * 5 + 5]
+        if total == 0:
+            inferred[c] = FieldType.TEXT
+        elif not_num == 0:
+            inferred[c] = FieldType.NUMBER
+        elif not_date == 0:
+            inferred[c] = FieldType.DATE
+        elif not_dt == 0:
+            inferred[c] = FieldType.DATETIME
+        elif not_bool == 0:
+            inferred[c] = FieldType.BOOLEAN
+        else:
+            inferred[c] = FieldType.TEXT
+    return inferred
+
+
+def parse_types_option(spec: str | None) -> dict[str, FieldType]:
+    """``--types name=type,...`` -> {name: FieldType}."""
+    if not spec:
+        return {}
+    out: dict[str, FieldType] = {}
+    for part in spec.split(","):
+        name, sep, tname = part.partition("=")
+        name, tname = name.strip(), tname.strip().lower()
+        valid = ", ".join(t.value for t in CUSTOM_TYPES)
+        if not sep or not name:
+            raise InputError(f"--types: {part!r} is not name=type (types: {valid})")
+        try:
+            ftype = FieldType(tname)
+        except ValueError:
+            raise InputError(f"--types: unknown type {tname!r} for {name!r}; use one of {valid}") from None
+        if ftype not in CUSTOM_TYPES:
+            raise InputError(f"--types: {name!r} cannot be {tname}; use one of {valid}")
+        out[name] = ftype
+    return out
+
+
+def email_expr(col: str) -> str:
+    return f"lower(regexp_replace(CAST({col} AS VARCHAR), {lit(WS_RE)}, '', 'g'))"
+
+
+def reason_sql(parts: list[tuple[str, str]]) -> str:
+    """concat_ws of the messages whose condition holds ('' when none)."""
+    cases = [f"CASE WHEN {cond} THEN {msg} END" for cond, msg in parts]
+    return f"concat_ws('; ', {', '.join(cases)})"
+
+
+def quoted_value(col: str) -> str:
+    """SQL producing a short, quoted rendering of a bad value for a reject reason."""
+    return f"'''' || left(CAST({col} AS VARCHAR), 80) || ''''"
+
+
+def width_check(source: Source) -> list[tuple[str, str]]:
+    if source.csv_width is None:
+        return []
+    n = source.csv_width
+    return [
+        (
+            f"_width <> {n}",
+            f"'expected {n} fields, found ' || CAST(_width AS VARCHAR)",
+        )
+    ]
+
+
+def write_rejects(
+    con: duckdb.DuckDBPyConnection, ws_root: Path, input_path: Path, rejects_path: Path | None
+) -> tuple[int, str | None, list[tuple[int, str]]]:
+    """Write the table `rejects` (line, email, reason) as CSV; return count, path and a sample."""
+    total = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
+    if total == 0:
+        return 0, None, []
+    sample = con.execute(
+        f"SELECT line, reason FROM rejects ORDER BY line LIMIT {REJECT_SAMPLE}"
+    ).fetchall()
+    if rejects_path is None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        rejects_path = ws_root / REJECTS_DIR / f"{stamp}-{input_path.stem}.rejects.csv"
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
+    con.execute(
+        f"COPY (SELECT line, email, reason FROM rejects ORDER BY line) "
+        f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
+    )
+    os.replace(tmp, rejects_path)
+    return total, str(rejects_path), sample
+
+
+def strict_failure(path: Path, total: int, sample: list[tuple[int, str]]) -> ImportRejected:
+    first = "; ".join(f"line {line}: {reason}" for line, reason in sample)
+    return ImportRejected(
+        f"{path}: {total} bad row(s), nothing imported (--strict): {first}"
+        + (" ..." if total > len(sample) else "")
+    )
+
+
+# --- contacts ---------------------------------------------------------------------
+
+
+def import_contacts(
+    ws: Store,
+    path: str | os.PathLike[str],
+    *,
+    types: Mapping[str, FieldType] | None = None,
+    strict: bool = False,
+    rejects_path: Path | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    path = Path(path)
+    progress = progress or NullProgress()
+    types = dict(types or {})
+    with ws.transaction() as tx:
+        con = connect(tx.staging)
+        try:
+            summary = _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress)
+        finally:
+            con.close()
+        with progress.task("committing"):
+            tx.commit()
+        summary.version = tx.manifest["version"]
+        return summary
+
+
+def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -> ImportSummary:
+    source = open_source(con, path, tx, progress)
+    schema = tx.base.schema
+    cols = source.columns
+    if "email" not in cols:
+        raise ImportRejected(f"{path}: no 'email' column: the header must name an email column")
+    customs = [c for c in cols if c not in ("email", "status", "date_added", "lists", LINE, "_width")]
+    for c in customs:
+        if c in RESERVED_NAMES:
+            raise ImportRejected(f"{path}: column {c!r} is reserved: rename or drop it")
+        if not FIELD_NAME_RE.match(c):
+            raise ImportRejected(
+                f"{path}: column {c!r} is not a valid field name "
+                "(letters, digits and _, not starting with a digit): rename it"
+            )
+    for name in types:
+        if name not in customs:
+            raise InputError(f"--types names {name!r}, which is not a column of {path}")
+    existing = dict(schema.custom)
+    field_types: dict[str, FieldType] = {}
+    new_fields: dict[str, FieldType] = {}
+    to_infer = []
+    for c in customs:
+        if c in existing:
+            if c in types and types[c] != existing[c]:
+                raise ImportRejected(
+                    f"--types {c}={types[c].value}: field {c!r} already exists as "
+                    f"{existing[c].value}; a field keeps its type"
+                )
+            field_types[c] = existing[c]
+        elif c in types:
+            field_types[c] = new_fields[c] = types[c]
+        elif source.fmt == "parquet":
+            field_types[c] = new_fields[c] = parquet_field_type(cols[c])
+        else:
+            to_infer.append(c)
+    with progress.task("checking values"):
+        inferred = infer_types(con, to_infer)
+    field_types.update(inferred)
+    new_fields.update(inferred)
+
+    # Parse every record once into a temporary table with its reasons for rejection.
+    email = email_expr(q("email"))
+    select = [f"{LINE} AS line", f"{email} AS email"]
+    reasons: list[tuple[str, str]] = width_check(source)
+    reasons.append((f"{email} IS NULL OR {email} = ''", "'missing email'"))
+    reasons.append(
+        (f"{email} <> '' AND NOT regexp_matches({email}, {lit(EMAIL_RE)})",
+         f"'invalid email ' || {quoted_value(q('email'))}")
+    )
+    if "status" in cols:
+        s = f"lower({blank_to_null('CAST(' + q('status') + ' AS VARCHAR)')})"
+        select.append(f"{s} AS status")
+        allowed = ", ".join(lit(x) for x in STATUSES)
+        reasons.append(
+            (f"{s} IS NOT NULL AND {s} NOT IN ({allowed})",
+             f"'unknown status ' || {quoted_value(q('status'))} || ' (use active, unsubscribed or bounced)'")
+        )
+    else:
+        select.append("NULL::VARCHAR AS status")
+    if "date_added" in cols:
+        value, bad = parse_value(q("date_added"), cols["date_added"], FieldType.DATETIME)
+        select.append(f"{value} AS date_added")
+        reasons.append((bad, f"'invalid date_added ' || {quoted_value(q('date_added'))}"))
+    else:
+        select.append("NULL::TIMESTAMP AS date_added")
+    if "lists" in cols:
+        if cols["lists"].endswith("[]"):
+            raw = f"list_transform({q('lists')}, lambda x: trim(CAST(x AS VARCHAR)))"
+        else:
+            raw = f"list_transform(string_split(CAST({q('lists')} AS VARCHAR), ';'), lambda x: trim(x))"
+        select.append(f"list_filter({raw}, lambda x: x IS NOT NULL AND x <> '') AS lists")
+    else:
+        select.append("[]::VARCHAR[] AS lists")
+    for c in customs:
+        value, bad = parse_value(q(c), cols[c], field_types[c])
+        select.append(f"{value} AS {q(c)}")
+        reasons.append(
+            (bad, f"'{c}: ' || {quoted_value(q(c))} || ' is not a {field_types[c].value}'")
+        )
+    select.append(f"{reason_sql(reasons)} AS reason")
+    with progress.task("parsing rows"):
+        con.execute(f"CREATE TEMP TABLE parsed AS SELECT {', '.join(select)} FROM src")
+    con.execute("CREATE TEMP VIEW rejects AS SELECT line, email, reason FROM parsed WHERE reason <> ''")
+    rejected, report, sample = (0, None, [])
+    if strict:
+        total = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
+        if total:
+            sample = con.execute(
+                f"SELECT line, reason FROM rejects ORDER BY line LIMIT {REJECT_SAMPLE}"
+            ).fetchall()
+            raise strict_failure(path, total, sample)
+    else:
+        rejected, report, sample = write_rejects(con, ws.root, path, rejects_path)
+
+    # One row per email: later rows win field by field; empty cells never erase.
+    agg = [
+        "email",
+        "min(line) AS first_line",
+        "count(*) AS n_rows",
+        "arg_min(date_added, line) FILTER (WHERE date_added IS NOT NULL) AS date_added",
+        "arg_max(status, line) FILTER (WHERE status IN ('unsubscribed', 'bounced')) AS suppressed",
+        "bool_or(status = 'active') AS said_active",
+        "list_distinct(flatten(list(lists))) AS lists",
+    ]
+    agg += [f"arg_max({q(c)}, line) FILTER (WHERE {q(c)} IS NOT NULL) AS {q(c)}" for c in customs]
+    con.execute(
+        f"CREATE TEMP TABLE incoming AS SELECT {', '.join(agg)} FROM parsed "
+        "WHERE reason = '' GROUP BY email"
+    )
+
+    new_schema = schema
+    for name, ftype in new_fields.items():
+        new_schema = new_schema.with_field(name, ftype)
+    all_customs = new_schema.custom_fields
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    next_id = int(tx.manifest["next_contact_id"])
+    old_files = tx.base.files("contacts")
+    if old_files:
+        con.execute(f"CREATE TEMP VIEW old AS SELECT * FROM read_parquet({file_list(old_files)})")
+    else:
+        old_cols = ", ".join(
+            ["NULL::BIGINT AS contact_id", "NULL::VARCHAR AS email", "NULL::VARCHAR AS status",
+             "NULL::TIMESTAMP AS date_added", "NULL::VARCHAR[] AS lists"]
+        )
+        con.execute(f"CREATE TEMP VIEW old AS SELECT {old_cols} WHERE false")
+    duck_types = {FieldType.TEXT: "VARCHAR", FieldType.NUMBER: "DOUBLE", FieldType.DATE: "DATE",
+                  FieldType.DATETIME: "TIMESTAMP", FieldType.BOOLEAN: "BOOLEAN"}
+    merged = [
+        f"coalesce(o.contact_id, {next_id - 1} + row_number() OVER "
+        "(PARTITION BY o.contact_id IS NULL ORDER BY i.first_line)) AS contact_id",
+        "coalesce(o.email, i.email) AS email",
+        # Suppression is permanent: an import moves a contact to unsubscribed or
+        # bounced, never back to active.
+        "coalesce(i.suppressed, o.status, 'active') AS status",
+        f"coalesce(o.date_added, i.date_added, TIMESTAMP {lit(now.isoformat(sep=' '))}) AS date_added",
+        "CASE WHEN i.email IS NULL THEN o.lists "
+        "ELSE list_sort(list_distinct(list_concat(coalesce(o.lists, []), coalesce(i.lists, [])))) "
+        "END AS lists",
+    ]
+    for c in all_customs:
+        ftype = new_schema[c]
+        old_col = f"o.{q(c)}" if c not in new_fields else f"NULL::{duck_types[ftype]}"
+        new_col = f"i.{q(c)}" if c in customs else f"NULL::{duck_types[ftype]}"
+        merged.append(f"CAST(coalesce({new_col}, {old_col}) AS {duck_types[ftype]}) AS {q(c)}")
+    out = tx.new_file("contacts")
+    with progress.task("writing contacts"):
+        con.execute(
+            f"COPY (SELECT {', '.join(merged)} FROM old o FULL OUTER JOIN incoming i "
+            f"ON o.email = i.email ORDER BY contact_id) TO {lit(str(out))} "
+            "(FORMAT parquet, COMPRESSION zstd)"
+        )
+    created, updated, distinct, good = con.execute(
+        "SELECT count(*) FILTER (WHERE o.email IS NULL), count(*) FILTER (WHERE o.email IS NOT NULL), "
+        "count(*), (SELECT sum(n_rows) FROM incoming) "
+        "FROM incoming i LEFT JOIN old o ON o.email = i.email"
+    ).fetchone()
+    total = con.execute(f"SELECT count(*) FROM read_parquet({lit(str(out))})").fetchone()[0]
+    tx.manifest["contacts"] = [tx.relative(out)]
+    tx.manifest["fields"] = [[n, t.value] for n, t in new_schema.custom]
+    tx.manifest["next_contact_id"] = next_id + int(created)
+    tx.manifest["counts"]["contacts"] = int(total)
+    return ImportSummary(
+        kind="contacts",
+        file=str(path),
+        read=source.rows,
+        imported=int(created),
+        updated=int(updated),
+        rejected=int(rejected),
+        duplicates=int(good or 0) - int(distinct),
+        rejects_path=report,
+        new_fields={n: t.value for n, t in new_fields.items()} or None,
+    )
+
+
+def file_list(files: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(lit(f) for f in files) + "]"
+
+
+# --- events -----------------------------------------------------------------------
+
+EVENT_COLUMNS = ("email", "campaign", "type", "timestamp", "url")
+
+
+def import_events(
+    ws: Store,
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    rejects_path: Path | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    path = Path(path)
+    progress = progress or NullProgress()
+    with ws.transaction() as tx:
+        con = connect(tx.staging)
+        try:
+            summary = _import_events(con, ws, tx, path, strict, rejects_path, progress)
+        finally:
+            con.close()
+        if summary.imported:
+            with progress.task("committing"):
+                tx.commit()
+            summary.version = tx.manifest["version"]
+        else:
+            summary.version = tx.base.version
+        return summary
+
+
+def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportSummary:
+    source = open_source(con, path, tx, progress)
+    cols = source.columns
+    missing = [c for c in ("email", "campaign", "type", "timestamp") if c not in cols]
+    if missing:
+        raise ImportRejected(
+            f"{path}: missing column(s) {', '.join(missing)}: events need "
+            "email, campaign, type, timestamp and optionally url"
+        )
+    extra = [c for c in cols if c not in EVENT_COLUMNS and c not in (LINE, "_width")]
+    if extra:
+        raise ImportRejected(f"{path}: unknown event column(s) {', '.join(extra)}: drop them")
+    contacts = tx.base.files("contacts")
+    if not contacts:
+        raise ImportRejected("the workspace has no contacts yet: import contacts before events")
+    con.execute(
+        f"CREATE TEMP VIEW known AS SELECT email AS known_email, contact_id FROM read_parquet({file_list(contacts)})"
+    )
+    email = email_expr(q("email"))
+    campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
+    etype = f"lower({blank_to_null('CAST(' + q('type') + ' AS VARCHAR)')})"
+    ts, _ = parse_value(q("timestamp"), cols["timestamp"], FieldType.DATETIME)
+    url = f"NULLIF(CAST({q('url')} AS VARCHAR), '')" if "url" in cols else "NULL::VARCHAR"
+    allowed = ", ".join(lit(t) for t in EVENT_TYPES)
+    reasons = width_check(source) + [
+        (f"{email} IS NULL OR {email} = ''", "'missing email'"),
+        (f"{email} <> '' AND NOT regexp_matches({email}, {lit(EMAIL_RE)})",
+         f"'invalid email ' || {quoted_value(q('email'))}"),
+        (f"{email} <> '' AND regexp_matches({email}, {lit(EMAIL_RE)}) AND k.contact_id IS NULL",
+         f"'unknown email ' || {quoted_value(email)} || ' (import the contact first)'"),
+        (f"{campaign} IS NULL", "'missing campaign'"),
+        (f"{etype} IS NULL OR {etype} NOT IN ({allowed})",
+         f"'unknown event type ' || coalesce({quoted_value(q('type'))}, 'empty') || "
+         "' (use sent, open, click, bounce or unsubscribe)'"),
+        (f"({ts}) IS NULL", f"'invalid timestamp ' || coalesce({quoted_value(q('timestamp'))}, 'empty')"),
+    ]
+    reason = reason_sql(reasons)
+    con.execute(
+        f"CREATE TEMP VIEW checked AS SELECT {LINE} AS line, {email} AS email, k.contact_id, "
+        f"{campaign} AS campaign, {etype} AS type, CAST({ts} AS TIMESTAMP) AS timestamp, "
+        f"{url} AS url, {reason} AS reason "
+        f"FROM src LEFT JOIN known k ON k.known_email = {email}"
+    )
+    con.execute(
+        "CREATE TEMP TABLE rejects AS SELECT line, email, reason FROM checked WHERE reason <> ''"
+    )
+    if strict:
+        total = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
+        if total:
+            sample = con.execute(
+                f"SELECT line, reason FROM rejects ORDER BY line LIMIT {REJECT_SAMPLE}"
+            ).fetchall()
+            raise strict_failure(path, total, sample)
+        rejected, report = 0, None
+    else:
+        rejected, report, _ = write_rejects(con, ws.root, path, rejects_path)
+    good = source.rows - rejected
+    new_rows = "SELECT contact_id, campaign, type, timestamp, url FROM checked WHERE reason = ''"
+    old_files = tx.base.files("events")
+    if old_files:
+        # An event is identified by all of its columns: what is stored already is not
+        # stored again. Only stored events in the new rows' time range can match.
+        lo, hi = con.execute(
+            "SELECT min(timestamp), max(timestamp) FROM checked WHERE reason = ''"
+        ).fetchone()
+        if lo is not None:
+            new_rows = (
+                f"{new_rows} EXCEPT SELECT contact_id, campaign, type, timestamp, url "
+                f"FROM read_parquet({file_list(old_files)}) "
+                f"WHERE timestamp BETWEEN TIMESTAMP {lit(str(lo))} AND TIMESTAMP {lit(str(hi))}"
+            )
+    else:
+        new_rows = f"SELECT DISTINCT * FROM ({new_rows})"
+    out = tx.new_file("events")
+    with progress.task(f"writing events ({good:,} good rows)"):
+        con.execute(
+            f"COPY ({new_rows}) TO {lit(str(out))} (FORMAT parquet, COMPRESSION zstd)"
+        )
+    imported = pq.ParquetFile(out).metadata.num_rows
+    if imported:
+        tx.manifest["events"] = [*tx.manifest["events"], tx.relative(out)]
+        tx.manifest["counts"]["events"] = int(tx.manifest["counts"]["events"]) + imported
+    return ImportSummary(
+        kind="events",
+        file=str(path),
+        read=source.rows,
+        imported=int(imported),
+        updated=0,
+        rejected=int(rejected),
+        duplicates=int(good - imported),
+        rejects_path=report,
+    )

@@ -1,0 +1,298 @@
+"""The workspace on disk: immutable Parquet files published by an atomic manifest swap.
+
+Layout of a workspace directory::
+
+    segengine.json     format marker, written once by `init`
+    manifest.json      the committed state: table files, fields, segments, index
+    data/              immutable Parquet files (contacts, events), never modified in place
+    index/             immutable engagement-index files
+    rejects/           reject reports of imports (not part of the committed state)
+    .lock              writers hold an exclusive flock on it
+
+A write creates new files, fsyncs them, writes the next manifest to a temporary file,
+fsyncs it, renames it over ``manifest.json`` and fsyncs the directory. The rename is
+the commit point: a process killed at any moment leaves either the old manifest (and
+some unreferenced files that the next writer deletes) or the new one. Readers read
+the manifest once and then only immutable files, so they see a consistent snapshot
+while a writer runs. See docs/architecture.md for the alternatives we rejected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engines.base import Tables
+from ..errors import WorkspaceBusy, WorkspaceError
+from ..fields import Schema
+
+FORMAT_NAME = "segengine-workspace"
+FORMAT_VERSION = 1
+MARKER = "segengine.json"
+MANIFEST = "manifest.json"
+PREVIOUS = "manifest.previous.json"
+LOCK = ".lock"
+DATA_DIR = "data"
+INDEX_DIR = "index"
+REJECTS_DIR = "rejects"
+STAGING_DIR = ".staging"
+
+
+def crash_point(name: str) -> None:
+    """Kill this process at a named point when SEGENGINE_CRASH_AT names it (crash tests)."""
+    if os.environ.get("SEGENGINE_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's data to stable storage."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically and durably (write, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    crash_point(f"before-rename:{path.name}")
+    os.replace(tmp, path)
+    crash_point(f"after-rename:{path.name}")
+    fsync_path(path.parent)
+
+
+def empty_manifest() -> dict[str, Any]:
+    return {
+        "version": 0,
+        "committed_at": None,
+        "contacts": [],
+        "events": [],
+        "fields": [],
+        "segments": {},
+        "next_contact_id": 1,
+        "index": None,
+        "counts": {"contacts": 0, "events": 0},
+    }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One committed state of a workspace, read once; its files never change."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def schema(self) -> Schema:
+        return Schema.from_pairs(tuple(pair) for pair in self.manifest["fields"])
+
+    @property
+    def segments(self) -> dict[str, Any]:
+        return self.manifest["segments"]
+
+    def files(self, table: str) -> tuple[str, ...]:
+        return tuple(str(self.root / rel) for rel in self.manifest[table])
+
+    @property
+    def tables(self) -> Tables:
+        return Tables(
+            contacts=self.files("contacts"),
+            events=self.files("events"),
+            schema=self.schema,
+            version=self.version,
+        )
+
+
+@dataclass
+class Transaction:
+    """A write in progress: new files go to ``data/``, the manifest is swapped on commit."""
+
+    root: Path
+    base: Snapshot
+    manifest: dict[str, Any]
+    staging: Path
+    new_files: list[Path] = field(default_factory=list)
+    committed: bool = False
+
+    def new_file(self, table: str, suffix: str = ".parquet", directory: str = DATA_DIR) -> Path:
+        """A fresh path for a data file of this transaction (deleted if it aborts)."""
+        name = f"{table}-v{self.manifest['version']:06d}-{uuid.uuid4().hex[:12]}{suffix}"
+        path = self.root / directory / name
+        path.parent.mkdir(exist_ok=True)
+        self.new_files.append(path)
+        return path
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def commit(self) -> Snapshot:
+        """Make every new file durable, then publish the new manifest atomically."""
+        for path in self.new_files:
+            if path.is_dir():
+                for sub in sorted(path.rglob("*")):
+                    if sub.is_file():
+                        fsync_path(sub)
+                fsync_path(path)
+            elif path.exists():
+                fsync_path(path)
+        for directory in {p.parent for p in self.new_files}:
+            fsync_path(directory)
+        crash_point("files-synced")
+        self.manifest["committed_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        current = self.root / MANIFEST
+        if current.exists():
+            # Keep the previous manifest so that its files survive one more commit for
+            # readers that are still scanning them.
+            write_durably(self.root / PREVIOUS, current.read_bytes())
+        write_durably(current, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        self.committed = True
+        return Snapshot(self.root, self.manifest)
+
+
+class Store:
+    """A workspace directory on disk. Reading takes a snapshot; writing takes the lock."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+        if not (self.root / MARKER).is_file():
+            hint = "run `segengine init DIR` first, or pass -w/--workspace"
+            if not self.root.exists():
+                raise WorkspaceError(f"workspace {self.root} does not exist: {hint}")
+            raise WorkspaceError(f"{self.root} is not a segengine workspace: {hint}")
+        marker = json.loads((self.root / MARKER).read_text())
+        if marker.get("format") != FORMAT_NAME or marker.get("format_version") != FORMAT_VERSION:
+            raise WorkspaceError(
+                f"{self.root}: unsupported workspace format {marker!r}; "
+                f"this segengine reads format {FORMAT_VERSION}"
+            )
+
+    @classmethod
+    def init(cls, root: str | os.PathLike[str]) -> Store:
+        """Create an empty workspace (the directory may exist but must be empty)."""
+        path = Path(root)
+        if path.exists() and not path.is_dir():
+            raise WorkspaceError(f"{path} exists and is not a directory: choose another path")
+        if path.exists() and any(path.iterdir()):
+            if (path / MARKER).exists():
+                raise WorkspaceError(f"{path} is already a segengine workspace")
+            raise WorkspaceError(f"{path} is not empty: choose a new or empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        for sub in (DATA_DIR, INDEX_DIR, REJECTS_DIR):
+            (path / sub).mkdir(exist_ok=True)
+        write_durably(path / MANIFEST, json.dumps(empty_manifest(), indent=1).encode())
+        marker = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+        write_durably(path / MARKER, json.dumps(marker).encode())
+        return cls(path)
+
+    # --- reading -------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        try:
+            manifest = json.loads((self.root / MANIFEST).read_text())
+        except (OSError, ValueError) as exc:
+            raise WorkspaceError(f"{self.root}: cannot read {MANIFEST}: {exc}") from exc
+        return Snapshot(self.root, manifest)
+
+    # --- writing -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the exclusive writer lock; the kernel frees it if the process dies."""
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise WorkspaceBusy(
+                    f"workspace {self.root} is busy: another segengine command{who} is "
+                    "writing to it; try again when it has finished"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Lock, yield a transaction on the current state, and clean up after it.
+
+        The body calls `Transaction.commit()` to publish; leaving the block without a
+        commit (or with an exception) deletes every file the transaction created.
+        """
+        with self.lock():
+            self._collect_garbage()
+            base = self.snapshot()
+            manifest = copy.deepcopy(base.manifest)
+            manifest["version"] = base.version + 1
+            staging = self.root / STAGING_DIR / uuid.uuid4().hex
+            staging.mkdir(parents=True)
+            tx = Transaction(self.root, base, manifest, staging)
+            try:
+                yield tx
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+                if not tx.committed:
+                    for path in tx.new_files:
+                        if path.is_dir():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+            if tx.committed:
+                crash_point("committed")
+                self._collect_garbage()
+
+    def _referenced(self) -> set[str]:
+        refs: set[str] = set()
+        for name in (MANIFEST, PREVIOUS):
+            path = self.root / name
+            if not path.exists():
+                continue
+            manifest = json.loads(path.read_text())
+            refs.update(manifest["contacts"])
+            refs.update(manifest["events"])
+            index = manifest.get("index") or {}
+            if index.get("path"):
+                refs.add(index["path"])
+        return refs
+
+    def _collect_garbage(self) -> None:
+        """Delete files of aborted or superseded writes. Called with the lock held."""
+        refs = self._referenced()
+        for directory in (DATA_DIR, INDEX_DIR):
+            base = self.root / directory
+            if not base.exists():
+                continue
+            for entry in base.iterdir():
+                if entry.relative_to(self.root).as_posix() in refs:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
