@@ -218,6 +218,21 @@ class Workspace:
         (root,) = self._roots([segment], snap)
         return to_sql(root, snap.schema, parse_as_of(as_of), dialect)
 
+    def explain(
+        self, segment: SegmentArg, *, as_of: str | dt.date | None = None, engine: str = "auto"
+    ) -> dict[str, Any]:
+        """The rule tree with how many contacts each rule and group matches on its own."""
+        from .explain import explain
+
+        day = parse_as_of(as_of)
+        snap = self.snapshot()
+        seg = self.load_segment(segment, snap)
+        ev = self.engine(engine, snap)
+        tree = explain(ev, seg.root, self.resolve(seg, snap), day)
+        total = int(snap.manifest["counts"]["contacts"])
+        return {"segment": seg.name, "as_of": day.isoformat(), "contacts": total, "tree": tree.as_dict(),
+                "_tree": tree}
+
     # --- saved segments --------------------------------------------------------------
 
     def save_segment(self, source: SegmentArg) -> Segment:
@@ -316,6 +331,117 @@ class Workspace:
             "index": snap.manifest.get("index"),
         }
 
+    # --- export, unsubscribe, resubscribe, history ----------------------------------
+
+    def export(
+        self,
+        *segments: SegmentArg,
+        output: str | os.PathLike[str],
+        format: str | None = None,  # noqa: A002 - the `--format` option's name
+        columns: str | Iterable[str] | None = None,
+        raw: bool = False,
+        as_of: str | dt.date | None = None,
+        engine: str = "auto",
+        progress: Progress | None = None,
+    ):
+        """Write the active contacts of the union of `segments` to `output` (SPEC section 6).
+
+        Returns an `ExportResult` (``.as_dict()`` is ``{"rows": N, "path": ...}``).
+        """
+        from .export import export_contacts
+
+        cols = columns if columns is None or isinstance(columns, str) else list(columns)
+        return export_contacts(
+            self, segments, output, fmt=format, columns=cols, raw=raw, as_of=as_of,
+            engine=engine, progress=progress,
+        )
+
+    def unsubscribe(
+        self,
+        *segments: SegmentArg,
+        emails: str | os.PathLike[str] | None = None,
+        dry_run: bool = False,
+        as_of: str | dt.date | None = None,
+        report: str | os.PathLike[str] | None = None,
+        engine: str = "auto",
+        progress: Progress | None = None,
+    ):
+        """Unsubscribe the active contacts of `segments` or of an `emails` file (SPEC section 7).
+
+        Returns a `SubscriptionResult` (``.as_dict()``: matched, changed, unknown).
+        """
+        from .unsubscribe import unsubscribe
+
+        result = unsubscribe(
+            self, segments=segments, emails=emails, dry_run=dry_run, as_of=as_of,
+            report=report, engine=engine, progress=progress,
+        )
+        self._after_write()
+        return result
+
+    def resubscribe(
+        self,
+        emails: str | os.PathLike[str],
+        *,
+        reason: str,
+        include_bounced: bool = False,
+        dry_run: bool = False,
+        report: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ):
+        """Make the unsubscribed contacts of an `emails` file active again, for `reason`."""
+        from .unsubscribe import resubscribe
+
+        result = resubscribe(
+            self, emails, reason=reason, include_bounced=include_bounced, dry_run=dry_run,
+            report=report, progress=progress,
+        )
+        self._after_write()
+        return result
+
+    def history(self, email: str):
+        """The contact's fields, status changes and events: a `ContactHistory`."""
+        from .history import contact_history
+
+        return contact_history(self, email)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send(
+        self,
+        campaign: str,
+        *segments: SegmentArg,
+        subject: str,
+        html: str,
+        from_addr: str,
+        smtp: str,
+        text: str | None = None,
+        rate: float | None = None,
+        connections: int = 4,
+        unsubscribe_url: str | None = None,
+        dry_run: bool = False,
+        retry_uncertain: bool = False,
+        as_of: str | dt.date | None = None,
+        progress: Progress | None = None,
+        **tuning: Any,
+    ):
+        """Send `campaign` to the active contacts of the union of `segments` (SPEC section 8).
+
+        `html` and `text` are template texts (not paths). Returns a `SendSummary`
+        (``.as_dict()`` is the ``--json`` document) or, with `dry_run`, a `Preview`.
+        `tuning` sets the other `SendOptions` (retries, backoff, record_every, ...).
+        """
+        from .send import SendOptions, send_campaign
+
+        options = SendOptions(
+            subject=subject, html=html, from_addr=from_addr, smtp=smtp, text=text, rate=rate,
+            connections=connections, unsubscribe_url=unsubscribe_url, dry_run=dry_run,
+            retry_uncertain=retry_uncertain, as_of=as_of, **tuning,
+        )
+        result = send_campaign(self, campaign, segments, options, progress=progress)
+        self._after_write()
+        return result
+
 
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:
     """The contacts of a snapshot as a lazy frame (with `email_domain` derived)."""
@@ -330,3 +456,69 @@ def open(path: str | os.PathLike[str] | None = None) -> Workspace:  # noqa: A001
     if path is None:
         path = os.environ.get("SEGENGINE_WORKSPACE") or "."
     return Workspace(path)
+
+
+# --- data that was never imported (SPEC section 9) -------------------------------------
+
+
+def count_tables(
+    segments: SegmentArg | Iterable[SegmentArg],
+    *,
+    contacts: str | os.PathLike[str] | Iterable[str],
+    events: str | os.PathLike[str] | Iterable[str] = (),
+    engine: str = "spark",
+    as_of: str | dt.date | None = None,
+    workspace: str | os.PathLike[str] | None = None,
+    spark_master: str | None = None,
+) -> dict[str, Any]:
+    """Count segments over Parquet that lives outside any workspace, like `Workspace.count`.
+
+    `contacts` and `events` are Parquet files, folders or globs anywhere Spark reads
+    (local, ``hdfs://``, ``s3a://``), laid out as in docs/spark.md; custom fields come
+    from the contacts' Parquet schema. Segments are definition files or dicts, or saved
+    names of `workspace` when one is given (its data is not used). Only the Spark engine
+    reads data in place; import the data to use the others.
+    """
+    from .engines.spark import SparkEngine
+
+    if engine != "spark":
+        raise InputError(
+            f"engine {engine!r} cannot read data in place: use engine='spark' (--engine spark), "
+            "or import the data into a workspace"
+        )
+    day = parse_as_of(as_of)
+    args = [segments] if isinstance(segments, (str, os.PathLike, Mapping, Segment)) else list(segments)
+    if not args:
+        raise InputError("name at least one segment")
+    counter = SparkEngine.at(contacts, events, master=spark_master)
+    saved = Workspace(workspace).snapshot().segments if workspace is not None else {}
+    schema = counter.tables.schema
+
+    def load(arg: SegmentArg) -> Segment:
+        if isinstance(arg, Segment):
+            return arg
+        if isinstance(arg, Mapping):
+            return parse_definition(dict(arg), schema)
+        text = os.fspath(arg)
+        if text in saved:
+            return parse_definition(saved[text], schema)
+        if not Path(text).is_file():
+            where = "a saved segment of the workspace or " if workspace is not None else ""
+            raise SegmentNotFound(f"segment {text!r} is not {where}a definition file")
+        return load_definition(Path(text), schema, origin=text)
+
+    def lookup(name: str) -> Segment:  # a KeyError becomes a SegmentNotFound naming both
+        return parse_definition(saved[name], schema)
+
+    try:
+        roots = [inline_references(seg.root, lookup, name=seg.name) for seg in map(load, args)]
+        by_status = counter.count(roots, day)
+    finally:
+        counter.close()
+    by_status = {s: int(by_status.get(s, 0)) for s in STATUSES}
+    return {
+        "total": sum(by_status.values()),
+        "by_status": by_status,
+        "sendable": by_status["active"],
+        "as_of": day.isoformat(),
+    }

@@ -237,8 +237,35 @@ def generate(n_contacts, n_events, seed, output, fmt, as_json) -> None:
         result = run(Path(output), contacts=n_contacts, events=n_events, seed=seed, fmt=fmt,
                      progress=lambda done, total: task.update(done))
     emit(result, as_json, lambda: click.echo(
-        f"wrote {result['contacts_rows']:,} contacts to {result['contacts_path']} and "
-        f"{result['events_rows']:,} events to {result['events_path']}"))
+        f"wrote {result['contacts']:,} contacts to {result['contacts_path']} and "
+        f"{result['events']:,} events to {result['events_path']}"))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False), default="demo-workspace")
+@json_option
+def demo(directory: str, as_json: bool) -> None:
+    """Run the main job on the bundled sample: import, save, count and export segments.
+
+    Creates (or re-creates) the workspace DIRECTORY (default ./demo-workspace).
+    """
+    from .demo import run_demo
+
+    result = run_demo(Path(directory), say=(lambda _msg: None) if as_json else click.echo)
+
+    def human() -> None:
+        rows = [[name, c["total"], *c["by_status"].values(), c["sendable"]]
+                for name, c in result["counts"].items()]
+        u = result["union"]
+        rows.append(["union of all", u["total"], *u["by_status"].values(), u["sendable"]])
+        table(f"4. counts (as of {u['as_of']})",
+              ["segment", "total", "active", "unsubscribed", "bounced", "sendable"], rows)
+        if result["export"]:
+            click.echo(f"5. exported {result['export']['rows']:,} active never-opened contacts "
+                       f"to {result['export']['path']}")
+        click.echo(f"try: segengine -w {result['workspace']} info")
+
+    emit(result, as_json, human)
 
 
 # --- segments ----------------------------------------------------------------------
@@ -329,22 +356,101 @@ def print_count(result: dict[str, Any], as_json: bool, title: str) -> None:
     emit(result, as_json, human)
 
 
+spark_master_option = click.option(
+    "--spark-master", metavar="URL",
+    help="With --engine spark: the cluster (spark://..., yarn, k8s://..., local[N]); "
+    "default $SPARK_MASTER, else local[*].",
+)
+
+
+def start_spark(engine: str, master: str | None) -> None:
+    """`--spark-master`: start the session that the spark engine then picks up."""
+    if master is None:
+        return
+    from .errors import InputError
+
+    if engine != "spark":
+        raise InputError("--spark-master goes with --engine spark")
+    from .engines.spark import spark_session
+
+    spark_session(master)
+
+
+def count_in_place(ctx, segments, as_of, engine, contacts, events, master) -> dict[str, Any]:
+    """`count --contacts/--events`: data never imported; saved names only with -w."""
+    from click.core import ParameterSource
+
+    from .api import count_tables
+    from .errors import InputError
+
+    if not contacts:
+        raise InputError("--events goes with --contacts (the contacts to count)")
+    given = ctx.find_root().get_parameter_source("workspace_dir") is not ParameterSource.DEFAULT
+    return count_tables(
+        list(segments), contacts=contacts, events=events or (), engine=engine, as_of=as_of,
+        workspace=ctx.obj["workspace"] if given else None, spark_master=master,
+    )
+
+
 @main.command()
 @click.argument("segments", nargs=-1, required=True)
 @as_of_option
 @engine_option()
+@click.option("--contacts", "contacts_at", metavar="PATH",
+              help="With --engine spark: Parquet contacts never imported (file, folder or glob).")
+@click.option("--events", "events_at", metavar="PATH",
+              help="With --contacts: the Parquet events that go with them.")
+@spark_master_option
 @json_option
 @click.pass_context
-def count(ctx, segments, as_of, engine, as_json) -> None:
+def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, as_json) -> None:
     """Count the contacts of the union of SEGMENTS, by status.
 
     SEGMENTS are saved names or .json/.yaml definition files; several mean their
     union, each contact once. `sendable` is how many an export or send reaches.
+    With --contacts/--events (and --engine spark) the data is read where it lives
+    and SEGMENTS are definition files, or saved names of the workspace given by -w.
 
+    \b
     Example: segengine count never-opened ca-ctos --as-of 2026-06-30
+    Example: segengine count never-opened.yaml --engine spark \\
+               --contacts s3a://crm/contacts/ --events s3a://crm/events/
     """
-    result = workspace(ctx).count(*segments, as_of=as_of, engine=engine)
+    if contacts_at or events_at:
+        result = count_in_place(ctx, segments, as_of, engine, contacts_at, events_at, spark_master)
+    else:
+        start_spark(engine, spark_master)
+        result = workspace(ctx).count(*segments, as_of=as_of, engine=engine)
     print_count(result, as_json, " + ".join(segments))
+
+
+@main.command()
+@click.argument("segment_arg", metavar="SEGMENT")
+@as_of_option
+@engine_option()
+@json_option
+@click.pass_context
+def explain(ctx, segment_arg, as_of, engine, as_json) -> None:
+    """Show how many contacts each rule and group of SEGMENT matches on its own.
+
+    Field rules also show how many contacts have no value for the field, so you see
+    at once why a segment is small or large.
+
+    Example: segengine explain inactive-newsletter
+    """
+    from .explain import render
+
+    result = workspace(ctx).explain(segment_arg, as_of=as_of, engine=engine)
+    tree = result.pop("_tree")
+
+    def human() -> None:
+        click.echo(f"segment {result['segment']} (as of {result['as_of']}, "
+                   f"{result['contacts']:,} contacts in the workspace)")
+        click.echo(f"{'matches':>12} {'share':>6}  rule")
+        for line in render(tree, result["contacts"]):
+            click.echo(line)
+
+    emit(result, as_json, human)
 
 
 @main.command()
@@ -359,6 +465,216 @@ def sql(ctx, segment_arg, dialect, as_of) -> None:
     Example: segengine sql never-opened --dialect spark
     """
     click.echo(workspace(ctx).sql(segment_arg, dialect=dialect, as_of=as_of))
+
+
+# --- export, unsubscribe, resubscribe, history -------------------------------------
+
+
+@main.command()
+@click.argument("segments", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(), required=True, help="The file to write.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]),
+              help="Default: parquet for a .parquet/.pq file name, else csv.")
+@click.option("--columns", metavar="A,B,...",
+              help="Fields to write (default: email, then the custom fields).")
+@click.option("--raw", is_flag=True,
+              help="CSV: no leading ' on cells that look like formulas (for programs).")
+@as_of_option
+@engine_option()
+@spark_master_option
+@json_option
+@click.pass_context
+def export(ctx, segments, output, fmt, columns, raw, as_of, engine, spark_master, as_json) -> None:
+    """Write the active contacts of the union of SEGMENTS to a file, ordered by email.
+
+    Each contact appears once. The file appears complete or not at all.
+
+    Example: segengine export never-opened ca-ctos -o audience.csv --columns email,first_name
+    """
+    start_spark(engine, spark_master)
+    result = workspace(ctx).export(
+        *segments, output=output, format=fmt, columns=columns, raw=raw, as_of=as_of,
+        engine=engine, progress=progress(),
+    )
+    emit(result.as_dict(), as_json,
+         lambda: click.echo(f"wrote {result.rows:,} contacts to {result.path}"))
+
+
+def _print_subscription(result, as_json: bool, command: str) -> None:
+    def human() -> None:
+        title = f"{command} (dry run: nothing changed)" if result.dry_run else command
+        changed = "would change" if result.dry_run else "changed"
+        table(title, ["", "contacts"], [["matched", result.matched], [changed, result.changed],
+                                        ["unknown emails", result.unknown]])
+        if result.report:
+            click.echo(f"unknown emails listed in {result.report}")
+
+    emit(result.as_dict(), as_json, human)
+
+
+report_option = click.option(
+    "--report", type=click.Path(dir_okay=False),
+    help="Write the unknown emails (line, email) to this CSV file.",
+)
+dry_run_option = click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+
+
+@main.command()
+@click.option("--segment", "segments", multiple=True, metavar="SEG",
+              help="A segment whose contacts to unsubscribe; repeat for several.")
+@click.option("--emails", type=click.Path(dir_okay=False),
+              help="CSV with an email column (or a single column) of addresses.")
+@dry_run_option
+@as_of_option
+@report_option
+@engine_option()
+@json_option
+@click.pass_context
+def unsubscribe(ctx, segments, emails, dry_run, as_of, report, engine, as_json) -> None:
+    """Unsubscribe the active contacts of segments or of an emails file.
+
+    Bounced contacts stay bounced; each changed contact gets an `unsubscribe` event
+    (campaign bulk-unsubscribe). Unknown emails are reported, never created. Running
+    it again changes nothing.
+
+    Example: segengine unsubscribe --emails complaints.csv --report unknown.csv
+    """
+    result = workspace(ctx).unsubscribe(
+        *segments, emails=emails, dry_run=dry_run, as_of=as_of, report=report, engine=engine,
+        progress=progress(),
+    )
+    _print_subscription(result, as_json, "unsubscribe")
+
+
+@main.command()
+@click.option("--emails", type=click.Path(dir_okay=False), required=True,
+              help="CSV with an email column (or a single column) of addresses.")
+@click.option("--reason", help="Why these contacts may be emailed again (kept in the status log).")
+@click.option("--include-bounced", is_flag=True, help="Also make bounced contacts active.")
+@dry_run_option
+@report_option
+@json_option
+@click.pass_context
+def resubscribe(ctx, emails, reason, include_bounced, dry_run, report, as_json) -> None:
+    """Make unsubscribed contacts of an emails file active again (the only way back).
+
+    A reason is required; it is recorded with each change in the status log, which
+    `segengine history EMAIL` shows.
+
+    Example: segengine resubscribe --emails optins.csv --reason "opted in again via form"
+    """
+    result = workspace(ctx).resubscribe(
+        emails, reason=reason, include_bounced=include_bounced, dry_run=dry_run, report=report,
+        progress=progress(),
+    )
+    _print_subscription(result, as_json, "resubscribe")
+
+
+@main.command()
+@click.argument("email")
+@json_option
+@click.pass_context
+def history(ctx, email, as_json) -> None:
+    """Show a contact's fields, status changes and events, oldest first.
+
+    Example: segengine history jane@example.com
+    """
+    found = workspace(ctx).history(email)
+
+    def human() -> None:
+        table(f"contact {found.email}", ["field", "value"],
+              [[name, "" if value is None else value]
+               for name, value in found.as_dict()["fields"].items()])
+        rows = [[row["timestamp"],
+                 f"{row['from_status']} -> {row['to_status']}" if row["kind"] == "status" else row["type"],
+                 row.get("command") or row.get("campaign") or "",
+                 row.get("reason") or row.get("url") or ""]
+                for row in found.timeline()]
+        if rows:
+            table("history", ["time (UTC)", "what", "command / campaign", "reason / url"], rows)
+        else:
+            click.echo("no status changes or events")
+
+    emit(found.as_dict(), as_json, human)
+
+
+# --- sending -----------------------------------------------------------------------
+
+
+def _read_template(path: str | None, option: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        from .errors import InputError
+
+        raise InputError(f"{option}: cannot read {path}: {exc}") from None
+
+
+def _print_send(result, as_json: bool) -> None:
+    data = result.as_dict()
+
+    def human() -> None:
+        if data.get("dry_run"):
+            click.echo(f"dry run of campaign {result.campaign}: {result.audience:,} active contacts, "
+                       f"{result.to_send:,} would get the message, {result.skipped:,} already have it")
+            if result.sample is not None:
+                click.echo(f"\nsample message to {result.sample_to}:\n\n{result.sample}")
+        else:
+            table(f"send {result.campaign}", ["", "contacts"],
+                  [["audience", result.audience], ["sent", result.sent], ["failed", result.failed],
+                   ["bounced", result.bounced], ["skipped", result.skipped],
+                   ["uncertain", len(result.uncertain)]])
+            for email, why in result.failures[:10]:
+                click.echo(f"failed: {email}: {why}", err=True)
+        if result.uncertain:
+            click.echo("uncertain (maybe delivered by an interrupted run; resent only with "
+                       "--retry-uncertain): " + ", ".join(sorted(result.uncertain)[:20]), err=True)
+
+    emit(data, as_json, human)
+
+
+@main.command()
+@click.argument("campaign")
+@click.option("--segment", "segments", multiple=True, required=True, metavar="SEG",
+              help="A segment to send to; repeat for several (their union, each contact once).")
+@click.option("--subject", required=True, help="Subject template; {{field}} merge tags allowed.")
+@click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False),
+              help="HTML body template file.")
+@click.option("--text", "text_file", type=click.Path(dir_okay=False),
+              help="Text body template file (default: derived from the HTML).")
+@click.option("--from", "from_addr", required=True, metavar="ADDR", help="Sender address.")
+@click.option("--smtp", required=True, metavar="HOST:PORT", help="SMTP server.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True),
+              help="At most this many messages per second (whole send).")
+@click.option("--connections", type=click.IntRange(min=1), default=4, show_default=True,
+              help="SMTP connections delivering in parallel.")
+@click.option("--unsubscribe-url", metavar="TEMPLATE",
+              help="List-Unsubscribe URL with {{token}} (default: mailto: the sender).")
+@click.option("--dry-run", is_flag=True, help="Show the audience and one sample; connect to nothing.")
+@click.option("--retry-uncertain", is_flag=True,
+              help="Also resend deliveries an interrupted run left uncertain.")
+@as_of_option
+@json_option
+@click.pass_context
+def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp, rate, connections,
+         unsubscribe_url, dry_run, retry_uncertain, as_of, as_json) -> None:
+    """Send CAMPAIGN to the active contacts of the segments over SMTP (SPEC section 8).
+
+    Interrupted (Ctrl-C, crash, kill)? Run the same command again: it sends only to
+    contacts who have not got the message. See docs/sending.md.
+
+    Example: segengine send spring-sale --segment newsletter --subject "Hi {{first_name}}"
+    --html sale.html --from news@example.com --smtp localhost:8025 --rate 200
+    """
+    result = workspace(ctx).send(
+        campaign, *segments, subject=subject, html=_read_template(html_file, "--html"),
+        text=_read_template(text_file, "--text"), from_addr=from_addr, smtp=smtp, rate=rate,
+        connections=connections, unsubscribe_url=unsubscribe_url, dry_run=dry_run,
+        retry_uncertain=retry_uncertain, as_of=as_of, progress=progress(),
+    )
+    _print_send(result, as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,7 +68,17 @@ def connect(staging: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET temp_directory = {lit(str(staging / 'spill'))}")
     con.execute("SET preserve_insertion_order = false")
+    # Big imports spill to disk rather than grow past a share of the machine's memory.
+    con.execute(f"SET memory_limit = '{memory_limit_mb()}MB'")
     return con
+
+
+def memory_limit_mb() -> int:
+    """Half the physical memory, at most 8 GB (SEGENGINE_MEMORY_LIMIT_MB overrides)."""
+    if "SEGENGINE_MEMORY_LIMIT_MB" in os.environ:
+        return int(os.environ["SEGENGINE_MEMORY_LIMIT_MB"])
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return max(512, min(8192, total // 2))
 
 
 # --- reading the source -----------------------------------------------------------

@@ -148,6 +148,11 @@ class Transaction:
 
     def commit(self) -> Snapshot:
         """Make every new file durable, then publish the new manifest atomically."""
+        # The engagement index is refreshed first, so its files are made durable and
+        # published with the data they describe: an index is never stale (store/index.py).
+        from .index import refresh_index  # lazy: numpy/pyroaring only for writers
+
+        refresh_index(self)
         for path in self.new_files:
             if path.is_dir():
                 for sub in sorted(path.rglob("*")):
@@ -255,6 +260,8 @@ class Store:
                 yield tx
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    staging.parent.rmdir()  # only when no other staging is left
                 if not tx.committed:
                     for path in tx.new_files:
                         if path.is_dir():
@@ -274,6 +281,7 @@ class Store:
             manifest = json.loads(path.read_text())
             refs.update(manifest["contacts"])
             refs.update(manifest["events"])
+            refs.update(manifest.get("status_log", []))  # the audit trail (store/status.py)
             index = manifest.get("index") or {}
             if index.get("path"):
                 refs.add(index["path"])
