@@ -152,8 +152,22 @@ def count_matches(cond: CountCondition, n: int) -> bool:
 def day_bounds(op: str, value: Any, as_of: dt.date) -> tuple[dt.date | None, dt.date | None]:
     """The inclusive day range ``(low, high)`` a date operator selects; None = unbounded.
 
-    ``not_on`` is not a range: engines evaluate it as the negation of ``on``.
+    ``not_on`` is not a range: engines evaluate it as the negation of ``on``. At the
+    ends of the calendar a range that selects no day is ``EMPTY_RANGE`` (low > high),
+    and a lower bound before the first day is unbounded.
     """
+    try:
+        return _day_bounds(op, value, as_of)
+    except OverflowError:
+        if op == "in_last_days":
+            return None, as_of
+        return EMPTY_RANGE
+
+
+EMPTY_RANGE: tuple[dt.date, dt.date] = (dt.date.max, dt.date.min)
+
+
+def _day_bounds(op: str, value: Any, as_of: dt.date) -> tuple[dt.date | None, dt.date | None]:
     one = dt.timedelta(days=1)
     if op == "on":
         return value, value

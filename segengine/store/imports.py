@@ -159,7 +159,8 @@ def parse_value(col: str, source_type: str, ftype: FieldType) -> tuple[str, str]
     t = source_type.upper()
     numeric = any(k in t for k in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL"))
     if ftype == FieldType.NUMBER and numeric:
-        return f"CAST({col} AS DOUBLE)", "false"
+        # NaN is not a number a segment can compare: store it as empty.
+        return f"CASE WHEN isnan(CAST({col} AS DOUBLE)) THEN NULL ELSE CAST({col} AS DOUBLE) END", "false"
     if ftype == FieldType.DATE and t == "DATE":
         return col, "false"
     if ftype == FieldType.DATETIME and t.startswith("TIMESTAMP"):
