@@ -229,3 +229,17 @@ def test_cli_import_json_summary_and_exit_codes(cli, tmp_path):
     human = cli("import", "contacts", write(tmp_path / "c2.csv", "email\nb@x.io\n")).stdout
     assert "rows read" in human
     json.loads(cli("info", "--json").stdout)
+
+
+def test_generate_then_import_through_the_cli(cli, tmp_path):
+    out = cli.json("generate", "--contacts", "300", "--events", "3000", "--seed", "7",
+                   "-o", str(tmp_path / "g"))
+    assert out["contacts"] == 300
+    cli("import", "contacts", out["contacts_path"])
+    events_summary = cli.json("import", "events", out["events_path"])
+    assert events_summary["imported"] == out["events"] and events_summary["rejected"] == 0
+    info = cli.json("info")
+    assert info["contacts"]["total"] == 300
+    assert info["events"]["total"] == out["events"]
+    assert info["campaigns"] and info["campaigns"][0]["send_time"] >= info["campaigns"][-1]["send_time"]
+    assert cli("generate", "--contacts", "0", "--events", "1", "-o", str(tmp_path / "x"), code=2)

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 ENGINES: dict[str, str] = {
     "auto": "segengine.engines.auto:AutoEngine",
     "duckdb": "segengine.engines.duckdb:DuckDBEngine",
+    "index": "segengine.engines.index:IndexEngine",
     "polars": "segengine.engines.polars:PolarsEngine",
+    "spark": "segengine.engines.spark:SparkEngine",
 }
 
 

@@ -1,11 +1,83 @@
-"""`--engine auto`: the fastest exact path for each request."""
+"""`--engine auto` (the default): the fastest exact path for each request.
+
+The planner answers from the engagement index whenever the snapshot has one that
+covers exactly its files (the index is never stale: see segengine.store.index). Inside
+a tree, any rule the index cannot evaluate is sent to DuckDB on its own and its answer
+joins the rest as a row mask, so one unsupported leaf does not cost the whole tree its
+index path. Without a current index every request goes to DuckDB.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..definition.nodes import Group
+from ..errors import EngineError
+from ..store.index import IndexData, contact_rows, load_index
+from .base import Engine, Tables
 from .duckdb import DuckDBEngine
+from .index import Evaluator, contact_ids_of, count_by_status
 
 
-class AutoEngine(DuckDBEngine):
-    """Answers with DuckDB over the workspace's Parquet files."""
+class AutoEngine(Engine):
+    """Index first, DuckDB for what the index cannot answer."""
 
     name = "auto"
+
+    def __init__(self, tables: Tables, index: IndexData | None = None):
+        super().__init__(tables)
+        self.index = index
+        self._duckdb: DuckDBEngine | None = None
+        #: why the index is not used (None when it is), for `explain`
+        self.reason: str | None = None if index is not None else "no engagement index given"
+
+    @classmethod
+    def for_snapshot(cls, snapshot: Any) -> AutoEngine:
+        try:
+            index = load_index(snapshot)
+        except EngineError as exc:
+            engine = cls(snapshot.tables)
+            engine.reason = str(exc)
+            return engine
+        return cls(snapshot.tables, index)
+
+    @property
+    def duckdb(self) -> DuckDBEngine:
+        """The DuckDB engine, connected on first use only."""
+        if self._duckdb is None:
+            self._duckdb = DuckDBEngine(self.tables)
+        return self._duckdb
+
+    def _fallback(self, as_of: dt.date):
+        def rows_of(node: Any) -> np.ndarray:
+            assert self.index is not None
+            ids = self.duckdb.contact_ids([Group("all", (node,))], as_of)
+            rows, known = contact_rows(
+                ids, self.index.ids, bool(self.index.meta["contacts"]["dense"])
+            )
+            mask = np.zeros(self.index.n, dtype=bool)
+            mask[rows[known]] = True
+            return mask
+
+        return rows_of
+
+    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
+        if self.index is None:
+            return self.duckdb.contact_ids(roots, as_of)
+        rows = Evaluator(self.index, self.tables, as_of, self._fallback(as_of)).union(roots)
+        return contact_ids_of(self.index, rows)
+
+    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+        if self.index is None:
+            return self.duckdb.count(roots, as_of)
+        rows = Evaluator(self.index, self.tables, as_of, self._fallback(as_of)).union(roots)
+        return count_by_status(self.index, rows)
+
+    def close(self) -> None:
+        if self._duckdb is not None:
+            self._duckdb.close()
+            self._duckdb = None

@@ -30,7 +30,8 @@ NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 INFER_NUMBER_RE = r"^[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?)?\s*([Zz]|[+-]\d{2}(:?\d{2})?)?$"
-WS_RE = r"^\s+|\s+$"
+#: what "white space around a value" means: ASCII white space and the no-break space
+WS_CHARS = " \t\n\r\x0b\x0c\u00a0"
 
 REJECT_SAMPLE = 3
 
@@ -127,7 +128,7 @@ def is_text_type(duck_type: str) -> bool:
 
 
 def blank_to_null(col: str) -> str:
-    return f"NULLIF(regexp_replace({col}, {lit(WS_RE)}, '', 'g'), '')"
+    return f"NULLIF(trim({col}, {lit(WS_CHARS)}), '')"
 
 
 def parse_value(col: str, source_type: str, ftype: FieldType) -> tuple[str, str]:
@@ -252,7 +253,7 @@ def parse_types_option(spec: str | None) -> dict[str, FieldType]:
 
 
 def email_expr(col: str) -> str:
-    return f"lower(regexp_replace(CAST({col} AS VARCHAR), {lit(WS_RE)}, '', 'g'))"
+    return f"lower(trim(CAST({col} AS VARCHAR), {lit(WS_CHARS)}))"
 
 
 def reason_sql(parts: list[tuple[str, str]]) -> str:
@@ -563,31 +564,37 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
     con.execute(
         f"CREATE TEMP VIEW known AS SELECT email AS known_email, contact_id FROM read_parquet({file_list(contacts)})"
     )
-    email = email_expr(q("email"))
     campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
     etype = f"lower({blank_to_null('CAST(' + q('type') + ' AS VARCHAR)')})"
     ts, _ = parse_value(q("timestamp"), cols["timestamp"], FieldType.DATETIME)
     url = f"NULLIF(CAST({q('url')} AS VARCHAR), '')" if "url" in cols else "NULL::VARCHAR"
     allowed = ", ".join(lit(t) for t in EVENT_TYPES)
+    # Each value is normalised once in the inner query; the outer one names the
+    # problems of each record.
+    normalised = ", ".join([
+        f"{LINE} AS line", "_width", f"{email_expr(q('email'))} AS email",
+        f"{q('email')} AS raw_email", f"{campaign} AS campaign", f"{etype} AS type",
+        f"{q('type')} AS raw_type", f"CAST({ts} AS TIMESTAMP) AS timestamp",
+        f"{q('timestamp')} AS raw_timestamp", f"{url} AS url",
+    ])
     reasons = width_check(source) + [
-        (f"{email} IS NULL OR {email} = ''", "'missing email'"),
-        (f"{email} <> '' AND NOT regexp_matches({email}, {lit(EMAIL_RE)})",
-         f"'invalid email ' || {quoted_value(q('email'))}"),
-        (f"{email} <> '' AND regexp_matches({email}, {lit(EMAIL_RE)}) AND k.contact_id IS NULL",
-         f"'unknown email ' || {quoted_value(email)} || ' (import the contact first)'"),
-        (f"{campaign} IS NULL", "'missing campaign'"),
-        (f"{etype} IS NULL OR {etype} NOT IN ({allowed})",
-         f"'unknown event type ' || coalesce({quoted_value(q('type'))}, 'empty') || "
+        ("n.email IS NULL OR n.email = ''", "'missing email'"),
+        ("n.email <> '' AND NOT n.valid_email", f"'invalid email ' || {quoted_value('raw_email')}"),
+        ("n.valid_email AND k.contact_id IS NULL",
+         f"'unknown email ' || {quoted_value('n.email')} || ' (import the contact first)'"),
+        ("campaign IS NULL", "'missing campaign'"),
+        (f"type IS NULL OR type NOT IN ({allowed})",
+         f"'unknown event type ' || coalesce({quoted_value('raw_type')}, 'empty') || "
          "' (use sent, open, click, bounce or unsubscribe)'"),
-        (f"({ts}) IS NULL", f"'invalid timestamp ' || coalesce({quoted_value(q('timestamp'))}, 'empty')"),
+        ("timestamp IS NULL", f"'invalid timestamp ' || coalesce({quoted_value('raw_timestamp')}, 'empty')"),
     ]
-    reason = reason_sql(reasons)
-    con.execute(
-        f"CREATE TEMP VIEW checked AS SELECT {LINE} AS line, {email} AS email, k.contact_id, "
-        f"{campaign} AS campaign, {etype} AS type, CAST({ts} AS TIMESTAMP) AS timestamp, "
-        f"{url} AS url, {reason} AS reason "
-        f"FROM src LEFT JOIN known k ON k.known_email = {email}"
-    )
+    with progress.task(f"checking {source.rows:,} events"):
+        con.execute(
+            "CREATE TEMP TABLE checked AS SELECT line, n.email, k.contact_id, campaign, type, "
+            f"timestamp, url, {reason_sql(reasons)} AS reason FROM ("
+            f"SELECT *, coalesce(regexp_matches(email, {lit(EMAIL_RE)}), false) AS valid_email "
+            f"FROM (SELECT {normalised} FROM src)) n LEFT JOIN known k ON k.known_email = n.email"
+        )
     con.execute(
         "CREATE TEMP TABLE rejects AS SELECT line, email, reason FROM checked WHERE reason <> ''"
     )

@@ -1,0 +1,513 @@
+"""`--engine index`: segments answered from the engagement index (segengine.store.index).
+
+A rule evaluates to a set of contact *rows* in one of two forms, whichever its data
+gives for free:
+
+* a roaring ``BitMap`` (behavioral rules from per-campaign / per-day bitmaps, status,
+  lists): AND/OR/NOT and counting by status stay in compressed form;
+* a numpy boolean mask over all rows (field predicates, count thresholds computed from
+  the aggregates or the event store).
+
+Combining a bitmap with a mask keeps a bitmap for AND (filter its rows through the
+mask) and turns into a mask otherwise. Every rule is two-valued, so negation is an
+exact complement (``flip`` / ``~``) and SPEC section 4's "negative operators are true
+on empty values" falls out of ``negative = not positive``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyroaring import BitMap
+
+from ..definition.nodes import (
+    ANY_CAMPAIGN,
+    POSITIVE_OF,
+    ActivityRule,
+    CountCondition,
+    FieldRule,
+    Group,
+    LastCampaigns,
+    SegmentRef,
+    day_bounds,
+)
+from ..errors import EngineError
+from ..fields import EVENT_TYPES, STATUSES, FieldType
+from ..store.index import (
+    DAY_US,
+    FieldColumn,
+    IndexData,
+    bitmap_rows,
+    day_number,
+    load_index,
+    to_bitmap,
+)
+from .base import Engine, Tables, empty_by_status
+
+Rows = BitMap | np.ndarray
+
+#: Count conditions that mean "at least one event" and "no event at all".
+AT_LEAST_ONE = frozenset({("gte", 1), ("gt", 0)})
+NONE_AT_ALL = frozenset({("eq", 0), ("lte", 0), ("lt", 1), ("between", (0, 0))})
+#: Up to this many day bitmaps are OR-ed; wider windows use the first/last-day aggregates.
+MAX_DAY_UNION = 31
+
+
+class Unsupported(EngineError):
+    """The index cannot answer this rule (the planner sends it to DuckDB instead)."""
+
+
+# --- set algebra over the two forms ---------------------------------------------------
+
+
+def to_mask(rows: Rows, n: int) -> np.ndarray:
+    if isinstance(rows, np.ndarray):
+        return rows
+    mask = np.zeros(n, dtype=bool)
+    mask[bitmap_rows(rows)] = True
+    return mask
+
+
+def both(a: Rows, b: Rows, n: int) -> Rows:
+    if isinstance(a, BitMap) and isinstance(b, BitMap):
+        return a & b
+    if isinstance(a, BitMap) or isinstance(b, BitMap):
+        bitmap, mask = (a, b) if isinstance(a, BitMap) else (b, a)
+        rows = bitmap_rows(bitmap)
+        return to_bitmap(rows[mask[rows]])
+    return a & b
+
+
+def either(a: Rows, b: Rows, n: int) -> Rows:
+    if isinstance(a, BitMap) and isinstance(b, BitMap):
+        return a | b
+    return to_mask(a, n) | to_mask(b, n)
+
+
+def complement(a: Rows, n: int) -> Rows:
+    if isinstance(a, BitMap):
+        return a.flip(0, n)
+    return ~a
+
+
+def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
+    return (
+        BitMap.union(*bitmaps) if len(bitmaps) > 1 else BitMap(bitmaps[0]) if bitmaps else BitMap()
+    )
+
+
+def everyone(n: int) -> BitMap:
+    bitmap = BitMap()
+    bitmap.add_range(0, n)
+    return bitmap
+
+
+# --- days ---------------------------------------------------------------------------
+
+#: A day range whose bound falls off the calendar: `in_last_days` with a huge N reaches
+#: back to the beginning of time; `before 0001-01-01` or `after 9999-12-31` is empty.
+_OVERFLOW: dict[str, Callable[[dt.date], tuple[int | None, int | None] | None]] = {
+    "in_last_days": lambda as_of: (None, day_number(as_of)),
+}
+
+
+def day_range(op: str, value: Any, as_of: dt.date) -> tuple[int | None, int | None] | None:
+    """Inclusive day numbers an operator selects (None bound: open), or None: no day."""
+    try:
+        low, high = day_bounds(op, value, as_of)
+    except OverflowError:
+        overflow = _OVERFLOW.get(op)
+        return overflow(as_of) if overflow else None
+    return (
+        None if low is None else day_number(low),
+        None if high is None else day_number(high),
+    )
+
+
+def in_range(days: np.ndarray, low: int | None, high: int | None) -> np.ndarray:
+    mask = np.ones(len(days), dtype=bool) if low is None else days >= low
+    if high is not None:
+        mask &= days <= high
+    return mask
+
+
+# --- field rules ------------------------------------------------------------------
+
+TEXT_OPS: dict[str, Callable[[pa.Array, Any], pa.Array]] = {
+    "is": lambda d, v: pc.equal(d, v.lower()),
+    "contains": lambda d, v: pc.match_substring(d, v.lower()),
+    "starts_with": lambda d, v: pc.starts_with(d, v.lower()),
+    "ends_with": lambda d, v: pc.ends_with(d, v.lower()),
+    "in": lambda d, v: pc.is_in(d, value_set=pa.array([x.lower() for x in v], pa.string())),
+}
+
+NUMBER_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
+    "eq": lambda x, v: x == v,
+    "gt": lambda x, v: x > v,
+    "gte": lambda x, v: x >= v,
+    "lt": lambda x, v: x < v,
+    "lte": lambda x, v: x <= v,
+    "between": lambda x, v: (x >= v[0]) & (x <= v[1]),
+    "in": lambda x, v: np.isin(x, np.array(v, dtype=np.float64)),
+}
+
+DATE_OPS = frozenset({"on", "before", "after", "between", "in_last_days", "older_than_days"})
+
+COUNT_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
+    "eq": lambda n, v: n == v,
+    "gte": lambda n, v: n >= v,
+    "lte": lambda n, v: n <= v,
+    "gt": lambda n, v: n > v,
+    "lt": lambda n, v: n < v,
+    "between": lambda n, v: (n >= v[0]) & (n <= v[1]),
+}
+
+
+def count_key(cond: CountCondition) -> tuple[str, Any]:
+    value = tuple(cond.value) if isinstance(cond.value, (tuple, list)) else cond.value
+    return cond.op, value
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+@dataclass
+class Evaluator:
+    """Evaluates resolved trees over one index at one `as_of`.
+
+    `fallback`, when given, answers a rule the index cannot (the planner's DuckDB path)
+    as a boolean mask; without it such a rule raises `Unsupported`.
+    """
+
+    index: IndexData
+    tables: Tables
+    as_of: dt.date
+    fallback: Callable[[Any], np.ndarray] | None = None
+
+    NODE_HANDLERS = {
+        Group: "visit_group",
+        FieldRule: "visit_field_rule",
+        ActivityRule: "visit_activity_rule",
+        SegmentRef: "visit_segment_ref",
+    }
+
+    @property
+    def n(self) -> int:
+        return self.index.n
+
+    def visit(self, node: Any) -> Rows:
+        """The rows matching `node`, its `negate` applied."""
+        handler = self.NODE_HANDLERS.get(type(node))
+        if handler is None:
+            return self.visit_undefined(node)
+        try:
+            rows = getattr(self, handler)(node)
+        except Unsupported:
+            if self.fallback is None or isinstance(node, Group):
+                raise
+            return self.fallback(node)  # the fallback evaluates the node with its negate
+        return complement(rows, self.n) if getattr(node, "negate", False) else rows
+
+    def visit_undefined(self, node: Any) -> Rows:
+        raise Unsupported(f"the index engine has no handler for {type(node).__name__}: {node!r}")
+
+    def visit_segment_ref(self, ref: SegmentRef) -> Rows:
+        raise EngineError(
+            f"segment reference {ref.segment!r} was not resolved: engines evaluate resolved "
+            "trees (segengine.definition.rewrite inlines references first)"
+        )
+
+    def visit_group(self, group: Group) -> Rows:
+        if group.match not in ("all", "any"):
+            raise EngineError(f"unknown group match {group.match!r}")
+        combine = both if group.match == "all" else either
+        result: Rows | None = None
+        for rule in group.rules:
+            rows = self.visit(rule)
+            result = rows if result is None else combine(result, rows, self.n)
+        if result is None:
+            return everyone(self.n) if group.match == "all" else BitMap()
+        return result
+
+    # --- field rules -----------------------------------------------------------------
+
+    def visit_field_rule(self, rule: FieldRule) -> Rows:
+        try:
+            ftype = self.tables.schema[rule.field]
+        except KeyError:
+            raise EngineError(f"unknown field {rule.field!r}") from None
+        if ftype is FieldType.ENUM:
+            return self.status_rule(rule)
+        if ftype is FieldType.SET:
+            return self.lists_rule(rule)
+        column = self.index.fields.get(rule.field)
+        if column is None or column.type is not ftype:
+            raise Unsupported(f"field {rule.field!r} ({ftype}) is not in the index")
+        present = self.present(column)
+        if rule.op == "is_empty":
+            return ~present
+        if rule.op == "is_not_empty":
+            return present
+        positive_op = POSITIVE_OF.get(rule.op, rule.op)
+        matched = self.positive(column, positive_op, rule.value) & present
+        return ~matched if positive_op != rule.op else matched
+
+    def present(self, column: FieldColumn) -> np.ndarray:
+        if column.type is FieldType.TEXT:
+            return np.asarray(column.arrays["codes"]) != len(column.lower)
+        if column.type is FieldType.BOOLEAN:
+            return np.asarray(column.arrays["values"]) >= 0
+        return np.asarray(column.arrays["present"])
+
+    def positive(self, column: FieldColumn, op: str, value: Any) -> np.ndarray:
+        """A positive operator's test (callers AND it with `present`)."""
+        ftype = column.type
+        if ftype is FieldType.TEXT and op in TEXT_OPS:
+            return self.text_test(column, op, value)
+        if ftype is FieldType.NUMBER and op in NUMBER_OPS:
+            return NUMBER_OPS[op](np.asarray(column.arrays["values"]), value)
+        if ftype in (FieldType.DATE, FieldType.DATETIME) and op in DATE_OPS:
+            bounds = day_range(op, value, self.as_of)
+            if bounds is None:
+                return np.zeros(self.n, dtype=bool)
+            return in_range(np.asarray(column.arrays["days"]), *bounds)
+        if ftype is FieldType.BOOLEAN and op == "is":
+            return np.asarray(column.arrays["values"]) == int(bool(value))
+        raise Unsupported(f"{op!r} is not an operator the index evaluates on a {ftype} field")
+
+    def text_test(self, column: FieldColumn, op: str, value: Any) -> np.ndarray:
+        """Evaluate on the (small) lower-cased dictionary, then look codes up."""
+        codes = np.asarray(column.arrays["codes"])
+        hits = TEXT_OPS[op](column.lower, value)
+        hits = pc.fill_null(hits, False).to_numpy(zero_copy_only=False)
+        matching = np.flatnonzero(hits)
+        if len(matching) == 0:
+            return np.zeros(self.n, dtype=bool)
+        if len(matching) <= 4:  # a few compares stream; a gather does not
+            result = codes == matching[0]
+            for code in matching[1:]:
+                result |= codes == code
+            return result
+        return np.append(hits, False).take(codes)  # the last code means empty
+
+    def status_rule(self, rule: FieldRule) -> Rows:
+        positive_op = POSITIVE_OF.get(rule.op, rule.op)
+        if positive_op not in ("is", "in"):
+            raise Unsupported(f"{rule.op!r} is not an operator for status")
+        wanted = {v.lower() for v in _as_tuple(rule.value)}
+        store = self.index.contact_bitmaps
+        matched = union_all([store.get(f"s/{s}") for s in STATUSES if s in wanted])
+        return complement(matched, self.n) if positive_op != rule.op else matched
+
+    def lists_rule(self, rule: FieldRule) -> Rows:
+        store = self.index.contact_bitmaps
+        if rule.op == "is_empty":
+            return complement(store.get("ln"), self.n)
+        if rule.op == "is_not_empty":
+            return BitMap(store.get("ln"))
+        names = [store.get(f"l/{v.lower()}") for v in dict.fromkeys(_as_tuple(rule.value))]
+        if rule.op in ("includes", "excludes"):
+            matched = union_all(names)
+            return complement(matched, self.n) if rule.op == "excludes" else matched
+        if rule.op == "includes_all":
+            return (
+                BitMap.intersection(*names)
+                if len(names) > 1
+                else BitMap(names[0])
+                if names
+                else everyone(self.n)
+            )
+        raise Unsupported(f"{rule.op!r} is not an operator for lists")
+
+    # --- activity rules --------------------------------------------------------------
+
+    def campaign_codes(self, campaigns: Any) -> np.ndarray | None:
+        """Codes of the campaigns a rule selects (None: any campaign)."""
+        if campaigns == ANY_CAMPAIGN:
+            return None
+        if isinstance(campaigns, LastCampaigns):
+            campaigns = self.last_campaigns(campaigns.n)
+        elif not isinstance(campaigns, (tuple, list)):
+            raise EngineError(f"unknown campaigns selector {campaigns!r}")
+        codes = self.index.campaign_codes
+        return np.array(sorted({codes[c] for c in campaigns if c in codes}), dtype=np.int64)
+
+    def last_campaigns(self, n: int) -> list[str]:
+        """The `n` campaigns with the latest send time on or before `as_of`.
+
+        Ties go to the larger campaign id by code point (Python's str order). Campaigns
+        without a `sent` event have no send time and are never chosen.
+        """
+        end = day_number(self.as_of)
+        eligible = [
+            (send, campaign)
+            for campaign, send in zip(self.index.campaigns, self.index.send_us, strict=True)
+            if send is not None and send // DAY_US <= end
+        ]
+        eligible.sort(reverse=True)
+        return [campaign for _, campaign in eligible[:n]]
+
+    def visit_activity_rule(self, rule: ActivityRule) -> Rows:
+        etype = rule.event_type
+        campaigns = self.campaign_codes(rule.campaigns)
+        window: tuple[int | None, int | None] | None = (None, None)
+        if rule.when is not None:
+            window = day_range(rule.when.op, rule.when.value, self.as_of)
+        key = count_key(rule.count)
+        if rule.url_contains is None and (key in AT_LEAST_ONE or key in NONE_AT_ALL):
+            has = self.has_event(etype, campaigns, window)
+            if has is not None:
+                return has if key in AT_LEAST_ONE else complement(has, self.n)
+        counts = self.event_counts(rule, etype, campaigns, window)
+        test = COUNT_OPS.get(rule.count.op)
+        if test is None:
+            raise EngineError(f"unknown count operator {rule.count.op!r}")
+        return test(counts, rule.count.value)
+
+    def has_event(
+        self, etype: str, campaigns: np.ndarray | None, window: tuple | None
+    ) -> Rows | None:
+        """Contacts with at least one matching event, from bitmaps or aggregates.
+
+        None when only the event store can tell (a campaign filter *and* a window: the
+        bitmaps of each are per event, their AND is not).
+        """
+        bitmaps = self.index.bitmaps
+        if window is None:
+            return BitMap()
+        low, high = window
+        if low is None and high is None:
+            if campaigns is None:
+                return BitMap(bitmaps.get(f"e/{etype}"))
+            return union_all([bitmaps.get(f"c/{etype}/{c}") for c in campaigns])
+        if campaigns is not None:
+            return None
+        days = self.index.bitmap_days(etype)
+        lo = 0 if low is None else np.searchsorted(days, low, side="left")
+        hi = len(days) if high is None else np.searchsorted(days, high, side="right")
+        selected = days[lo:hi]
+        if len(selected) == len(days):
+            return BitMap(bitmaps.get(f"e/{etype}"))
+        if len(selected) == 0:
+            return BitMap()
+        if len(selected) > MAX_DAY_UNION:
+            t = self.type_code(etype)
+            if hi == len(days):  # every event of this type is on or before `high`
+                return np.asarray(self.index.last[t]) >= low
+            if lo == 0:  # every event of this type is on or after `low`
+                return np.asarray(self.index.first[t]) <= high
+        return union_all([bitmaps.get(f"d/{etype}/{int(d)}") for d in selected])
+
+    @staticmethod
+    def type_code(etype: str) -> int:
+        return EVENT_TYPES.index(etype)
+
+    def event_counts(
+        self, rule: ActivityRule, etype: str, campaigns: np.ndarray | None, window: tuple | None
+    ) -> np.ndarray:
+        """Per row, how many events the rule counts."""
+        if window is None or (campaigns is not None and len(campaigns) == 0):
+            return np.zeros(self.n, dtype=np.int64)
+        unfiltered = campaigns is None and window == (None, None) and rule.url_contains is None
+        if unfiltered:
+            return np.asarray(self.index.count[self.type_code(etype)])
+        campaign_ok = None
+        if campaigns is not None:
+            campaign_ok = np.zeros(len(self.index.campaigns), dtype=bool)
+            campaign_ok[campaigns] = True
+        url_ok = None
+        if rule.url_contains is not None:
+            urls = self.index.urls()
+            hits = pc.fill_null(pc.match_substring(urls, rule.url_contains.lower()), False)
+            url_ok = np.append(hits.to_numpy(zero_copy_only=False), False)  # -1: no url
+        counts = np.zeros(self.n, dtype=np.int64)
+        for segment in self.index.segments():
+            cols = segment.columns[etype]
+            if "rows" not in cols or len(cols["rows"]) == 0:
+                continue
+            keep = np.ones(len(cols["rows"]), dtype=bool)
+            if campaign_ok is not None:
+                keep &= campaign_ok[cols["campaign"]]
+            if window != (None, None):
+                keep &= in_range(np.asarray(cols["day"]), *window)
+            if url_ok is not None:
+                keep &= url_ok[cols["url"]]
+            counts += np.bincount(cols["rows"][keep].astype(np.intp), minlength=self.n)
+        return counts
+
+    # --- results ------------------------------------------------------------------
+
+    def union(self, roots: Sequence[Group]) -> Rows:
+        result: Rows | None = None
+        for root in roots:
+            rows = self.visit(root)
+            result = rows if result is None else either(result, rows, self.n)
+        return BitMap() if result is None else result
+
+
+def count_by_status(index: IndexData, rows: Rows) -> dict[str, int]:
+    counts = empty_by_status()
+    if isinstance(rows, BitMap):
+        for s in STATUSES:
+            counts[s] = rows.intersection_cardinality(index.contact_bitmaps.get(f"s/{s}"))
+        return counts
+    # Two ANDs and three popcounts beat bincount(status[mask]) ~50x (no gather, no cast).
+    for s, is_status in index.status_masks().items():
+        counts[s] = int(np.count_nonzero(rows & is_status))
+    return counts
+
+
+def contact_ids_of(index: IndexData, rows: Rows) -> np.ndarray:
+    positions = bitmap_rows(rows) if isinstance(rows, BitMap) else np.flatnonzero(rows)
+    return index.ids[positions].astype(np.int64, copy=False)
+
+
+class IndexEngine(Engine):
+    """Answers from the engagement index only; refuses what it cannot answer exactly."""
+
+    name = "index"
+
+    def __init__(self, tables: Tables, index: IndexData | None = None):
+        super().__init__(tables)
+        if index is None:
+            raise EngineError(
+                "--engine index needs a workspace snapshot with an engagement index; "
+                "use --engine auto or duckdb"
+            )
+        self.index = index
+
+    @classmethod
+    def for_snapshot(cls, snapshot: Any) -> IndexEngine:
+        """The engine over a snapshot's index; raises EngineError when it is not current."""
+        return cls(snapshot.tables, load_index(snapshot))
+
+    def evaluator(self, as_of: dt.date) -> Evaluator:
+        return Evaluator(self.index, self.tables, as_of)
+
+    def rows(self, roots: Sequence[Group], as_of: dt.date) -> Rows:
+        try:
+            return self.evaluator(as_of).union(roots)
+        except Unsupported as exc:
+            raise EngineError(f"--engine index cannot answer this: {exc}") from None
+
+    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
+        return contact_ids_of(self.index, self.rows(roots, as_of))
+
+    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+        return count_by_status(self.index, self.rows(roots, as_of))
+
+
+__all__ = [
+    "Evaluator",
+    "IndexEngine",
+    "Unsupported",
+    "contact_ids_of",
+    "count_by_status",
+]

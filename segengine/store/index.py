@@ -1,0 +1,841 @@
+"""The engagement index: per-contact aggregates, bitmaps and a compact event store.
+
+The index answers segment rules in milliseconds where a scan of the raw events takes
+seconds. It is a directory under ``index/`` that one manifest references::
+
+    manifest["index"] = {"path": "index/index-v000007-...", "format": 1,
+                         "covers": {"contacts": [...], "events": [...]}}
+
+It is never stale: it is built inside the transaction that changes the data it covers
+(`refresh_index`, called by `Transaction.commit` before the new files are made durable),
+and readers refuse it unless its ``covers`` equal the snapshot's files exactly
+(`load_index`). docs/index.md explains the layout and the alternatives we rejected.
+
+Rows: contact *rows* are positions in the contacts sorted by ``contact_id`` (for a
+workspace, ``row = contact_id - 1``). Bitmaps and arrays are indexed by row. Contact ids
+are only ever appended, so rows of an older index stay valid when contacts are added;
+anything else (a contact removed, an id inserted) rebuilds the event part from scratch.
+
+Directory layout (every file immutable; files an update does not change are
+hard-linked from the previous index directory, so an update writes only what changed)::
+
+    meta.json                  covers, sizes, dictionaries (campaigns, send times), files
+    contacts/ids.npy           int64 contact ids, sorted (row -> contact_id)
+    contacts/status.npy        uint8 status codes (STATUSES order)
+    contacts/f.<i>.*           one field: codes + lower-cased dictionary, values, days, ...
+    contacts/bitmaps-*.bin     status bitmaps, one bitmap per lower-cased list name
+    aggregates/*.npy           count, first day, last day per (event type, row)
+    bitmaps-*.bin              roaring bitmaps per (type), (type, campaign), (type, day)
+    urls-*.arrow               lower-cased click URL dictionary
+    events/<segment>/*.bin     the event store, one segment per import: per type the
+                               rows (uint32), days (int32), campaigns (int32), urls (int32)
+"""
+
+from __future__ import annotations
+
+import array
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyroaring import BitMap
+
+from ..errors import EngineError
+from ..fields import EVENT_TYPES, STATUSES, FieldType, Schema
+
+if TYPE_CHECKING:
+    from .workspace import Snapshot, Transaction
+
+FORMAT = 1
+META = "meta.json"
+DAY_US = 86_400_000_000
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+#: Rows read per batch when streaming events: bounds memory whatever the event count.
+BATCH_ROWS = 4_000_000
+NO_FIRST = np.iinfo(np.int32).max
+NO_LAST = np.iinfo(np.int32).min
+TYPE_CODES = {t: i for i, t in enumerate(EVENT_TYPES)}
+CLICK = TYPE_CODES["click"]
+SENT = TYPE_CODES["sent"]
+#: The event store's columns per type and their dtypes (``url`` for clicks only).
+STORE_COLUMNS = {"rows": np.uint32, "day": np.int32, "campaign": np.int32, "url": np.int32}
+
+
+class IndexUnavailable(EngineError):
+    """The snapshot has no engagement index covering exactly its files."""
+
+
+def day_number(day: dt.date) -> int:
+    """Days since 1970-01-01 (the index's day unit)."""
+    return day.toordinal() - EPOCH_ORDINAL
+
+
+def covers_of(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    return {"contacts": list(manifest["contacts"]), "events": list(manifest["events"])}
+
+
+# --- small helpers ---------------------------------------------------------------
+
+
+def to_bitmap(rows: np.ndarray) -> BitMap:
+    """A bitmap of sorted uint32 rows (array('I') is ~6x faster to ingest than numpy)."""
+    return BitMap(array.array("I", np.ascontiguousarray(rows, dtype=np.uint32).tobytes()))
+
+
+def bitmap_rows(bitmap: BitMap) -> np.ndarray:
+    return np.frombuffer(bitmap.to_array(), dtype=np.uint32)
+
+
+def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (table columns and some kernels give chunked ones)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def python_lower(values: pa.Array) -> pa.Array:
+    """Lower-case text exactly as Python's ``str.lower`` (SPEC section 4).
+
+    Arrow's ``utf8_lower`` agrees with Python on ASCII; only the non-ASCII values are
+    lower-cased in Python (İ and the final sigma differ), one call per distinct value.
+    """
+    values = flat(values).cast(pa.string())
+    lowered = pc.utf8_lower(values)
+    non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(values), True))
+    if not pc.any(non_ascii).as_py():
+        return lowered
+    exact = [None if v is None else v.lower() for v in values.filter(non_ascii).to_pylist()]
+    return pc.replace_with_mask(lowered, non_ascii, pa.array(exact, pa.string()))
+
+
+def timestamp_micros(column: pa.Array) -> pa.Array:
+    """Timestamps (any unit, any zone) as int64 UTC microseconds; dates at midnight."""
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.timestamp("us"))
+    column = column.cast(pa.timestamp("us", tz=column.type.tz))
+    return column.cast(pa.int64())
+
+
+def days_of(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTC day numbers int32, present mask) of a date or timestamp column."""
+    present = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    if pa.types.is_date32(column.type):
+        days = column.view(pa.int32()).to_numpy(zero_copy_only=False)
+    else:
+        micros = timestamp_micros(column).to_numpy(zero_copy_only=False)
+        days = np.floor_divide(micros, DAY_US)
+    days = np.where(present, days, 0).astype(np.int32)
+    return days, present
+
+
+def save(path: Path, array_: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ascontiguousarray(array_), allow_pickle=False)
+    return path.name
+
+
+def load(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def save_strings(path: Path, values: pa.Array) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"v": values.cast(pa.large_string())})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path.name
+
+
+def load_strings(path: Path) -> pa.Array:
+    with pa.memory_map(str(path), "r") as source:
+        return pa.ipc.open_file(source).read_all().column("v").combine_chunks()
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Reuse an immutable file of the previous index without copying its bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        import shutil
+
+        shutil.copyfile(source, target)
+
+
+# --- bitmap families ---------------------------------------------------------------
+
+
+@dataclass
+class BitmapStore:
+    """Named bitmaps serialized into layer files; ``entries`` maps name -> (file, offset, size).
+
+    An update writes a new layer holding only the bitmaps it changed and points their
+    names at it; the older layers stay (hard-linked) for the names it did not touch.
+    """
+
+    directory: Path
+    entries: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    _maps: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, BitMap] = field(default_factory=dict)
+
+    def get(self, name: str) -> BitMap:
+        """The named bitmap (empty when absent); callers must not modify it."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        entry = self.entries.get(name)
+        if entry is None:
+            return BitMap()
+        file, offset, size = entry
+        data = self._maps.get(file)
+        if data is None:
+            data = self._maps[file] = np.memmap(self.directory / file, dtype=np.uint8, mode="r")
+        bitmap = BitMap.deserialize(data[offset : offset + size].tobytes())
+        self._cache[name] = bitmap
+        return bitmap
+
+    def names(self, prefix: str) -> Iterator[str]:
+        return (name for name in self.entries if name.startswith(prefix))
+
+    def write_layer(self, bitmaps: dict[str, BitMap]) -> str | None:
+        """Write `bitmaps` as one new layer file; returns its name (None when empty)."""
+        if not bitmaps:
+            return None
+        name = f"bitmaps-{uuid.uuid4().hex[:12]}.bin"
+        offset = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / name, "wb") as f:
+            for key, bitmap in bitmaps.items():
+                bitmap.run_optimize()
+                data = bitmap.serialize()
+                f.write(data)
+                self.entries[key] = (name, offset, len(data))
+                offset += len(data)
+        return name
+
+    def layers(self) -> set[str]:
+        return {file for file, _, _ in self.entries.values()}
+
+    def to_json(self) -> dict[str, list]:
+        return {k: list(v) for k, v in self.entries.items()}
+
+    @classmethod
+    def from_json(cls, directory: Path, entries: dict[str, list]) -> BitmapStore:
+        return cls(directory, {k: (v[0], int(v[1]), int(v[2])) for k, v in entries.items()})
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. np.unique hashes in numpy 2.x, which is ~15x slower here."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    return values[np.concatenate(([True], values[1:] != values[:-1]))]
+
+
+def group_bitmaps(keys: np.ndarray, rows: np.ndarray) -> dict[int, BitMap]:
+    """One bitmap of rows per distinct key, vectorised: sort (key, row) pairs once."""
+    if len(rows) == 0:
+        return {}
+    packed = sorted_unique((keys.astype(np.int64) << 32) | rows.astype(np.int64))
+    key_of = packed >> 32
+    row_of = (packed & 0xFFFFFFFF).astype(np.uint32)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key_of)) + 1))
+    ends = np.append(starts[1:], len(packed))
+    return {
+        int(key_of[s]): to_bitmap(row_of[s:e]) for s, e in zip(starts, ends, strict=True)
+    }
+
+
+# --- the contact part ----------------------------------------------------------------
+
+#: Field types stored as dictionary codes of lower-cased text.
+TEXT_KINDS = (FieldType.TEXT,)
+
+
+def read_contacts(files: Sequence[str], schema: Schema) -> pa.Table:
+    """All contacts sorted by contact_id; fields missing from a file read as null."""
+    wanted = ["contact_id", "email", "status", "lists", "date_added", *schema.custom_fields]
+    tables = []
+    for f in files:
+        table = pq.read_table(f)
+        tables.append(table.select([c for c in wanted if c in table.column_names]))
+    if tables:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    else:
+        table = pa.table({"contact_id": pa.array([], pa.int64())})
+    for name in wanted:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows))
+    table = table.select(wanted).combine_chunks()
+    ids = table.column("contact_id").to_numpy()
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():  # workspace files are sorted already
+        table = table.take(pc.sort_indices(table.column("contact_id")))
+    return table
+
+
+def email_domains(emails: pa.Array) -> pa.Array:
+    """The part after the last ``@`` (null without one), as `email_domain` is defined."""
+    emails = emails.cast(pa.string())
+    parsed = pc.extract_regex(emails, r"@(?P<d>[^@]*)$")
+    return pc.struct_field(parsed, "d")
+
+
+def encode_text(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(codes, lower-cased dictionary); null and "" get the code len(dictionary).
+
+    The code type is the narrowest that fits, so scanning a low-cardinality field reads
+    one byte per contact.
+    """
+    values = flat(values).cast(pa.string())
+    empty = pc.fill_null(pc.equal(values, ""), True)
+    encoded = flat(pc.dictionary_encode(pc.if_else(empty, pa.scalar(None, pa.string()), values)))
+    dictionary = encoded.dictionary
+    n = len(dictionary)
+    dtype = np.uint8 if n < 255 else np.uint16 if n < 65535 else np.uint32
+    codes = pc.fill_null(encoded.indices.cast(pa.int64()), n).to_numpy(zero_copy_only=False)
+    return codes.astype(dtype), python_lower(dictionary)
+
+
+def build_field(directory: Path, prefix: str, ftype: FieldType, column: pa.Array) -> dict:
+    """Store one field's column; returns its description for meta.json."""
+    if ftype in TEXT_KINDS:
+        codes, lowered = encode_text(column)
+        return {
+            "type": ftype.value,
+            "codes": save(directory / f"{prefix}.codes.npy", codes),
+            "lower": save_strings(directory / f"{prefix}.lower.arrow", lowered),
+        }
+    present = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    if ftype == FieldType.NUMBER:
+        values = pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        return {
+            "type": ftype.value,
+            "values": save(directory / f"{prefix}.values.npy", values),
+            "present": save(directory / f"{prefix}.present.npy", present),
+        }
+    if ftype in (FieldType.DATE, FieldType.DATETIME):
+        days, present = days_of(column) if len(column) else (np.zeros(0, np.int32), present)
+        return {
+            "type": ftype.value,
+            "days": save(directory / f"{prefix}.days.npy", days),
+            "present": save(directory / f"{prefix}.present.npy", present),
+        }
+    if ftype == FieldType.BOOLEAN:
+        values = pc.fill_null(column.cast(pa.int8()), -1).to_numpy(zero_copy_only=False)
+        return {"type": ftype.value, "values": save(directory / f"{prefix}.values.npy", values)}
+    raise EngineError(f"the index cannot store a {ftype} field")
+
+
+def build_lists(store: BitmapStore, lists: pa.Array, n: int) -> None:
+    """One bitmap per lower-cased list name, plus ``ln`` (in at least one list)."""
+    lists = flat(lists).cast(pa.list_(pa.string()))
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    bitmaps = {"ln": to_bitmap(np.flatnonzero(lengths > 0))}
+    names = pc.list_flatten(lists)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    keep = pc.is_valid(names).to_numpy(zero_copy_only=False)
+    if keep.any():
+        names, parents = names.filter(pa.array(keep)), parents[keep]
+        encoded = flat(pc.dictionary_encode(python_lower(names)))
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        dictionary = encoded.dictionary.to_pylist()
+        for code, bitmap in group_bitmaps(codes, parents.astype(np.uint32)).items():
+            bitmaps[f"l/{dictionary[code]}"] = bitmap
+    store.write_layer(bitmaps)
+
+
+def build_contacts(directory: Path, files: Sequence[str], schema: Schema) -> dict:
+    """The contact part: ids, status, every field; returns its meta.json section."""
+    table = read_contacts(files, schema)
+    n = table.num_rows
+    table = pa.table({name: flat(table.column(name)) for name in table.column_names})
+    ids = table.column("contact_id").to_numpy().astype(np.int64)
+    part = directory / "contacts"
+    part.mkdir(parents=True, exist_ok=True)
+    save(part / "ids.npy", ids)
+    status = python_lower(table.column("status").cast(pa.string()))
+    codes = pc.fill_null(pc.index_in(status, pa.array(STATUSES)), 255)
+    status_codes = codes.to_numpy(zero_copy_only=False).astype(np.uint8)
+    save(part / "status.npy", status_codes)
+    store = BitmapStore(part)
+    status_maps = {f"s/{s}": to_bitmap(np.flatnonzero(status_codes == i)) for i, s in enumerate(STATUSES)}
+    store.write_layer(status_maps)
+    build_lists(store, table.column("lists"), n)
+    fields: dict[str, dict] = {}
+    columns = {"email": table.column("email"), "email_domain": email_domains(table.column("email"))}
+    columns["date_added"] = table.column("date_added")
+    for name in schema.custom_fields:
+        columns[name] = table.column(name)
+    types = {"email": FieldType.TEXT, "email_domain": FieldType.TEXT, "date_added": FieldType.DATETIME}
+    types.update(schema.custom)
+    for i, (name, column) in enumerate(columns.items()):
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_null(column.type):
+            column = pa.nulls(n, type=_arrow_type(types[name]))
+        fields[name] = build_field(part, f"f{i}", types[name], column)
+    dense = bool(n == 0 or (ids[0] == 1 and ids[-1] == n))
+    return {"n": n, "dense": dense, "fields": fields, "bitmaps": store.to_json()}
+
+
+def _arrow_type(ftype: FieldType) -> pa.DataType:
+    return {
+        FieldType.TEXT: pa.string(),
+        FieldType.NUMBER: pa.float64(),
+        FieldType.DATE: pa.date32(),
+        FieldType.DATETIME: pa.timestamp("us"),
+        FieldType.BOOLEAN: pa.bool_(),
+    }[ftype]
+
+
+# --- the event part --------------------------------------------------------------------
+
+
+class Dictionary:
+    """A growing text -> code dictionary; codes are stable across updates."""
+
+    def __init__(self, values: Sequence[str] = ()):
+        self.values = list(values)
+        self._arrow = pa.array(self.values, pa.string())
+
+    def encode(self, column: pa.Array) -> np.ndarray:
+        """Codes of `column` (nulls -> -1), adding values never seen before."""
+        encoded = flat(pc.dictionary_encode(flat(column).cast(pa.string())))
+        local = encoded.dictionary
+        found = pc.index_in(local, self._arrow).to_numpy(zero_copy_only=False)
+        found = np.where(np.isnan(found.astype(float)), -1, found).astype(np.int64)
+        missing = np.flatnonzero(found < 0)
+        if len(missing):
+            start = len(self.values)
+            self.values.extend(local.take(pa.array(missing)).to_pylist())
+            found[missing] = np.arange(start, start + len(missing))
+            self._arrow = pa.array(self.values, pa.string())
+        mapping = np.append(found, -1)
+        indices = pc.fill_null(encoded.indices.cast(pa.int64()), len(local))
+        return mapping[indices.to_numpy(zero_copy_only=False)].astype(np.int32)
+
+
+@dataclass
+class EventPart:
+    """The event part of an index being built: aggregates, bitmaps, dictionaries, store."""
+
+    n: int
+    directory: Path
+    count: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    campaigns: Dictionary
+    send_us: list[int | None]
+    urls: Dictionary
+    bitmaps: BitmapStore
+    segments: list[dict]
+    day_range: list[list[int | None]]
+    orphans: int = 0
+    touched: dict[str, BitMap] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, directory: Path) -> EventPart:
+        t = len(EVENT_TYPES)
+        return cls(
+            n=n,
+            directory=directory,
+            count=np.zeros((t, n), np.uint32),
+            first=np.full((t, n), NO_FIRST, np.int32),
+            last=np.full((t, n), NO_LAST, np.int32),
+            campaigns=Dictionary(),
+            send_us=[],
+            urls=Dictionary(),
+            bitmaps=BitmapStore(directory),
+            segments=[],
+            day_range=[[None, None] for _ in EVENT_TYPES],
+        )
+
+    @classmethod
+    def extend(cls, previous: IndexData, n: int, directory: Path) -> EventPart:
+        """Start from the previous index's event part (rows padded to `n` contacts)."""
+        part = cls.empty(n, directory)
+        old = previous.n
+        part.count[:, :old] = previous.count
+        part.first[:, :old] = previous.first
+        part.last[:, :old] = previous.last
+        meta = previous.meta["events"]
+        part.campaigns = Dictionary(previous.campaigns)
+        part.send_us = list(meta["send_us"])
+        part.urls = Dictionary(previous.urls().to_pylist())
+        part.orphans = int(meta["orphans"])
+        part.day_range = [list(r) for r in meta["day_range"]]
+        for layer in previous.bitmaps.layers():
+            link_or_copy(previous.directory / layer, directory / layer)
+        part.bitmaps = BitmapStore(directory, dict(previous.bitmaps.entries))
+        for segment in meta["segments"]:
+            for name in segment["files"].values():
+                link_or_copy(previous.directory / "events" / name, directory / "events" / name)
+            part.segments.append(segment)
+        return part
+
+    def add_files(self, files: Sequence[str], ids: np.ndarray, dense: bool) -> None:
+        """Stream the events of `files` into a new event-store segment and the aggregates."""
+        if not files:
+            return
+        segment = f"s{len(self.segments):04d}-{uuid.uuid4().hex[:8]}"
+        sinks = {}
+        lengths = {t: 0 for t in EVENT_TYPES}
+        (self.directory / "events").mkdir(parents=True, exist_ok=True)
+        try:
+            for batch in stream_events(files):
+                self._add_batch(batch, ids, dense, segment, sinks, lengths)
+        finally:
+            for sink in sinks.values():
+                sink.close()
+        names = {key: f"{segment}.{key}.bin" for key in sinks}
+        self.segments.append({"name": segment, "files": names, "lengths": lengths})
+        self.bitmaps.write_layer(self.touched)
+        self.touched = {}
+
+    def _add_batch(self, batch: pa.RecordBatch, ids, dense, segment, sinks, lengths) -> None:
+        contact = pc.fill_null(batch.column("contact_id").cast(pa.int64()), 0)
+        rows, known = contact_rows(contact.to_numpy(zero_copy_only=False), ids, dense)
+        types = pc.fill_null(pc.index_in(batch.column("type").cast(pa.string()),
+                                         pa.array(EVENT_TYPES)), -1)
+        types = types.to_numpy(zero_copy_only=False)
+        ts_col = batch.column("timestamp")
+        micros = pc.fill_null(timestamp_micros(ts_col), 0).to_numpy(zero_copy_only=False)
+        has_ts = pc.is_valid(ts_col).to_numpy(zero_copy_only=False)
+        campaigns = self.campaigns.encode(batch.column("campaign"))
+        valid = (types >= 0) & has_ts & (campaigns >= 0)
+        self.orphans += int(np.count_nonzero(valid & ~known))
+        keep = valid & known
+        days = np.floor_divide(micros, DAY_US).astype(np.int32)
+        for t, etype in enumerate(EVENT_TYPES):
+            sel = np.flatnonzero(keep & (types == t))
+            if len(sel) == 0:
+                continue
+            r, d, c = rows[sel].astype(np.uint32), days[sel], campaigns[sel]
+            columns = {"rows": r, "day": d, "campaign": c}
+            if t == CLICK:
+                urls = batch.column("url").take(pa.array(sel))
+                empty = pc.fill_null(pc.equal(urls, ""), True)
+                lowered = python_lower(pc.if_else(empty, pa.scalar(None, pa.string()), urls))
+                columns["url"] = self.urls.encode(lowered)
+            if t == SENT:
+                self._send_times(c, micros[sel])
+            for key, values in columns.items():
+                name = f"{etype}.{key}"
+                if name not in sinks:
+                    sinks[name] = open(self.directory / "events" / f"{segment}.{name}.bin", "wb")
+                sinks[name].write(np.ascontiguousarray(values, STORE_COLUMNS[key]).tobytes())
+            lengths[etype] += len(sel)
+            self._aggregate(t, r, d)
+            self._bitmaps(etype, r, d, c)
+
+    def _send_times(self, campaigns: np.ndarray, micros: np.ndarray) -> None:
+        frame = pl.DataFrame({"c": campaigns, "t": micros}).group_by("c").agg(pl.col("t").min())
+        if len(self.send_us) < len(self.campaigns.values):
+            self.send_us.extend([None] * (len(self.campaigns.values) - len(self.send_us)))
+        for code, t in frame.iter_rows():  # one row per campaign in the batch, not per event
+            old = self.send_us[code]
+            self.send_us[code] = int(t) if old is None else min(old, int(t))
+
+    def _aggregate(self, t: int, rows: np.ndarray, days: np.ndarray) -> None:
+        frame = (
+            pl.DataFrame({"r": rows, "d": days})
+            .group_by("r")
+            .agg(pl.len().alias("n"), pl.col("d").min().alias("lo"), pl.col("d").max().alias("hi"))
+        )
+        r = frame["r"].to_numpy()
+        self.count[t, r] += frame["n"].to_numpy().astype(np.uint32)
+        self.first[t, r] = np.minimum(self.first[t, r], frame["lo"].to_numpy())
+        self.last[t, r] = np.maximum(self.last[t, r], frame["hi"].to_numpy())
+        lo, hi = int(days.min()), int(days.max())
+        old_lo, old_hi = self.day_range[t]
+        self.day_range[t] = [lo if old_lo is None else min(lo, old_lo),
+                             hi if old_hi is None else max(hi, old_hi)]
+
+    def _merge(self, name: str, bitmap: BitMap) -> None:
+        current = self.touched.get(name)
+        if current is None:
+            current = self.touched[name] = BitMap(self.bitmaps.get(name))
+        current |= bitmap
+
+    def _bitmaps(self, etype: str, rows: np.ndarray, days: np.ndarray, camps: np.ndarray) -> None:
+        self._merge(f"e/{etype}", to_bitmap(sorted_unique(rows)))
+        for code, bitmap in group_bitmaps(camps, rows).items():
+            self._merge(f"c/{etype}/{code}", bitmap)
+        for day, bitmap in group_bitmaps(days, rows).items():
+            self._merge(f"d/{etype}/{day}", bitmap)
+
+    def write(self) -> dict:
+        """Write aggregates and dictionaries; returns the meta.json section."""
+        agg = self.directory / "aggregates"
+        save(agg / "count.npy", self.count)
+        save(agg / "first.npy", self.first)
+        save(agg / "last.npy", self.last)
+        if len(self.send_us) < len(self.campaigns.values):
+            self.send_us.extend([None] * (len(self.campaigns.values) - len(self.send_us)))
+        urls = save_strings(self.directory / f"urls-{uuid.uuid4().hex[:8]}.arrow",
+                            pa.array(self.urls.values, pa.string()))
+        return {
+            "campaigns": self.campaigns.values,
+            "send_us": self.send_us,
+            "urls": urls,
+            "bitmaps": self.bitmaps.to_json(),
+            "segments": self.segments,
+            "day_range": self.day_range,
+            "orphans": self.orphans,
+        }
+
+
+def stream_events(files: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The events of `files` in bounded batches (url as null when a file has none)."""
+    for f in files:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        columns = [c for c in ("contact_id", "campaign", "type", "timestamp", "url") if c in names]
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            if "url" not in names:
+                batch = batch.append_column("url", pa.nulls(batch.num_rows, pa.string()))
+            yield batch
+
+
+def contact_rows(contact_ids: np.ndarray, ids: np.ndarray, dense: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each contact id, whether the contact exists)."""
+    n = len(ids)
+    if dense:
+        rows = contact_ids - 1
+        known = (rows >= 0) & (rows < n)
+        return np.where(known, rows, 0), known
+    pos = np.searchsorted(ids, contact_ids)
+    clipped = np.minimum(pos, max(n - 1, 0))
+    known = (pos < n) & (ids[clipped] == contact_ids) if n else np.zeros(len(pos), bool)
+    return np.where(known, clipped, 0), known
+
+
+# --- building and refreshing -----------------------------------------------------------
+
+
+def build_index(
+    contacts: Sequence[str],
+    events: Sequence[str],
+    schema: Schema,
+    directory: Path,
+    previous: IndexData | None = None,
+    covers: dict[str, list[str]] | None = None,
+) -> dict:
+    """Build the index of these files into `directory`, reusing `previous` where it can.
+
+    `covers` names the files as the manifest does (workspace-relative); it defaults to
+    the given paths. Returns the meta written to ``meta.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    covers = covers or {"contacts": list(contacts), "events": list(events)}
+    same_contacts = (
+        previous is not None
+        and previous.meta["covers"]["contacts"] == covers["contacts"]
+        and previous.meta["schema"] == _schema_json(schema)
+    )
+    if same_contacts:
+        for file in sorted((previous.directory / "contacts").iterdir()):
+            link_or_copy(file, directory / "contacts" / file.name)
+        contact_meta = previous.meta["contacts"]
+    else:
+        contact_meta = build_contacts(directory, contacts, schema)
+    ids = load(directory / "contacts" / "ids.npy")
+    n = contact_meta["n"]
+    old_events = previous.meta["covers"]["events"] if previous is not None else []
+    reuse = (
+        previous is not None
+        and covers["events"][: len(old_events)] == old_events
+        and n >= previous.n
+        and np.array_equal(ids[: previous.n], previous.ids)
+        and (same_contacts or previous.meta["events"]["orphans"] == 0)
+    )
+    if reuse:
+        part = EventPart.extend(previous, n, directory)
+        new_files = list(events)[len(old_events) :]
+    else:
+        part = EventPart.empty(n, directory)
+        new_files = list(events)
+    part.add_files(new_files, np.asarray(ids), bool(contact_meta["dense"]))
+    meta = {
+        "format": FORMAT,
+        "covers": covers,
+        "schema": _schema_json(schema),
+        "contacts": contact_meta,
+        "events": part.write(),
+        "incremental": bool(reuse),
+    }
+    (directory / META).write_text(json.dumps(meta))
+    return meta
+
+
+def _schema_json(schema: Schema) -> list[list[str]]:
+    return [[name, ftype.value] for name, ftype in schema.custom]
+
+
+def refresh_index(tx: Transaction) -> None:
+    """Bring the index up to date with the transaction's files (no-op when it already is).
+
+    Called by `Transaction.commit` before anything is made durable, so the index files
+    are part of the same atomic commit as the data they describe.
+    """
+    covers = covers_of(tx.manifest)
+    current = tx.manifest.get("index") or {}
+    if current.get("covers") == covers and current.get("format") == FORMAT:
+        return
+    previous = None
+    if current.get("path"):
+        try:
+            previous = IndexData.open(tx.root / current["path"])
+        except (OSError, ValueError, KeyError, EngineError):
+            previous = None  # unreadable or another format: build from scratch
+        if previous is not None and previous.meta.get("format") != FORMAT:
+            previous = None
+    directory = tx.new_file("index", suffix="", directory="index")
+    schema = Schema.from_pairs(tuple(pair) for pair in tx.manifest["fields"])
+    build_index(
+        [str(tx.root / f) for f in covers["contacts"]],
+        [str(tx.root / f) for f in covers["events"]],
+        schema,
+        directory,
+        previous=previous,
+        covers=covers,
+    )
+    tx.manifest["index"] = {"path": tx.relative(directory), "format": FORMAT, "covers": covers}
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+@dataclass
+class FieldColumn:
+    """One indexed field, memory-mapped."""
+
+    type: FieldType
+    arrays: dict[str, np.ndarray]
+    lower: pa.Array | None = None
+
+
+@dataclass
+class StoreSegment:
+    """The events of one import, per type, memory-mapped."""
+
+    columns: dict[str, dict[str, np.ndarray]]
+
+
+class IndexData:
+    """A loaded index: memory-mapped arrays and lazily deserialized bitmaps."""
+
+    def __init__(self, directory: Path, meta: dict):
+        self.directory = Path(directory)
+        self.meta = meta
+        contacts = meta["contacts"]
+        self.n = int(contacts["n"])
+        part = self.directory / "contacts"
+        self.ids = np.asarray(load(part / "ids.npy"))
+        self.status = load(part / "status.npy")
+        self.contact_bitmaps = BitmapStore.from_json(part, contacts["bitmaps"])
+        self.fields = {name: self._field(part, spec) for name, spec in contacts["fields"].items()}
+        events = meta["events"]
+        agg = self.directory / "aggregates"
+        self.count = load(agg / "count.npy")
+        self.first = load(agg / "first.npy")
+        self.last = load(agg / "last.npy")
+        self.campaigns: list[str] = events["campaigns"]
+        self.campaign_codes = {c: i for i, c in enumerate(self.campaigns)}
+        self.send_us: list[int | None] = events["send_us"]
+        self.bitmaps = BitmapStore.from_json(self.directory, events["bitmaps"])
+        self.day_range = events["day_range"]
+        self._urls: pa.Array | None = None
+        self._segments: list[StoreSegment] | None = None
+        self._days: dict[str, np.ndarray] = {}
+        self._status_masks: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def open(cls, directory: Path) -> IndexData:
+        meta = json.loads((Path(directory) / META).read_text())
+        if meta.get("format") != FORMAT:
+            raise IndexUnavailable(f"index {directory} has format {meta.get('format')}")
+        return cls(directory, meta)
+
+    @staticmethod
+    def _field(part: Path, spec: dict) -> FieldColumn:
+        ftype = FieldType(spec["type"])
+        arrays = {k: load(part / v) for k, v in spec.items() if k not in ("type", "lower")}
+        lower = load_strings(part / spec["lower"]) if "lower" in spec else None
+        return FieldColumn(ftype, arrays, lower)
+
+    def urls(self) -> pa.Array:
+        if self._urls is None:
+            self._urls = load_strings(self.directory / self.meta["events"]["urls"])
+        return self._urls
+
+    def segments(self) -> list[StoreSegment]:
+        """The event store, memory-mapped on first use."""
+        if self._segments is None:
+            self._segments = [self._segment(s) for s in self.meta["events"]["segments"]]
+        return self._segments
+
+    def _segment(self, spec: dict) -> StoreSegment:
+        columns: dict[str, dict[str, np.ndarray]] = {}
+        for etype in EVENT_TYPES:
+            n = int(spec["lengths"][etype])
+            cols = {}
+            for key, dtype in STORE_COLUMNS.items():
+                name = spec["files"].get(f"{etype}.{key}")
+                if name is None:
+                    continue
+                path = self.directory / "events" / name
+                cols[key] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else (
+                    np.zeros(0, dtype)
+                )
+            columns[etype] = cols
+        return StoreSegment(columns)
+
+    def status_masks(self) -> dict[str, np.ndarray]:
+        """Per status, a boolean mask over rows (computed once per loaded index)."""
+        if self._status_masks is None:
+            codes = np.asarray(self.status)
+            self._status_masks = {s: codes == i for i, s in enumerate(STATUSES)}
+        return self._status_masks
+
+    def bitmap_days(self, etype: str) -> np.ndarray:
+        """The sorted days that have a (type, day) bitmap."""
+        if etype not in self._days:
+            prefix = f"d/{etype}/"
+            days = [int(name[len(prefix) :]) for name in self.bitmaps.names(prefix)]
+            self._days[etype] = np.array(sorted(days), dtype=np.int64)
+        return self._days[etype]
+
+
+def load_index(snapshot: Snapshot) -> IndexData:
+    """The snapshot's index, refusing any that does not cover exactly its files."""
+    entry = snapshot.manifest.get("index") or {}
+    covers = covers_of(snapshot.manifest)
+    if not entry.get("path"):
+        raise IndexUnavailable(
+            "this workspace has no engagement index yet: it is built by the next import"
+        )
+    if entry.get("covers") != covers:
+        raise IndexUnavailable(
+            "the engagement index does not cover the workspace's current files "
+            "(it is rebuilt by the next import); use --engine auto or duckdb"
+        )
+    try:
+        index = IndexData.open(snapshot.root / entry["path"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise IndexUnavailable(f"cannot read the engagement index {entry['path']}: {exc}") from None
+    if index.meta["covers"] != covers:
+        raise IndexUnavailable(
+            f"the engagement index {entry['path']} was built for other files than this "
+            "snapshot's; use --engine auto or duckdb"
+        )
+    return index

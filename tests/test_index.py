@@ -1,0 +1,440 @@
+"""The engagement index and the `index` / `auto` engines.
+
+Differential tests (index vs the pure-Python oracle vs DuckDB on random workspaces and
+trees), one case per operator, incremental updates against full rebuilds, and the
+never-stale rule: an index that does not cover the snapshot's files is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import reference_contact_ids
+from strategies import AS_OF, SCHEMA, rule_trees, workspaces, write_workspace
+
+import segengine
+from segengine.definition.nodes import (
+    NODE_TYPES,
+    ActivityRule,
+    CountCondition,
+    FieldRule,
+    Group,
+    LastCampaigns,
+    SegmentRef,
+    Window,
+)
+from segengine.engines import get_engine
+from segengine.engines.auto import AutoEngine
+from segengine.engines.duckdb import DuckDBEngine
+from segengine.engines.index import Evaluator, IndexEngine, Unsupported
+from segengine.errors import EngineError
+from segengine.fields import EVENT_TYPES
+from segengine.store.index import IndexData, build_index, load_index
+
+D = dt.date
+T = dt.datetime
+
+
+def index_engine(tables, directory: Path) -> IndexEngine:
+    build_index(tables.contacts, tables.events, tables.schema, directory)
+    return IndexEngine(tables, IndexData.open(directory))
+
+
+def expected(ws, root, as_of=None) -> list[int]:
+    as_of = as_of or ws.as_of
+    return sorted(reference_contact_ids(list(ws.contacts), list(ws.events), ws.schema, root, as_of))
+
+
+# --- differential --------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data())
+def test_index_matches_reference_and_duckdb(ws, data, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    duck = DuckDBEngine(tables)
+    try:
+        for _ in range(6):
+            root = data.draw(rule_trees(ws.schema, ws.campaigns))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, root
+            assert duck.contact_ids([root], ws.as_of).tolist() == want, root
+            by_status = engine.count([root], ws.as_of)
+            assert by_status == duck.count([root], ws.as_of)
+            assert sum(by_status.values()) == len(want)
+        roots = [data.draw(rule_trees(ws.schema, ws.campaigns)) for _ in range(3)]
+        union = sorted(set().union(*(expected(ws, r) for r in roots)))
+        assert engine.contact_ids(roots, ws.as_of).tolist() == union
+    finally:
+        duck.close()
+
+
+# --- one case per operator -----------------------------------------------------------
+
+
+def fixed_workspace():
+    """A deterministic workspace from the shared pools, with events of every kind."""
+    from strategies import CAMPAIGNS, DATETIMES, SEND_TIMES, URLS, Workspace, _contact
+
+    rng = random.Random(7)
+    ids = list(range(1, 41))
+    contacts = tuple(_contact(rng, cid) for cid in ids)
+    events = []
+    for cid in ids:
+        for _ in range(rng.randint(0, 6)):
+            etype = rng.choice(EVENT_TYPES)
+            pool = SEND_TIMES if etype == "sent" else DATETIMES
+            events.append({
+                "contact_id": cid, "campaign": rng.choice(CAMPAIGNS[:5]), "type": etype,
+                "timestamp": rng.choice(pool),
+                "url": rng.choice(URLS) or None if etype == "click" else None,
+            })
+    distinct = tuple({tuple(e.values()): e for e in events}.values())
+    return Workspace(SCHEMA, contacts, distinct, CAMPAIGNS, AS_OF)
+
+
+FIELD_CASES = [
+    ("city", "is", "berlin"), ("city", "is_not", "BERLIN"), ("city", "contains", "STAN"),
+    ("city", "not_contains", "ärg"), ("city", "starts_with", "new"), ("city", "ends_with", "york"),
+    ("city", "in", ("Berlin", "straße")), ("city", "not_in", ("berlin",)),
+    ("city", "is_empty", None), ("city", "is_not_empty", None), ("city", "is", "i̇stanbul"),
+    ("city", "contains", "ς"), ("email", "ends_with", ".io"), ("email_domain", "is", "X.IO"),
+    ("email_domain", "not_in", ("x.io", "bücher.de")),
+    ("score", "eq", 1.0), ("score", "ne", 1.0), ("score", "gt", 0.0), ("score", "gte", 2.0),
+    ("score", "lt", 0.0), ("score", "lte", 0.1), ("score", "between", (0.0, 3.5)),
+    ("score", "in", (0.0, 100.0)), ("score", "not_in", (0.0,)), ("score", "is_empty", None),
+    ("score", "is_not_empty", None),
+    ("birthday", "on", D(2026, 3, 15)), ("birthday", "not_on", D(2026, 3, 15)),
+    ("birthday", "before", D(2026, 3, 14)), ("birthday", "after", D(2026, 3, 14)),
+    ("birthday", "between", (D(2026, 2, 13), D(2026, 3, 16))), ("birthday", "in_last_days", 7),
+    ("birthday", "older_than_days", 8), ("birthday", "is_empty", None),
+    ("birthday", "before", dt.date.min), ("birthday", "after", dt.date.max),
+    ("birthday", "in_last_days", 100_000),
+    ("last_seen", "on", D(2026, 3, 14)), ("last_seen", "not_on", D(2026, 3, 14)),
+    ("last_seen", "between", (D(2026, 3, 13), D(2026, 3, 14))),
+    ("last_seen", "older_than_days", 0), ("last_seen", "is_not_empty", None),
+    ("date_added", "in_last_days", 30), ("date_added", "after", D(2026, 3, 15)),
+    ("vip", "is", True), ("vip", "is", False), ("vip", "is_empty", None),
+    ("vip", "is_not_empty", None),
+    ("status", "is", "active"), ("status", "is_not", "bounced"), ("status", "in", ("active",)),
+    ("status", "not_in", ("active", "bounced")),
+    ("lists", "includes", ("VIP",)), ("lists", "includes", ("newsletter", "b2b")),
+    ("lists", "includes_all", ("vip", "newsletter")), ("lists", "excludes", ("vip",)),
+    ("lists", "excludes", ("nope",)), ("lists", "is_empty", None), ("lists", "is_not_empty", None),
+    ("lists", "includes", ("ärger-liste",)),
+]
+
+WINDOWS = [
+    None, Window("on", AS_OF), Window("before", AS_OF), Window("after", D(2026, 2, 13)),
+    Window("between", (D(2026, 3, 8), AS_OF)), Window("in_last_days", 7),
+    Window("in_last_days", 0), Window("older_than_days", 30),
+]
+COUNTS = [
+    CountCondition(), CountCondition("eq", 0), CountCondition("eq", 2), CountCondition("gte", 2),
+    CountCondition("lte", 1), CountCondition("gt", 1), CountCondition("lt", 2),
+    CountCondition("between", (1, 2)), CountCondition("between", (0, 0)),
+]
+CAMPAIGN_CHOICES = ["any", ("c1", "C1"), ("never-sent",), LastCampaigns(1), LastCampaigns(2),
+                    LastCampaigns(9)]
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory):
+    ws = fixed_workspace()
+    directory = tmp_path_factory.mktemp("fixed")
+    tables = write_workspace(ws, directory / "data")
+    return ws, index_engine(tables, directory / "index")
+
+
+@pytest.mark.parametrize(("name", "op", "value"), FIELD_CASES)
+@pytest.mark.parametrize("negate", [False, True])
+def test_every_field_operator(fixed, name, op, value, negate):
+    ws, engine = fixed
+    root = Group("all", (FieldRule(name, op, value, negate),))
+    assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root)
+
+
+@pytest.mark.parametrize("activity", ["sent", "opened", "clicked", "bounced", "unsubscribed"])
+def test_every_activity_form(fixed, activity):
+    ws, engine = fixed
+    for when in WINDOWS:
+        for count in COUNTS:
+            for campaigns in CAMPAIGN_CHOICES:
+                for negate in (False, True):
+                    rule = ActivityRule(activity, campaigns, when, count, negate=negate)
+                    root = Group("all", (rule,))
+                    got = engine.contact_ids([root], ws.as_of).tolist()
+                    assert got == expected(ws, root), rule
+
+
+@pytest.mark.parametrize("url", ["PRICING", "ärger", "a%b", "https://", "zzz"])
+@pytest.mark.parametrize("count", [CountCondition(), CountCondition("eq", 0), CountCondition("gte", 2)])
+def test_url_contains(fixed, url, count):
+    ws, engine = fixed
+    for when in (None, Window("in_last_days", 30)):
+        rule = ActivityRule("clicked", "any", when, count, url_contains=url)
+        root = Group("all", (rule,))
+        assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root)
+
+
+def test_groups_empty_nested_and_negated(fixed):
+    ws, engine = fixed
+    opened = ActivityRule("opened")
+    cases = [
+        Group("all", ()), Group("any", ()), Group("all", (), negate=True),
+        Group("any", (Group("all", (opened, FieldRule("vip", "is", True))),
+                      Group("any", (), negate=True)), negate=True),
+        Group("all", (FieldRule("status", "is", "active"), ActivityRule("clicked", negate=True))),
+    ]
+    for root in cases:
+        assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root), root
+        assert sum(engine.count([root], ws.as_of).values()) == len(expected(ws, root))
+
+
+def test_last_campaigns_tie_break_and_as_of():
+    """Send time desc, then campaign id desc by code point; later sends are not eligible."""
+    from strategies import Workspace
+
+    contacts = tuple(
+        {"contact_id": i, "email": f"a{i}@x.io", "status": "active", "date_added": T(2026, 1, 1),
+         "lists": [], **{name: None for name, _ in SCHEMA.custom}}
+        for i in (1, 2, 3, 4)
+    )
+    tie = T(2026, 3, 10, 9)
+    events = (
+        {"contact_id": 1, "campaign": "Z", "type": "sent", "timestamp": tie, "url": None},
+        {"contact_id": 2, "campaign": "ä", "type": "sent", "timestamp": tie, "url": None},
+        {"contact_id": 3, "campaign": "a", "type": "sent", "timestamp": T(2026, 3, 16), "url": None},
+        {"contact_id": 4, "campaign": "b", "type": "open", "timestamp": tie, "url": None},
+    )
+    ws = Workspace(SCHEMA, contacts, events, ("Z", "ä", "a", "b"), AS_OF)
+    root = Group("all", (ActivityRule("sent", LastCampaigns(1)),))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = write_workspace(ws, Path(tmp) / "data", split=False)
+        engine = index_engine(tables, Path(tmp) / "index")
+        assert engine.contact_ids([root], AS_OF).tolist() == [2] == expected(ws, root)
+        assert engine.contact_ids([root], D(2026, 3, 16)).tolist() == [3]
+        assert engine.contact_ids([root], D(2026, 3, 9)).tolist() == []
+
+
+def test_every_node_type_has_a_handler():
+    for node_type in NODE_TYPES:
+        assert node_type in Evaluator.NODE_HANDLERS
+        assert callable(getattr(Evaluator, Evaluator.NODE_HANDLERS[node_type]))
+
+
+def test_unknown_nodes_and_references_fail_loudly(fixed):
+    ws, engine = fixed
+    with pytest.raises(EngineError, match="no handler"):
+        engine.contact_ids([Group("all", ("not a rule",))], ws.as_of)
+    with pytest.raises(EngineError, match="not resolved"):
+        engine.contact_ids([Group("all", (SegmentRef("x"),))], ws.as_of)
+
+
+# --- the workspace: built in the import's transaction, incremental, never stale ---------
+
+
+def split_events(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The sample events as three CSV files: most of them, a small batch, and a retry."""
+    lines = (SAMPLE / "events.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    cut = len(rows) * 9 // 10
+    paths = []
+    for name, part in (("a", rows[:cut]), ("b", rows[cut:]), ("c", rows[cut - 50 : cut + 50])):
+        path = tmp_path / f"events-{name}.csv"
+        path.write_text(header + "".join(part))
+        paths.append(path)
+    return tuple(paths)
+
+
+SAMPLE_SEGMENTS = [
+    {"name": "s1", "rules": [{"activity": "opened", "when": {"in_last_days": 60}}]},
+    {"name": "s2", "rules": [{"activity": "opened", "count": {"gte": 3}},
+                             {"field": "state", "op": "in", "value": ["CA", "ny"]}]},
+    {"name": "s3", "match": "any", "rules": [
+        {"activity": "clicked", "url_contains": "pricing"},
+        {"activity": "sent", "campaigns": {"last": 2}, "count": {"eq": 0}},
+        {"field": "lists", "op": "includes", "value": "Newsletter"}]},
+    {"name": "s4", "rules": [{"activity": "opened", "negate": True},
+                             {"field": "status", "op": "is", "value": "active"}]},
+    {"name": "s5", "rules": [{"activity": "clicked", "campaigns": ["c2023-11-14-promo"],
+                              "when": {"before": "2024-06-01"}},
+                             {"field": "score", "op": "gte", "value": 20}]},
+    {"name": "s6", "rules": [{"field": "title", "op": "contains", "value": "ENGINEER"},
+                             {"field": "last_login", "op": "older_than_days", "value": 400}]},
+]
+SAMPLE_AS_OF = "2024-12-01"
+
+
+def assert_same_answers(ws, engines=("index", "duckdb", "auto")) -> None:
+    snap = ws.snapshot()
+    for definition in SAMPLE_SEGMENTS:
+        results = {e: ws.contact_ids(definition, as_of=SAMPLE_AS_OF, engine=e, snapshot=snap).tolist()
+                   for e in engines}
+        assert len({tuple(r) for r in results.values()}) == 1, (definition["name"], results)
+        counts = {e: ws.count(definition, as_of=SAMPLE_AS_OF, engine=e) for e in engines}
+        assert len({json.dumps(c, sort_keys=True) for c in counts.values()}) == 1
+
+
+@pytest.fixture(scope="module")
+def sample_ws(tmp_path_factory):
+    """The sample data imported as contacts, then events in two imports plus a retry."""
+    tmp = tmp_path_factory.mktemp("sample")
+    ws = segengine.Workspace.init(tmp / "ws")
+    ws.import_contacts(SAMPLE / "contacts.csv")
+    first, second, retry = split_events(tmp)
+    ws.import_events(first)
+    after_first = ws.snapshot().manifest
+    ws.import_events(second)
+    ws.import_events(retry)  # all duplicates: no commit, the index stays
+    return ws, after_first
+
+
+def index_meta(ws) -> dict:
+    snap = ws.snapshot()
+    return json.loads((snap.root / snap.manifest["index"]["path"] / "meta.json").read_text())
+
+
+def test_every_import_commits_a_covering_index(sample_ws):
+    ws, after_first = sample_ws
+    snap = ws.snapshot()
+    entry = snap.manifest["index"]
+    assert entry["covers"] == {"contacts": snap.manifest["contacts"], "events": snap.manifest["events"]}
+    assert len(entry["covers"]["events"]) == 2
+    assert after_first["index"]["covers"]["events"] == after_first["events"]
+    assert index_meta(ws)["incremental"] is True
+    assert_same_answers(ws)
+
+
+def test_incremental_update_equals_full_rebuild(sample_ws, tmp_path):
+    ws, _ = sample_ws
+    snap = ws.snapshot()
+    incremental = load_index(snap)
+    full_dir = tmp_path / "full"
+    build_index(snap.files("contacts"), snap.files("events"), snap.schema, full_dir)
+    full = IndexData.open(full_dir)
+    assert not full.meta["incremental"]
+    for name in ("ids", "count", "first", "last", "status"):
+        assert np.array_equal(getattr(incremental, name), getattr(full, name)), name
+    assert incremental.send_us == full.send_us and incremental.campaigns == full.campaigns
+    assert set(incremental.bitmaps.entries) == set(full.bitmaps.entries)
+    for key in full.bitmaps.entries:
+        assert incremental.bitmaps.get(key) == full.bitmaps.get(key), key
+    as_of = dt.date.fromisoformat(SAMPLE_AS_OF)
+    for definition in SAMPLE_SEGMENTS:
+        root = ws.resolve(ws.load_segment(definition, snap), snap)
+        a = IndexEngine(snap.tables, incremental).contact_ids([root], as_of)
+        b = IndexEngine(snap.tables, full).contact_ids([root], as_of)
+        assert a.tolist() == b.tolist()
+
+
+def test_contacts_import_rebuilds_contacts_and_keeps_events(tmp_path):
+    ws = segengine.Workspace.init(tmp_path / "ws")
+    ws.import_contacts(SAMPLE / "contacts.csv")
+    ws.import_events(SAMPLE / "events.csv")
+    lines = (SAMPLE / "contacts.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    first = lines[1].split(",")
+    first[header.index("status")] = "unsubscribed"
+    extra = "\n".join([
+        "email,status,lists,state,score",
+        f"{first[0]},unsubscribed,vip;Newsletter,CA,99",
+        "new.person@example.com,,newsletter,ny,",
+    ])
+    (tmp_path / "more.csv").write_text(extra + "\n")
+    ws.import_contacts(tmp_path / "more.csv")
+    meta = index_meta(ws)
+    assert meta["incremental"] is True and meta["contacts"]["n"] == 1001
+    assert_same_answers(ws)
+    by = ws.count({"name": "x", "rules": [{"field": "lists", "op": "includes", "value": "VIP"}]},
+                  engine="index")
+    assert by["by_status"]["unsubscribed"] >= 1
+
+
+def test_index_refuses_a_manifest_it_does_not_cover(sample_ws, tmp_path):
+    ws, after_first = sample_ws
+    copy = tmp_path / "copy"
+    shutil.copytree(ws.path, copy)
+    manifest_path = copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["index"] = after_first["index"]  # an older index, covering fewer events
+    # keep its directory alive in the copy (the GC removed it in the original)
+    old_dir = copy / after_first["index"]["path"]
+    if not old_dir.exists():
+        shutil.copytree(copy / json.loads((ws.path / "manifest.json").read_text())["index"]["path"],
+                        old_dir)
+    manifest_path.write_text(json.dumps(manifest))
+    other = segengine.open(copy)
+    definition = SAMPLE_SEGMENTS[0]
+    with pytest.raises(EngineError, match="does not cover"):
+        other.count(definition, engine="index")
+    engine = get_engine("auto", other.snapshot())
+    assert isinstance(engine, AutoEngine) and engine.index is None
+    assert other.count(definition, as_of=SAMPLE_AS_OF) == ws.count(definition, as_of=SAMPLE_AS_OF)
+
+    # An entry that claims the right files but points at an index built for others.
+    manifest["index"] = dict(json.loads((ws.path / "manifest.json").read_text())["index"])
+    manifest["index"]["path"] = after_first["index"]["path"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="other files"):
+        segengine.open(copy).count(definition, engine="index")
+
+
+def test_index_engine_without_index_refuses(tmp_path):
+    with pytest.raises(EngineError, match="engagement index"):
+        IndexEngine(write_workspace(fixed_workspace(), tmp_path))
+
+
+def test_planner_sends_unsupported_rules_to_duckdb(sample_ws, monkeypatch):
+    ws, _ = sample_ws
+    definition = SAMPLE_SEGMENTS[1]
+    want = ws.contact_ids(definition, as_of=SAMPLE_AS_OF, engine="duckdb").tolist()
+
+    def refuse(self, column, op, value):
+        raise Unsupported(f"{op!r} (switched off by the test)")
+
+    monkeypatch.setattr(Evaluator, "positive", refuse)
+    ws._after_write()  # drop cached engines
+    assert ws.contact_ids(definition, as_of=SAMPLE_AS_OF, engine="auto").tolist() == want
+    with pytest.raises(EngineError, match="switched off"):
+        ws.contact_ids(definition, as_of=SAMPLE_AS_OF, engine="index")
+
+
+def test_saving_a_segment_keeps_the_index(sample_ws):
+    ws, _ = sample_ws
+    before = ws.snapshot().manifest["index"]
+    ws.save_segment(SAMPLE_SEGMENTS[0])
+    assert ws.snapshot().manifest["index"] == before
+    assert (ws.path / before["path"] / "meta.json").exists()
+
+
+def test_empty_workspace_and_events_without_url_column(tmp_path):
+    ws = segengine.Workspace.init(tmp_path / "ws")
+    ws.save_segment(SAMPLE_SEGMENTS[0])
+    assert ws.count("s1", engine="index")["total"] == 0
+    ws.import_contacts(SAMPLE / "contacts.csv")
+    table = pa.table({
+        "email": ["dsmith300@outlook.example"] * 2,
+        "campaign": ["x", "x"],
+        "type": ["open", "sent"],
+        "timestamp": pa.array([T(2024, 11, 30, 23), T(2024, 11, 1)], pa.timestamp("ms", tz="UTC")),
+    })
+    pq.write_table(table, tmp_path / "e.parquet")
+    ws.import_events(tmp_path / "e.parquet")
+    assert ws.count("s1", as_of=SAMPLE_AS_OF, engine="index")["total"] == 1
+    assert_same_answers(ws)
