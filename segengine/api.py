@@ -205,7 +205,7 @@ class Workspace:
         """The contact rows of the union of `segments`, ordered by email."""
         snap = self.snapshot()
         ids = self.contact_ids(*segments, as_of=as_of, engine=engine, snapshot=snap)
-        frame = contacts_frame(snap).filter(pl.col("contact_id").is_in(pl.Series(ids)))
+        frame = contacts_frame(snap).filter(pl.col("contact_id").is_in(pl.Series(ids).implode()))
         if active_only:
             frame = frame.filter(pl.col("status") == "active")
         return frame.sort("email").collect()
@@ -294,10 +294,11 @@ class Workspace:
 
     def info(self) -> dict[str, Any]:
         """What the workspace holds: contacts by status, events by type, fields, campaigns."""
-        from .engines.connect import connect_tables
+        from .engines.duckdb import connect, create_views
 
         snap = self.snapshot()
-        con = connect_tables(snap.tables)
+        con = connect()
+        create_views(con, snap.tables)
         try:
             by_status = dict(con.execute("SELECT status, count(*) FROM contacts GROUP BY status").fetchall())
             by_type = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())

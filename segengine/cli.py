@@ -26,7 +26,7 @@ class Cli(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing was committed by the unfinished command", err=True)
+            click.echo("interrupted: the workspace holds the last completed commit", err=True)
             sys.exit(130)
 
 
@@ -581,10 +581,16 @@ def history(ctx, email, as_json) -> None:
     """
     found = workspace(ctx).history(email)
 
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return "; ".join(value)
+        return "" if value is None else str(value)
+
     def human() -> None:
         table(f"contact {found.email}", ["field", "value"],
-              [[name, "" if value is None else value]
-               for name, value in found.as_dict()["fields"].items()])
+              [[name, text(value)] for name, value in found.as_dict()["fields"].items()])
         rows = [[row["timestamp"],
                  f"{row['from_status']} -> {row['to_status']}" if row["kind"] == "status" else row["type"],
                  row.get("command") or row.get("campaign") or "",

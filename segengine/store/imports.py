@@ -69,6 +69,7 @@ def connect(staging: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET temp_directory = {lit(str(staging / 'spill'))}")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")  # ours is drawn on stderr instead
     # Big imports spill to disk rather than grow past a share of the machine's memory.
     con.execute(f"SET memory_limit = '{memory_limit_mb()}MB'")
     return con
@@ -331,8 +332,7 @@ def import_contacts(
             summary = _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress)
         finally:
             con.close()
-        with progress.task("committing"):
-            tx.commit()
+        tx.commit(progress)  # the index refresh shows its own bar
         summary.version = tx.manifest["version"]
         return summary
 
@@ -538,8 +538,7 @@ def import_events(
         finally:
             con.close()
         if summary.imported:
-            with progress.task("committing"):
-                tx.commit()
+            tx.commit(progress)  # the index refresh shows its own bar
             summary.version = tx.manifest["version"]
         else:
             summary.version = tx.base.version
