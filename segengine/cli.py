@@ -260,9 +260,11 @@ def demo(directory: str, as_json: bool) -> None:
         rows.append(["union of all", u["total"], *u["by_status"].values(), u["sendable"]])
         table(f"4. counts (as of {u['as_of']})",
               ["segment", "total", "active", "unsubscribed", "bounced", "sendable"], rows)
-        if result["export"]:
-            click.echo(f"5. exported {result['export']['rows']:,} active never-opened contacts "
-                       f"to {result['export']['path']}")
+        click.echo(f"5. exported {result['export']['rows']:,} active never-opened contacts "
+                   f"to {result['export']['path']}")
+        dry = result["unsubscribe_dry_run"]
+        click.echo(f"6. unsubscribe --segment never-opened --dry-run: {dry['matched']:,} matched, "
+                   f"{dry['changed']:,} would change (nothing written)")
         click.echo(f"try: segengine -w {result['workspace']} info")
 
     emit(result, as_json, human)

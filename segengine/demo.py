@@ -40,5 +40,8 @@ def run_demo(directory: Path, say: Callable[[str], None], data: Path = REPO_DATA
     counts = {name: ws.count(name) for name in names}
     union = ws.count(*names)
     export_path = directory / "never-opened.csv"
-    exported = ws.export("never-opened", output=export_path) if hasattr(ws, "export") else None
-    return {"workspace": str(ws.path), "counts": counts, "union": union, "export": exported}
+    exported = ws.export("never-opened", output=export_path).as_dict()
+    # The classic follow-up, shown as a dry run: unsubscribe who never opened anything.
+    dry_run = ws.unsubscribe("never-opened", dry_run=True).as_dict()
+    return {"workspace": str(ws.path), "counts": counts, "union": union, "export": exported,
+            "unsubscribe_dry_run": dry_run}

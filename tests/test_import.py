@@ -243,3 +243,13 @@ def test_generate_then_import_through_the_cli(cli, tmp_path):
     assert info["events"]["total"] == out["events"]
     assert info["campaigns"] and info["campaigns"][0]["send_time"] >= info["campaigns"][-1]["send_time"]
     assert cli("generate", "--contacts", "0", "--events", "1", "-o", str(tmp_path / "x"), code=2)
+
+
+def test_imported_status_changes_reach_the_audit_trail(ws, tmp_path):
+    ws.import_contacts(write(tmp_path / "1.csv", "email,status\na@x.io,\nb@x.io,bounced\n"))
+    ws.import_contacts(write(tmp_path / "2.csv", "email,status\na@x.io,unsubscribed\nb@x.io,active\n"))
+    a = ws.history("a@x.io").as_dict()
+    b = ws.history("b@x.io").as_dict()
+    assert [(c["from_status"], c["to_status"]) for c in a["status_changes"]] == [("active", "unsubscribed")]
+    assert [(c["from_status"], c["to_status"]) for c in b["status_changes"]] == [(None, "bounced")]
+    assert a["status_changes"][0]["command"] == "import contacts"

@@ -8,8 +8,8 @@ gives for free:
 * a numpy boolean mask over all rows (field predicates, count thresholds computed from
   the aggregates or the event store).
 
-Combining a bitmap with a mask keeps a bitmap for AND (filter its rows through the
-mask) and turns into a mask otherwise. Every rule is two-valued, so negation is an
+A group combines bitmaps with bitmaps and masks with masks, then converts between the
+forms at most once (`all_of`, `any_of`). Every rule is two-valued, so negation is an
 exact complement (``flip`` / ``~``) and SPEC section 4's "negative operators are true
 on empty values" falls out of ``negative = not positive``.
 """
@@ -46,6 +46,7 @@ from ..store.index import (
     bitmap_rows,
     day_number,
     load_index,
+    runs,
     to_bitmap,
 )
 from .base import Engine, Tables, empty_by_status
@@ -74,26 +75,74 @@ def to_mask(rows: Rows, n: int) -> np.ndarray:
     return mask
 
 
-def both(a: Rows, b: Rows, n: int) -> Rows:
-    if isinstance(a, BitMap) and isinstance(b, BitMap):
-        return a & b
-    if isinstance(a, BitMap) or isinstance(b, BitMap):
-        bitmap, mask = (a, b) if isinstance(a, BitMap) else (b, a)
-        rows = bitmap_rows(bitmap)
-        return to_bitmap(rows[mask[rows]])
-    return a & b
-
-
-def either(a: Rows, b: Rows, n: int) -> Rows:
-    if isinstance(a, BitMap) and isinstance(b, BitMap):
-        return a | b
-    return to_mask(a, n) | to_mask(b, n)
-
-
 def complement(a: Rows, n: int) -> Rows:
     if isinstance(a, BitMap):
         return a.flip(0, n)
     return ~a
+
+
+def split_forms(parts: Sequence[Rows]) -> tuple[list[BitMap], list[np.ndarray]]:
+    bitmaps = [p for p in parts if isinstance(p, BitMap)]
+    return bitmaps, [p for p in parts if not isinstance(p, BitMap)]
+
+
+#: Fewer matching events than contacts / SPARSE are counted by sorting them (the answer
+#: is a bitmap); more by one bincount over all contacts (the answer is a mask).
+SPARSE = 8
+
+
+def mask_bitmap(mask: np.ndarray) -> BitMap:
+    return to_bitmap(np.flatnonzero(mask))
+
+
+def all_of(parts: Sequence[Rows], n: int) -> Rows:
+    """AND of a group's parts: bitmaps with bitmaps, masks with masks, then one join.
+
+    Converting once per group instead of once per pair is what keeps mixed trees of
+    bitmap rules (status, lists, activity) and mask rules (fields) cheap.
+    """
+    bitmaps, masks = split_forms(parts)
+    if not parts:
+        return everyone(n)
+    bitmap = BitMap.intersection(*bitmaps) if len(bitmaps) > 1 else (
+        bitmaps[0] if bitmaps else None
+    )
+    mask = masks[0] if masks else None
+    for other in masks[1:]:
+        mask = mask & other
+    if mask is None:
+        return bitmap
+    if bitmap is None:
+        return mask
+    # Convert the side with fewer rows: both conversions cost about one step per row.
+    if np.count_nonzero(mask) < len(bitmap):
+        return bitmap & mask_bitmap(mask)
+    rows = bitmap_rows(bitmap)
+    return to_bitmap(rows[mask[rows]])
+
+
+def any_of(parts: Sequence[Rows], n: int) -> Rows:
+    """OR of a group's parts: bitmaps with bitmaps, masks with masks, then one join."""
+    bitmaps, masks = split_forms(parts)
+    bitmap = union_all(bitmaps) if bitmaps else None
+    mask = masks[0] if masks else None
+    for other in masks[1:]:
+        mask = mask | other
+    if mask is None:
+        return bitmap if bitmap is not None else BitMap()
+    if bitmap is None:
+        return mask
+    if np.count_nonzero(mask) < len(bitmap):
+        return bitmap | mask_bitmap(mask)
+    mask = mask.copy()
+    mask[bitmap_rows(bitmap)] = True
+    return mask
+
+
+GROUP_COMBINERS: dict[str, Callable[[Sequence[Rows], int], Rows]] = {
+    "all": all_of,
+    "any": any_of,
+}
 
 
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
@@ -128,6 +177,12 @@ def day_range(op: str, value: Any, as_of: dt.date) -> tuple[int | None, int | No
         None if low is None else day_number(low),
         None if high is None else day_number(high),
     )
+
+
+def day32(day: int) -> np.int32:
+    """A day as int32: searching an int32 array for an int64 converts the whole array."""
+    info = np.iinfo(np.int32)
+    return np.int32(min(max(day, info.min), info.max))
 
 
 def in_range(days: np.ndarray, low: int | None, high: int | None) -> np.ndarray:
@@ -225,16 +280,10 @@ class Evaluator:
         )
 
     def visit_group(self, group: Group) -> Rows:
-        if group.match not in ("all", "any"):
+        combine = GROUP_COMBINERS.get(group.match)
+        if combine is None:
             raise EngineError(f"unknown group match {group.match!r}")
-        combine = both if group.match == "all" else either
-        result: Rows | None = None
-        for rule in group.rules:
-            rows = self.visit(rule)
-            result = rows if result is None else combine(result, rows, self.n)
-        if result is None:
-            return everyone(self.n) if group.match == "all" else BitMap()
-        return result
+        return combine([self.visit(rule) for rule in group.rules], self.n)
 
     # --- field rules -----------------------------------------------------------------
 
@@ -361,15 +410,25 @@ class Evaluator:
         if rule.when is not None:
             window = day_range(rule.when.op, rule.when.value, self.as_of)
         key = count_key(rule.count)
-        if rule.url_contains is None and (key in AT_LEAST_ONE or key in NONE_AT_ALL):
-            has = self.has_event(etype, campaigns, window)
-            if has is not None:
-                return has if key in AT_LEAST_ONE else complement(has, self.n)
-        counts = self.event_counts(rule, etype, campaigns, window)
         test = COUNT_OPS.get(rule.count.op)
         if test is None:
             raise EngineError(f"unknown count operator {rule.count.op!r}")
-        return test(counts, rule.count.value)
+        if key in AT_LEAST_ONE or key in NONE_AT_ALL:
+            has = (
+                self.has_event(etype, campaigns, window)
+                if rule.url_contains is None
+                else self.has_clicked_url(rule.url_contains, campaigns, window)
+            )
+            if has is not None:
+                return has if key in AT_LEAST_ONE else complement(has, self.n)
+        if campaigns is None and window == (None, None) and rule.url_contains is None:
+            return test(np.asarray(self.index.count[self.type_code(etype)]), rule.count.value)
+        if campaigns is None and rule.url_contains is None and window is not None:
+            counts = self.counts_outside_window(etype, window)
+            if counts is not None:
+                return test(counts, rule.count.value)
+        rows = self.matching_rows(etype, campaigns, window, rule.url_contains)
+        return self.count_test(rows, lambda counts: test(counts, rule.count.value))
 
     def has_event(
         self, etype: str, campaigns: np.ndarray | None, window: tuple | None
@@ -409,47 +468,102 @@ class Evaluator:
     def type_code(etype: str) -> int:
         return EVENT_TYPES.index(etype)
 
-    def event_counts(
-        self, rule: ActivityRule, etype: str, campaigns: np.ndarray | None, window: tuple | None
+    def has_clicked_url(
+        self, url_contains: str, campaigns: np.ndarray | None, window: tuple | None
+    ) -> Rows | None:
+        """Who ever clicked a matching URL: the union of per-URL bitmaps (None: filtered)."""
+        if campaigns is not None or window != (None, None):
+            return None
+        codes = np.flatnonzero(self.url_hits(url_contains))
+        return union_all([self.index.bitmaps.get(f"u/{int(code)}") for code in codes])
+
+    def url_hits(self, url_contains: str) -> np.ndarray:
+        """Per URL code, whether it contains `url_contains` (tested on the dictionary)."""
+        urls = self.index.urls()
+        hits = pc.fill_null(pc.match_substring(urls, url_contains.lower()), False)
+        return hits.to_numpy(zero_copy_only=False)
+
+    def matching_rows(
+        self, etype: str, campaigns: np.ndarray | None, window: tuple | None,
+        url_contains: str | None,
     ) -> np.ndarray:
-        """Per row, how many events the rule counts."""
+        """The row of every event the rule counts (a row repeats once per event).
+
+        Each segment's events of a type are sorted by day, so a window is a slice found
+        by binary search; only the slice is filtered by campaign and URL.
+        """
         if window is None or (campaigns is not None and len(campaigns) == 0):
-            return np.zeros(self.n, dtype=np.int64)
-        unfiltered = campaigns is None and window == (None, None) and rule.url_contains is None
-        if unfiltered:
-            return np.asarray(self.index.count[self.type_code(etype)])
+            return np.zeros(0, np.uint32)
         campaign_ok = None
         if campaigns is not None:
             campaign_ok = np.zeros(len(self.index.campaigns), dtype=bool)
             campaign_ok[campaigns] = True
         url_ok = None
-        if rule.url_contains is not None:
-            urls = self.index.urls()
-            hits = pc.fill_null(pc.match_substring(urls, rule.url_contains.lower()), False)
-            url_ok = np.append(hits.to_numpy(zero_copy_only=False), False)  # -1: no url
-        counts = np.zeros(self.n, dtype=np.int64)
+        if url_contains is not None:
+            url_ok = np.append(self.url_hits(url_contains), False)  # code -1: no url
+        parts = []
+        for cols, lo, hi in self.window_slices(etype, window):
+            rows = np.asarray(cols["rows"][lo:hi])
+            keep = None
+            if campaign_ok is not None:
+                keep = campaign_ok[cols["campaign"][lo:hi]]
+            if url_ok is not None:
+                hit = url_ok[cols["url"][lo:hi]]
+                keep = hit if keep is None else keep & hit
+            parts.append(rows if keep is None else rows[keep])
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+    def window_slices(self, etype: str, window: tuple) -> list[tuple[dict, int, int]]:
+        """Per segment, its columns of `etype` and the [lo, hi) slice of the window's days."""
+        low, high = window
+        slices = []
         for segment in self.index.segments():
             cols = segment.columns[etype]
             if "rows" not in cols or len(cols["rows"]) == 0:
                 continue
-            keep = np.ones(len(cols["rows"]), dtype=bool)
-            if campaign_ok is not None:
-                keep &= campaign_ok[cols["campaign"]]
-            if window != (None, None):
-                keep &= in_range(np.asarray(cols["day"]), *window)
-            if url_ok is not None:
-                keep &= url_ok[cols["url"]]
-            counts += np.bincount(cols["rows"][keep].astype(np.intp), minlength=self.n)
-        return counts
+            days = cols["day"]
+            lo = 0 if low is None else int(np.searchsorted(days, day32(low), side="left"))
+            hi = len(days) if high is None else int(
+                np.searchsorted(days, day32(high), side="right")
+            )
+            slices.append((cols, lo, hi))
+        return slices
+
+    def counts_outside_window(self, etype: str, window: tuple) -> np.ndarray | None:
+        """Per-row counts in a wide window as total minus the events outside it.
+
+        None when the window holds fewer events than its outside (slice it instead) or
+        so few that sorting them beats a pass over all contacts.
+        """
+        slices = self.window_slices(etype, window)
+        inside = sum(hi - lo for _, lo, hi in slices)
+        outside = sum(len(cols["rows"]) for cols, _, _ in slices) - inside
+        if inside <= outside or inside * SPARSE < self.n:
+            return None
+        parts = [np.asarray(cols["rows"][:lo]) for cols, lo, _ in slices]
+        parts += [np.asarray(cols["rows"][hi:]) for cols, _, hi in slices]
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+        total = np.asarray(self.index.count[self.type_code(etype)]).astype(np.int64)
+        return total - np.bincount(rows, minlength=self.n)
+
+    def count_test(self, rows: np.ndarray, test: Callable[[np.ndarray], np.ndarray]) -> Rows:
+        """The contacts whose number of events in `rows` passes `test`.
+
+        Few events: sort them and count runs, and answer with a bitmap (contacts without
+        any event pass iff test(0), added by complementing). Many: one bincount over all
+        contacts and a mask.
+        """
+        if len(rows) * SPARSE >= self.n:
+            return test(np.bincount(rows, minlength=self.n))
+        distinct, counts = runs(np.sort(rows))
+        if bool(test(np.zeros(1, np.int64))[0]):
+            return complement(to_bitmap(distinct[~test(counts)]), self.n)
+        return to_bitmap(distinct[test(counts)])
 
     # --- results ------------------------------------------------------------------
 
     def union(self, roots: Sequence[Group]) -> Rows:
-        result: Rows | None = None
-        for root in roots:
-            rows = self.visit(root)
-            result = rows if result is None else either(result, rows, self.n)
-        return BitMap() if result is None else result
+        return any_of([self.visit(root) for root in roots], self.n)
 
 
 def count_by_status(index: IndexData, rows: Rows) -> dict[str, int]:

@@ -489,6 +489,7 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
             f"ON o.email = i.email ORDER BY contact_id) TO {lit(str(out))} "
             "(FORMAT parquet, COMPRESSION zstd)"
         )
+    log_status_changes(con, tx, path, now, out)
     created, updated, distinct, good = con.execute(
         "SELECT count(*) FILTER (WHERE o.email IS NULL), count(*) FILTER (WHERE o.email IS NOT NULL), "
         "count(*), (SELECT sum(n_rows) FROM incoming) "
@@ -510,6 +511,31 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         rejects_path=report,
         new_fields={n: t.value for n, t in new_fields.items()} or None,
     )
+
+
+def log_status_changes(con, tx: Transaction, path: Path, at: dt.datetime, written: Path) -> None:
+    """Append the statuses this import sets to the audit trail read by `history`.
+
+    A new contact's first status is logged when it is not the default (active); an
+    existing contact's when the file moved it to unsubscribed or bounced.
+    """
+    from .status import STATUS_LOG
+
+    changes = (
+        "SELECT coalesce(o.contact_id, n.contact_id) AS contact_id, "
+        f"TIMESTAMP {lit(at.isoformat(sep=' '))} AS timestamp, o.status AS from_status, "
+        "i.suppressed AS to_status, 'import contacts' AS command, "
+        f"{lit(path.name)} AS reason "
+        "FROM incoming i LEFT JOIN old o ON o.email = i.email "
+        f"LEFT JOIN read_parquet({lit(str(written))}) n "
+        "ON n.email = i.email "
+        "WHERE i.suppressed IS NOT NULL AND i.suppressed IS DISTINCT FROM o.status"
+    )
+    if con.execute(f"SELECT count(*) FROM ({changes})").fetchone()[0] == 0:
+        return
+    out = tx.new_file(STATUS_LOG)
+    con.execute(f"COPY ({changes} ORDER BY 1) TO {lit(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+    tx.manifest[STATUS_LOG] = [*tx.manifest.get(STATUS_LOG, []), tx.relative(out)]
 
 
 def file_list(files: tuple[str, ...] | list[str]) -> str:

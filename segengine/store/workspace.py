@@ -36,6 +36,7 @@ from typing import Any
 from ..engines.base import Tables
 from ..errors import WorkspaceBusy, WorkspaceError
 from ..fields import Schema
+from ..progress import Progress
 
 FORMAT_NAME = "segengine-workspace"
 FORMAT_VERSION = 1
@@ -146,13 +147,16 @@ class Transaction:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def commit(self) -> Snapshot:
-        """Make every new file durable, then publish the new manifest atomically."""
+    def commit(self, progress: Progress | None = None) -> Snapshot:
+        """Make every new file durable, then publish the new manifest atomically.
+
+        `progress` reports the index refresh, which can take minutes on a large import.
+        """
         # The engagement index is refreshed first, so its files are made durable and
         # published with the data they describe: an index is never stale (store/index.py).
         from .index import refresh_index  # lazy: numpy/pyroaring only for writers
 
-        refresh_index(self)
+        refresh_index(self, progress)
         for path in self.new_files:
             if path.is_dir():
                 for sub in sorted(path.rglob("*")):
