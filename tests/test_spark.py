@@ -45,6 +45,9 @@ JVM_OPTIONS = "-Duser.timezone=America/Los_Angeles -Duser.language=tr -Duser.cou
 SESSION_TIME_ZONE = "Pacific/Kiritimati"  # UTC+14: any day computed in it is a day late
 
 
+# one worker runs every Spark test, so a test run starts one shared session
+pytestmark = pytest.mark.xdist_group("spark")
+
 def _why_no_spark() -> str | None:
     if importlib.util.find_spec("pyspark") is None:
         return "PySpark is not installed: pip install -e '.[spark]'"

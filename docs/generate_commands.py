@@ -1,0 +1,30 @@
+"""Regenerate docs/commands.md from the commands' own --help:
+
+    .venv/bin/python docs/generate_commands.py > docs/commands.md
+"""
+
+import click
+
+from segengine.cli import main
+
+HEADER = """# Command reference
+
+Every command that prints results takes `--json` for one JSON document on stdout;
+errors are one line on stderr with exit status 2 for bad input and 1 otherwise.
+`-w/--workspace DIR` (default `$SEGENGINE_WORKSPACE`, else `.`) picks the workspace.
+This page is the `--help` of each command, made by `docs/generate_commands.py`.
+"""
+
+
+def walk(cmd: click.Command, path: list[str]) -> None:
+    if isinstance(cmd, click.Group):
+        for name in sorted(cmd.commands):
+            walk(cmd.commands[name], [*path, name])
+        return
+    ctx = click.Context(cmd, info_name=" ".join(path))
+    print(f"## `{' '.join(path)}`\n\n```\n{cmd.get_help(ctx).rstrip()}\n```\n")
+
+
+if __name__ == "__main__":
+    print(HEADER)
+    walk(main, ["segengine"])
