@@ -76,11 +76,14 @@ def connect(staging: Path) -> duckdb.DuckDBPyConnection:
 
 
 def memory_limit_mb() -> int:
-    """Half the physical memory, at most 8 GB (SEGENGINE_MEMORY_LIMIT_MB overrides)."""
+    """A quarter of the physical memory, at most 4 GB (SEGENGINE_MEMORY_LIMIT_MB overrides).
+
+    DuckDB spills past it; the rest is for the index build in the same process.
+    """
     if "SEGENGINE_MEMORY_LIMIT_MB" in os.environ:
         return int(os.environ["SEGENGINE_MEMORY_LIMIT_MB"])
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(512, min(8192, total // 2))
+    return max(512, min(4096, total // 4))
 
 
 # --- reading the source -----------------------------------------------------------
