@@ -329,7 +329,7 @@ def test_incremental_update_equals_full_rebuild(sample_ws, tmp_path):
     build_index(snap.files("contacts"), snap.files("events"), snap.schema, full_dir)
     full = IndexData.open(full_dir)
     assert not full.meta["incremental"]
-    for name in ("ids", "count", "first", "last", "status"):
+    for name in ("ids", "count", "first", "last", "recent", "status"):
         assert np.array_equal(getattr(incremental, name), getattr(full, name)), name
     assert incremental.send_us == full.send_us and incremental.campaigns == full.campaigns
     assert set(incremental.bitmaps.entries) == set(full.bitmaps.entries)
@@ -445,6 +445,9 @@ def test_empty_workspace_and_events_without_url_column(tmp_path):
 
 EXTRA_RULES = [
     [{"activity": "opened", "when": {"in_last_days": 90}, "count": {"gte": 2}}],
+    [{"activity": "opened", "when": {"in_last_days": 900}, "count": {"gte": 3}}],  # recent
+    [{"activity": "sent", "when": {"after": "2025-01-01"}, "count": {"lt": 2}}],  # recent
+    [{"activity": "clicked", "when": {"in_last_days": 900}, "count": {"eq": 3}}],  # not
     [{"activity": "opened", "when": {"after": "2023-12-01"}, "count": {"lte": 3}}],  # wide
     [{"activity": "sent", "when": {"before": "2026-09-01"}, "count": {"gte": 40}}],
     [{"activity": "sent", "when": {"between": ["2024-01-01", "2024-10-31"]}, "count": {"lt": 3}}],
@@ -482,7 +485,7 @@ def test_small_chunks_and_segments_build_the_same_index(sample_ws, tmp_path, mon
     build_index(*args, tmp_path / "many")
     one, many = IndexData.open(tmp_path / "one"), IndexData.open(tmp_path / "many")
     assert len(one.segments()) == 1 and len(many.segments()) > 3
-    for name in ("count", "first", "last"):
+    for name in ("count", "first", "last", "recent"):
         assert np.array_equal(getattr(one, name), getattr(many, name)), name
     assert one.send_us == many.send_us
     assert set(one.bitmaps.entries) == set(many.bitmaps.entries)

@@ -41,6 +41,7 @@ from ..errors import EngineError
 from ..fields import EVENT_TYPES, STATUSES, FieldType
 from ..store.index import (
     DAY_US,
+    RECENT,
     FieldColumn,
     IndexData,
     bitmap_rows,
@@ -58,6 +59,8 @@ AT_LEAST_ONE = frozenset({("gte", 1), ("gt", 0)})
 NONE_AT_ALL = frozenset({("eq", 0), ("lte", 0), ("lt", 1), ("between", (0, 0))})
 #: Up to this many day bitmaps are OR-ed; wider windows use the first/last-day aggregates.
 MAX_DAY_UNION = 31
+#: Count conditions with a value above this are not checked for `recent_counts`.
+MAX_PROBE = 1000
 
 
 class Unsupported(EngineError):
@@ -212,6 +215,11 @@ NUMBER_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
     "in": lambda x, v: np.isin(x, np.array(v, dtype=np.float64)),
 }
 
+#: Field types whose positive tests are already false on empty values (text: the empty
+#: code is in no dictionary match; boolean: -1 equals neither 0 nor 1), so the extra
+#: pass that ANDs the present mask is skipped.
+EMPTY_NEVER_MATCHES = frozenset({FieldType.TEXT, FieldType.BOOLEAN})
+
 DATE_OPS = frozenset({"on", "before", "after", "between", "in_last_days", "older_than_days"})
 
 COUNT_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
@@ -299,13 +307,14 @@ class Evaluator:
         column = self.index.fields.get(rule.field)
         if column is None or column.type is not ftype:
             raise Unsupported(f"field {rule.field!r} ({ftype}) is not in the index")
-        present = self.present(column)
         if rule.op == "is_empty":
-            return ~present
+            return ~self.present(column)
         if rule.op == "is_not_empty":
-            return present
+            return self.present(column)
         positive_op = POSITIVE_OF.get(rule.op, rule.op)
-        matched = self.positive(column, positive_op, rule.value) & present
+        matched = self.positive(column, positive_op, rule.value)
+        if column.type not in EMPTY_NEVER_MATCHES:
+            matched &= self.present(column)
         return ~matched if positive_op != rule.op else matched
 
     def present(self, column: FieldColumn) -> np.ndarray:
@@ -424,7 +433,9 @@ class Evaluator:
         if campaigns is None and window == (None, None) and rule.url_contains is None:
             return test(np.asarray(self.index.count[self.type_code(etype)]), rule.count.value)
         if campaigns is None and rule.url_contains is None and window is not None:
-            counts = self.counts_outside_window(etype, window)
+            counts = self.recent_counts(etype, window, rule.count)
+            if counts is None:
+                counts = self.counts_outside_window(etype, window)
             if counts is not None:
                 return test(counts, rule.count.value)
         rows = self.matching_rows(etype, campaigns, window, rule.url_contains)
@@ -529,6 +540,33 @@ class Evaluator:
             slices.append((cols, lo, hi))
         return slices
 
+    def recent_counts(
+        self, etype: str, window: tuple, cond: CountCondition
+    ) -> np.ndarray | None:
+        """Counts capped at RECENT from each row's latest days, when that is exact.
+
+        Exact when no event of the type is after the window (an `in_last_days` window
+        at or after the data's end) and the condition cannot tell RECENT events from
+        more (e.g. ">= 3", "< 2", not ">= 5"). None otherwise.
+        """
+        low, high = window
+        t = self.type_code(etype)
+        last_day = self.index.day_range[t][1]
+        if low is None or last_day is None or (high is not None and high < last_day):
+            return None
+        test = COUNT_OPS[cond.op]
+        bound = max(_as_tuple(cond.value))
+        if not isinstance(bound, (int, float)) or bound > MAX_PROBE:
+            return None
+        probe = np.arange(RECENT, int(bound) + 2)
+        if len(set(test(probe, cond.value).tolist())) > 1:
+            return None  # the condition differs between RECENT events and more
+        recent = self.index.recent[t]
+        counts = np.zeros(self.n, dtype=np.uint8)
+        for k in range(RECENT):
+            counts += np.asarray(recent[k]) >= day32(low)
+        return counts
+
     def counts_outside_window(self, etype: str, window: tuple) -> np.ndarray | None:
         """Per-row counts in a wide window as total minus the events outside it.
 
@@ -572,9 +610,14 @@ def count_by_status(index: IndexData, rows: Rows) -> dict[str, int]:
         for s in STATUSES:
             counts[s] = rows.intersection_cardinality(index.contact_bitmaps.get(f"s/{s}"))
         return counts
-    # Two ANDs and three popcounts beat bincount(status[mask]) ~50x (no gather, no cast).
-    for s, is_status in index.status_masks().items():
-        counts[s] = int(np.count_nonzero(rows & is_status))
+    # One popcount of the mask, then gathers of the (few) rows of the other statuses:
+    # ~2.5x faster than an AND and a popcount per status over all contacts.
+    largest, others = index.status_rows()
+    in_others = {s: int(np.count_nonzero(rows[r])) for s, r in others.items()}
+    for s, n in in_others.items():
+        if s:
+            counts[s] = n
+    counts[largest] = int(np.count_nonzero(rows)) - sum(in_others.values())
     return counts
 
 

@@ -24,7 +24,8 @@ hard-linked from the previous index directory, so an update writes only what cha
     contacts/status.npy        uint8 status codes (STATUSES order)
     contacts/f.<i>.*           one field: codes + lower-cased dictionary, values, days, ...
     contacts/bitmaps-*.bin     status bitmaps, one bitmap per lower-cased list name
-    aggregates/*.npy           count, first day, last day per (event type, row)
+    aggregates/*.npy           count, first day, last day per (event type, row); the days
+                               of the RECENT latest events per (event type, row)
     bitmaps-*.bin              roaring bitmaps per (type), (type, campaign), (type, day),
                                (click URL)
     urls-*.arrow               lower-cased click URL dictionary
@@ -61,7 +62,8 @@ if TYPE_CHECKING:
     from .workspace import Snapshot, Transaction
 
 #: 2: event-store segments sorted by day per type, per-URL click bitmaps.
-FORMAT = 2
+#: 3: aggregates/recent.npy (format 2 was committed for a while without it).
+FORMAT = 3
 META = "meta.json"
 DAY_US = 86_400_000_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -456,6 +458,21 @@ class Dictionary:
         return mapping[indices.to_numpy(zero_copy_only=False)].astype(np.int32)
 
 
+def grown(old: np.ndarray | None, shape: tuple[int, ...], dtype: type, fill: int) -> np.ndarray:
+    """A new array of `shape` starting with `old` (rows on the last axis), then `fill`.
+
+    Each byte is written once: at 10M contacts the aggregates are ~1.2 GB, and an
+    update that touches a few rows should not pay for them twice.
+    """
+    if old is None:
+        return np.full(shape, fill, dtype)
+    array_ = np.empty(shape, dtype)
+    n = old.shape[-1]
+    array_[..., :n] = old
+    array_[..., n:] = fill
+    return array_
+
+
 @dataclass
 class EventPart:
     """The event part of an index being built: aggregates, bitmaps, dictionaries, store."""
@@ -482,15 +499,16 @@ class EventPart:
     chunk_rows: int = 0
 
     @classmethod
-    def empty(cls, n: int, directory: Path) -> EventPart:
+    def empty(cls, n: int, directory: Path, previous: IndexData | None = None) -> EventPart:
+        """No events yet, or (with `previous`) its aggregates padded to `n` contacts."""
         t = len(EVENT_TYPES)
         return cls(
             n=n,
             directory=directory,
-            count=np.zeros((t, n), np.uint32),
-            first=np.full((t, n), NO_FIRST, np.int32),
-            last=np.full((t, n), NO_LAST, np.int32),
-            recent=np.full((t, RECENT, n), NO_LAST, np.int32),
+            count=grown(previous and previous.count, (t, n), np.uint32, 0),
+            first=grown(previous and previous.first, (t, n), np.int32, NO_FIRST),
+            last=grown(previous and previous.last, (t, n), np.int32, NO_LAST),
+            recent=grown(previous and previous.recent, (t, RECENT, n), np.int32, NO_LAST),
             campaigns=Dictionary(),
             send_us=[],
             urls=Dictionary(),
@@ -502,12 +520,7 @@ class EventPart:
     @classmethod
     def extend(cls, previous: IndexData, n: int, directory: Path) -> EventPart:
         """Start from the previous index's event part (rows padded to `n` contacts)."""
-        part = cls.empty(n, directory)
-        old = previous.n
-        part.count[:, :old] = previous.count
-        part.first[:, :old] = previous.first
-        part.last[:, :old] = previous.last
-        part.recent[:, :, :old] = previous.recent
+        part = cls.empty(n, directory, previous)
         meta = previous.meta["events"]
         part.campaigns = Dictionary(previous.campaigns)
         part.send_us = list(meta["send_us"])
@@ -901,7 +914,7 @@ class IndexData:
         self._urls: pa.Array | None = None
         self._segments: list[StoreSegment] | None = None
         self._days: dict[str, np.ndarray] = {}
-        self._status_masks: dict[str, np.ndarray] | None = None
+        self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
@@ -944,12 +957,20 @@ class IndexData:
             columns[etype] = cols
         return StoreSegment(columns)
 
-    def status_masks(self) -> dict[str, np.ndarray]:
-        """Per status, a boolean mask over rows (computed once per loaded index)."""
-        if self._status_masks is None:
+    def status_rows(self) -> tuple[str, dict[str, np.ndarray]]:
+        """(the most common status, the rows of every other status code).
+
+        Computed once per loaded index. Code 255 (no known status) is a group of its own
+        under the key "", so the most common status is the total minus all the others.
+        """
+        if self._status_rows is None:
             codes = np.asarray(self.status)
-            self._status_masks = {s: codes == i for i, s in enumerate(STATUSES)}
-        return self._status_masks
+            groups = {s: np.flatnonzero(codes == i) for i, s in enumerate(STATUSES)}
+            groups[""] = np.flatnonzero(codes == 255)
+            largest = max(STATUSES, key=lambda s: len(groups[s]))
+            del groups[largest]
+            self._status_rows = (largest, groups)
+        return self._status_rows
 
     def bitmap_days(self, etype: str) -> np.ndarray:
         """The sorted days that have a (type, day) bitmap."""
