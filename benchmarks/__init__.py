@@ -1,0 +1,12 @@
+"""Benchmarks: segengine against what a data engineer would write by hand instead.
+
+``python -m benchmarks --scale small|1m|10m`` generates (or reuses) a synthetic data
+set, imports it into a workspace, counts a fixed suite of segments with every
+segengine engine and with hand-written DuckDB SQL, Polars and pandas over the raw
+Parquet files, checks that every path returns the same counts, and writes
+benchmarks/RESULTS.md and benchmarks/ratios.png.
+
+Benchmarks live apart from the tests (STYLE.md point 12): tests assert results,
+benchmarks measure time and memory and write their figures down. The one test,
+tests/test_benchmarks_smoke.py, only checks that all paths agree on a tiny data set.
+"""

@@ -1,0 +1,65 @@
+"""``python -m benchmarks --scale small|1m|10m [--runs 5] [--engines ...] [--skip-baselines ...]``.
+
+Generates or reuses the data set and the workspace under benchmarks/.cache/<scale>,
+runs the suite through every engine and baseline, and writes benchmarks/RESULTS.md
+and benchmarks/ratios.png. Exits 1 when paths disagree on a count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .baselines import BASELINES
+from .measure import BenchmarkError
+from .report import CHART, RESULTS, write
+from .runner import ENGINE_ORDER, Options, execute
+from .suite import SCALES
+
+
+def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}"
+        )
+    return names
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="small")
+    parser.add_argument("--runs", type=int, default=5, help="timed warm runs per path (>= 1)")
+    parser.add_argument("--engines", default=",".join(ENGINE_ORDER),
+                        type=lambda t: _names(t, ENGINE_ORDER, "--engines"),
+                        help="segengine engines to measure (missing ones are noted)")
+    parser.add_argument("--skip-baselines", default="",
+                        type=lambda t: _names(t, (*BASELINES, "pandas"), "--skip-baselines"),
+                        help="baselines to leave out, e.g. pandas")
+    parser.add_argument("--reimport", action="store_true",
+                        help="re-import the workspace (and measure the import) even if cached")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold CLI processes")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    return Options(scale=SCALES[args.scale], runs=args.runs, engines=args.engines,
+                   skip_baselines=args.skip_baselines, reimport=args.reimport,
+                   cold_cli=not args.no_cold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run = execute(options)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    write(run)
+    print(f"wrote {RESULTS} and {CHART}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Hand-written baselines: what a data engineer would write instead of using segengine.
+
+Each baseline reads the *raw* generated Parquet files (contacts keyed by email, events
+carrying the email, as `segengine.synth` writes them), not the workspace, and
+implements every segment of the suite by hand with the SPEC's semantics:
+case-insensitive text, null and ``""`` as empty (true for negative operators), UTC
+days, "the last N campaigns" by earliest ``sent`` with the campaign-id tie-break, and
+count thresholds that zero events satisfy. A union counts each contact once.
+
+Two facts about the raw files let the baselines stay as simple as a person would
+write them: the generator writes clean, unique, lower-case emails (Parquet), and no
+event twice (`benchmarks.data` checks both when it generates a data set).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RawData:
+    """The generated files a baseline reads."""
+
+    contacts: Path
+    events: Path
+
+
+class Baseline(Protocol):
+    """Counts the union of named suite segments over the raw files."""
+
+    def count(self, parts: tuple[str, ...], as_of: dt.date) -> int: ...
+
+    def close(self) -> None: ...
+
+
+#: baseline name -> "module:Class", imported only when used (pandas is optional)
+BASELINES: dict[str, str] = {
+    "duckdb-sql": "benchmarks.baselines.duckdb_sql:DuckDBBaseline",
+    "polars-lazy": "benchmarks.baselines.polars_lazy:PolarsBaseline",
+    "pandas": "benchmarks.baselines.pandas_frames:PandasBaseline",
+}
+
+
+def open_baseline(name: str, data: RawData) -> Baseline:
+    module, _, cls = BASELINES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(data)
+
+
+def days_before(as_of: dt.date, n: int) -> dt.date:
+    """The first day of `in_last_days n` (SPEC: between as_of - n days and as_of)."""
+    return as_of - dt.timedelta(days=n)

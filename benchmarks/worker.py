@@ -1,0 +1,224 @@
+"""One benchmark step, run in its own process so that its peak memory is its own.
+
+``python -m benchmarks.worker '<json job>'`` prints one JSON line with the result.
+The harness also calls `run` in-process when it does not need memory figures (the
+smoke test). Times are taken inside the step, around the work only, so process
+start-up and imports are not counted (the cold CLI timing counts them on purpose).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Job = dict[str, Any]
+
+
+def _timed_runs(call: Callable[[], dict[str, Any]], runs: int) -> dict[str, Any]:
+    """One warm-up (engine set-up, file cache, plans), then `runs` timed calls."""
+    start = time.perf_counter()
+    first = call()
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - start)
+        if result != first:
+            raise RuntimeError(f"result changed between runs: {first} then {result}")
+    return {**first, "warmup": warmup, "times": times}
+
+
+def generate(job: Job) -> dict[str, Any]:
+    from segengine.synth import generate as synth
+
+    start = time.perf_counter()
+    result = synth(Path(job["dir"]), contacts=job["contacts"], events=job["events"],
+                   seed=job["seed"], fmt="parquet")
+    return {**result, "seconds": time.perf_counter() - start}
+
+
+def check_data(job: Job) -> dict[str, Any]:
+    """What the baselines take for granted: unique emails, no duplicate event rows."""
+    import duckdb
+
+    con = duckdb.connect()
+    contacts, events = job["contacts"], job["events"]
+    dup_emails = con.execute(
+        f"SELECT count(*) - count(DISTINCT email) FROM read_parquet('{contacts}')"
+    ).fetchall()[0][0]
+    dup_events = con.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM read_parquet(?) "
+        "GROUP BY email, campaign, type, timestamp, url HAVING count(*) > 1)",
+        [events],
+    ).fetchall()[0][0]
+    return {"duplicate_emails": int(dup_emails), "duplicate_events": int(dup_events)}
+
+
+def import_file(job: Job) -> dict[str, Any]:
+    import segengine
+
+    if job["kind"] == "contacts":
+        ws = segengine.Workspace.init(job["workspace"])
+        call = ws.import_contacts
+    else:
+        ws = segengine.open(job["workspace"])
+        call = ws.import_events
+    start = time.perf_counter()
+    summary = call(job["path"])
+    seconds = time.perf_counter() - start
+    return {"read": summary.read, "imported": summary.imported,
+            "rejected": summary.rejected, "seconds": seconds}
+
+
+def segengine_count(job: Job) -> dict[str, Any]:
+    import segengine
+
+    ws = segengine.open(job["workspace"])
+
+    def call() -> dict[str, Any]:
+        result = ws.count(*job["files"], as_of=job["as_of"], engine=job["engine"])
+        return {"total": result["total"], "by_status": result["by_status"]}
+
+    return _timed_runs(call, job["runs"])
+
+
+def baseline_count(job: Job) -> dict[str, Any]:
+    from .baselines import RawData, open_baseline
+
+    baseline = open_baseline(job["baseline"], RawData(Path(job["contacts"]), Path(job["events"])))
+    as_of = dt.date.fromisoformat(job["as_of"])
+    parts = tuple(job["parts"])
+    try:
+        return _timed_runs(lambda: {"total": baseline.count(parts, as_of)}, job["runs"])
+    finally:
+        baseline.close()
+
+
+def _format_keyword(export: Callable[..., Any]) -> str | None:
+    params = inspect.signature(export).parameters
+    return next((k for k in ("fmt", "format") if k in params), None)
+
+
+def export(job: Job) -> dict[str, Any]:
+    """`Workspace.export` of the segments' active contacts (default columns)."""
+    import segengine
+
+    ws = segengine.open(job["workspace"])
+    kwargs: dict[str, Any] = {"output": Path(job["output"]), "as_of": job["as_of"]}
+    keyword = _format_keyword(ws.export)
+    if keyword:
+        kwargs[keyword] = job["format"]
+    elif job["format"] != "csv":
+        raise RuntimeError("Workspace.export takes no format argument: only CSV can be measured")
+    start = time.perf_counter()
+    result = ws.export(*job["files"], **kwargs)
+    seconds = time.perf_counter() - start
+    report = result.as_dict() if hasattr(result, "as_dict") else result
+    rows = report["rows"] if isinstance(report, dict) else int(report)
+    return {"rows": int(rows), "seconds": seconds, "bytes": Path(job["output"]).stat().st_size}
+
+
+def copy(job: Job) -> dict[str, Any]:
+    """DuckDB ``COPY`` of the same rows (active, ordered by email) and columns."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    columns = ", ".join(f'"{c}"' for c in job["columns"])
+    options = "FORMAT csv, HEADER true" if job["format"] == "csv" else "FORMAT parquet"
+    query = (
+        f"COPY (SELECT {columns} FROM read_parquet('{job['contacts']}') "
+        f"WHERE lower(status) = 'active' ORDER BY email) TO '{job['output']}' ({options})"
+    )
+    start = time.perf_counter()
+    rows = con.execute(query).fetchall()[0][0]
+    seconds = time.perf_counter() - start
+    return {"rows": int(rows), "seconds": seconds, "bytes": Path(job["output"]).stat().st_size}
+
+
+def index_build(job: Job) -> dict[str, Any]:
+    """A full engagement-index build of the workspace's files, then an incremental update.
+
+    The update is what users pay: importing one more batch of events into a copy of the
+    workspace, whose commit extends the index in the same transaction.
+    """
+    import segengine
+    from segengine.store.index import META, build_index
+
+    ws = segengine.open(job["workspace"])
+    snap = ws.snapshot()
+    scratch = Path(job["scratch"])
+    shutil.rmtree(scratch, ignore_errors=True)
+    start = time.perf_counter()
+    build_index(snap.files("contacts"), snap.files("events"), snap.schema, scratch / "full")
+    full = time.perf_counter() - start
+    copy_dir = scratch / "workspace"
+    shutil.copytree(job["workspace"], copy_dir)
+    updated = segengine.open(copy_dir)
+    start = time.perf_counter()
+    summary = updated.import_events(job["extra_events"])
+    update = time.perf_counter() - start
+    entry = updated.snapshot().manifest["index"]
+    meta = json.loads((copy_dir / entry["path"] / META).read_text())
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"full_seconds": full, "update_seconds": update, "extra_events": summary.read,
+            "incremental": bool(meta.get("incremental"))}
+
+
+def refresh_index(job: Job) -> dict[str, Any]:
+    """Rebuild a cached workspace's engagement index when this segengine cannot read it.
+
+    The index layout can change between segengine versions; a commit without the old
+    index entry makes the store build it from scratch, as an import would.
+    """
+    import segengine
+    from segengine.store.index import IndexUnavailable, load_index
+
+    ws = segengine.open(job["workspace"])
+    try:
+        load_index(ws.snapshot())
+        return {"rebuilt": False, "seconds": 0.0}
+    except IndexUnavailable:
+        pass
+    start = time.perf_counter()
+    with ws.store.transaction() as tx:
+        tx.manifest["index"] = None  # unreadable: build from scratch, reuse nothing
+        tx.commit()
+    return {"rebuilt": True, "seconds": time.perf_counter() - start}
+
+
+STEPS: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "generate": generate,
+    "check-data": check_data,
+    "import": import_file,
+    "segengine": segengine_count,
+    "baseline": baseline_count,
+    "export": export,
+    "copy": copy,
+    "index": index_build,
+    "refresh-index": refresh_index,
+}
+
+
+def run(job: Job) -> dict[str, Any]:
+    step = STEPS.get(job["step"])
+    if step is None:
+        raise KeyError(f"unknown benchmark step {job['step']!r}: one of {', '.join(STEPS)}")
+    return step(job)
+
+
+def main(argv: list[str]) -> None:
+    result = run(json.loads(argv[1]))
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
