@@ -13,7 +13,7 @@ import sys
 from .baselines import BASELINES
 from .measure import BenchmarkError
 from .report import CHART, RESULTS, write
-from .runner import ENGINE_ORDER, Options, execute
+from .runner import ENGINE_ORDER, Options, execute, load_run
 from .suite import SCALES
 
 
@@ -27,7 +27,7 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
     return names
 
 
-def parse_args(argv: list[str]) -> Options:
+def parse_args(argv: list[str]) -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="small")
@@ -41,18 +41,21 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--reimport", action="store_true",
                         help="re-import the workspace (and measure the import) even if cached")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold CLI processes")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite RESULTS.md and the chart from the last run of this scale")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
-    return Options(scale=SCALES[args.scale], runs=args.runs, engines=args.engines,
-                   skip_baselines=args.skip_baselines, reimport=args.reimport,
-                   cold_cli=not args.no_cold)
+    options = Options(scale=SCALES[args.scale], runs=args.runs, engines=args.engines,
+                      skip_baselines=args.skip_baselines, reimport=args.reimport,
+                      cold_cli=not args.no_cold)
+    return options, args.report_only
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_args(sys.argv[1:] if argv is None else argv)
+    options, report_only = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        run = execute(options)
+        run = load_run(options) if report_only else execute(options)
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1

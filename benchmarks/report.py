@@ -48,6 +48,11 @@ def _ms(seconds: float) -> str:
     return f"{ms:,.0f}" if ms >= 100 else f"{ms:,.1f}" if ms >= 1 else f"{ms:.2f}"
 
 
+def _x(ratio: float) -> str:
+    """A ratio with two significant digits, so 0.004x does not print as 0.00x."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
 def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / MIB:,.0f}"
 
@@ -108,10 +113,10 @@ def _summary(run: Run) -> list[str]:
     header = ["path", "all segments", *kinds]
     rows = []
     for path, by_seg in r.items():
-        cells = [f"{geomean(by_seg.values()):.2f}x"]
+        cells = [_x(geomean(by_seg.values()))]
         for kind in kinds:
             names = [s["name"] for s in run.segments if s["kind"] == kind]
-            cells.append(f"{geomean(by_seg[n] for n in names):.2f}x")
+            cells.append(_x(geomean(by_seg[n] for n in names)))
         rows.append([path, *cells])
     wins = {
         path: sum(1 for v in by_seg.values() if v <= 1.0)
@@ -157,7 +162,7 @@ def _per_segment(run: Run) -> list[str]:
     rows = []
     for seg in run.segments:
         best_name, best = fastest_baseline(seg, run.baselines)
-        cells = [f"{seg['paths'][p]['median'] / best:.2f}x" for p in warm]
+        cells = [_x(seg["paths"][p]["median"] / best) for p in warm]
         rows.append([f"`{seg['name']}`", f"{seg['total']:,}", f"{best_name} {_ms(best)} ms",
                      *cells])
     return ["## Ratio to the fastest baseline, per segment", "",
@@ -176,7 +181,7 @@ def _details(run: Run) -> list[str]:
                 if path.startswith("segengine-") else {}
             cold = f"{_ms(cli['cold'])} ({_mib(cli['max_rss'])} MiB)" if cli else ""
             rows.append([f"`{seg['name']}`", path, _ms(r["median"]),
-                         f"{_ms(r['min'])}-{_ms(r['max'])}", f"{r['median'] / best:.2f}x", cold,
+                         f"{_ms(r['min'])}-{_ms(r['max'])}", _x(r["median"] / best), cold,
                          _mib(r["max_rss"])])
     return [
         "## Details",
@@ -279,9 +284,9 @@ def chart(run: Run, path: Path) -> bool:
     names = [s["name"] for s in run.segments]
     width = 0.8 / len(r)
     fig, ax = plt.subplots(figsize=(max(10, len(names) * 0.9), 5.5))
-    for i, (path, by_seg) in enumerate(r.items()):
+    for i, (label, by_seg) in enumerate(r.items()):
         xs = [k + (i - (len(r) - 1) / 2) * width for k in range(len(names))]
-        ax.bar(xs, [by_seg[n] for n in names], width, label=path)
+        ax.bar(xs, [by_seg[n] for n in names], width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_ylabel("warm median / fastest baseline (log)")

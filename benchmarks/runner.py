@@ -67,6 +67,16 @@ class Run:
         return {"scale": self.options.scale.name, **{k: getattr(self, k) for k in keys}}
 
 
+def load_run(options: Options) -> Run:
+    """The last run of `options.scale`, from its results.json (to rewrite the report)."""
+    path = options.cache / options.scale.name / "results.json"
+    if not path.is_file():
+        raise BenchmarkError(f"no results at {path}: run the benchmark first")
+    saved = json.loads(path.read_text())
+    saved.pop("scale")
+    return Run(options, **saved)
+
+
 # --- running steps ---------------------------------------------------------------------
 
 
