@@ -175,14 +175,7 @@ class Workspace:
         day = parse_as_of(as_of)
         snap = self.snapshot()
         roots = self._roots(segments, snap)
-        by_status = self.engine(engine, snap).count(roots, day)
-        by_status = {s: int(by_status.get(s, 0)) for s in STATUSES}
-        return {
-            "total": sum(by_status.values()),
-            "by_status": by_status,
-            "sendable": by_status["active"],
-            "as_of": day.isoformat(),
-        }
+        return count_result(self.engine(engine, snap).count(roots, day), day)
 
     def contact_ids(
         self,
@@ -444,6 +437,17 @@ class Workspace:
         return result
 
 
+def count_result(by_status: Mapping[str, int], as_of: dt.date) -> dict[str, Any]:
+    """The document `count --json` prints: every status, zeros included, and `sendable`."""
+    counts = {s: int(by_status.get(s, 0)) for s in STATUSES}
+    return {
+        "total": sum(counts.values()),
+        "by_status": counts,
+        "sendable": counts["active"],
+        "as_of": as_of.isoformat(),
+    }
+
+
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:
     """The contacts of a snapshot as a lazy frame (with `email_domain` derived)."""
     files = list(snap.files("contacts"))
@@ -516,10 +520,4 @@ def count_tables(
         by_status = counter.count(roots, day)
     finally:
         counter.close()
-    by_status = {s: int(by_status.get(s, 0)) for s in STATUSES}
-    return {
-        "total": sum(by_status.values()),
-        "by_status": by_status,
-        "sendable": by_status["active"],
-        "as_of": day.isoformat(),
-    }
+    return count_result(by_status, day)
