@@ -18,7 +18,9 @@ import datetime as dt
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from ..suite import SUITE
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ BASELINES: dict[str, str] = {
 def open_baseline(name: str, data: RawData) -> Baseline:
     module, _, cls = BASELINES[name].partition(":")
     return getattr(importlib.import_module(module), cls)(data)
+
+
+#: the single segments of the suite; a baseline implements each by a function named after it
+SEGMENT_NAMES = tuple(dict.fromkeys(part for entry in SUITE for part in entry.parts))
+
+
+def queries(namespace: dict[str, Any]) -> dict[str, Any]:
+    """Segment name -> the function of a baseline module that implements it
+    (``never-opened`` -> ``never_opened``); a missing one is an error at import."""
+    return {name: namespace[name.replace("-", "_")] for name in SEGMENT_NAMES}
 
 
 def days_before(as_of: dt.date, n: int) -> dt.date:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
 
 import duckdb
 
-from . import RawData, days_before
+from . import RawData, days_before, queries
 
 LISTS = "list_transform(string_split(c.lists, ';'), lambda x: lower(trim(x)))"
 STATUS = "coalesce(nullif(lower(trim(c.status)), ''), 'active')"
@@ -152,24 +151,7 @@ def nested_negation(as_of: dt.date) -> str:
     )
 
 
-QUERIES: dict[str, Callable[[dt.date], str]] = {
-    "field-state-in": field_state_in,
-    "field-title-contains": field_title_contains,
-    "field-date-added-between": field_date_added_between,
-    "field-empty-aware": field_empty_aware,
-    "list-newsletter-active": list_newsletter_active,
-    "cto-or-sales-west": cto_or_sales_west,
-    "inactive-newsletter": inactive_newsletter,
-    "never-opened": never_opened,
-    "state-ca": state_ca,
-    "never-opened-any-status": never_opened_any_status,
-    "opened-nl-0034-in-september": opened_nl_0034_in_september,
-    "ca-pricing-clickers-30d": ca_pricing_clickers_30d,
-    "opened-3x-in-90d": opened_3x_in_90d,
-    "opened-any-of-last-5": opened_any_of_last_5,
-    "cold-in-last-5": cold_in_last_5,
-    "nested-negation": nested_negation,
-}
+QUERIES = queries(globals())
 
 
 def union_sql(parts: tuple[str, ...], as_of: dt.date) -> str:
