@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -40,6 +41,7 @@ from segengine.engines.duckdb import DuckDBEngine
 from segengine.engines.index import Evaluator, IndexEngine, Unsupported
 from segengine.errors import EngineError
 from segengine.fields import EVENT_TYPES
+from segengine.store import index as store_index
 from segengine.store.index import IndexData, build_index, load_index
 
 D = dt.date
@@ -59,12 +61,21 @@ def expected(ws, root, as_of=None) -> list[int]:
 # --- differential --------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ws=workspaces(), data=st.data())
-def test_index_matches_reference_and_duckdb(ws, data, tmp_path_factory):
+#: Random workspaces in CI (6 single trees and one union of 3 each); a deep run sets
+#: SEGENGINE_INDEX_EXAMPLES=500 (3,000 trees). Some examples index text fields without
+#: per-value bitmaps (hypothesis draws which), so both text paths meet random trees.
+INDEX_EXAMPLES = int(os.environ.get("SEGENGINE_INDEX_EXAMPLES", "25"))
+
+
+@settings(max_examples=INDEX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), value_bitmaps=st.booleans())
+def test_index_matches_reference_and_duckdb(ws, data, value_bitmaps, tmp_path_factory):
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
-    engine = index_engine(tables, directory / "index")
+    with pytest.MonkeyPatch.context() as patch:
+        if not value_bitmaps:
+            patch.setattr(store_index, "VALUE_BITMAPS_MAX", 0)
+        engine = index_engine(tables, directory / "index")
     duck = DuckDBEngine(tables)
     try:
         for _ in range(6):
@@ -151,12 +162,21 @@ CAMPAIGN_CHOICES = ["any", ("c1", "C1"), ("never-sent",), LastCampaigns(1), Last
                     LastCampaigns(9)]
 
 
-@pytest.fixture(scope="module")
-def fixed(tmp_path_factory):
+@pytest.fixture(scope="module", params=["value-bitmaps", "codes-only"])
+def fixed(request, tmp_path_factory):
+    """The fixed workspace indexed twice: text fields with per-value bitmaps, and without
+    (as a field with more than VALUE_BITMAPS_MAX distinct values is)."""
     ws = fixed_workspace()
     directory = tmp_path_factory.mktemp("fixed")
     tables = write_workspace(ws, directory / "data")
-    return ws, index_engine(tables, directory / "index")
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "codes-only":
+            patch.setattr(store_index, "VALUE_BITMAPS_MAX", 0)
+        engine = index_engine(tables, directory / "index")
+    fields = engine.index.fields
+    assert fields["city"].value_bitmaps is (request.param == "value-bitmaps")
+    assert (fields["birthday"].bitmap_days is not None) is (request.param == "value-bitmaps")
+    return ws, engine
 
 
 @pytest.mark.parametrize(("name", "op", "value"), FIELD_CASES)
@@ -198,6 +218,31 @@ def test_groups_empty_nested_and_negated(fixed):
         Group("any", (Group("all", (opened, FieldRule("vip", "is", True))),
                       Group("any", (), negate=True)), negate=True),
         Group("all", (FieldRule("status", "is", "active"), ActivityRule("clicked", negate=True))),
+    ]
+    for root in cases:
+        assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root), root
+        assert sum(engine.count([root], ws.as_of).values()) == len(expected(ws, root))
+
+
+@pytest.mark.parametrize("join", ["to_bitmap", "gather", "to_mask"])
+def test_every_way_of_joining_bitmaps_and_masks(fixed, monkeypatch, join):
+    """Groups mixing bitmap rules (status, lists, activity) and mask rules (numbers) give
+    the same rows whichever join the cost model picks."""
+    from segengine.engines import index as index_engine_module
+
+    def forced(n, in_bitmap, in_mask):
+        return {way: 0.0 if way == join else 1.0 for way in ("to_bitmap", "gather", "to_mask")}
+
+    monkeypatch.setattr(index_engine_module, "join_costs", forced)
+    ws, engine = fixed
+    score = FieldRule("score", "gte", 0.0)
+    cases = [
+        Group("all", (FieldRule("status", "is_not", "bounced"), score)),
+        Group("any", (FieldRule("status", "is", "active"), FieldRule("score", "lt", 0.1))),
+        Group("all", (ActivityRule("opened"), score, FieldRule("lists", "includes", ("vip",)))),
+        Group("any", (ActivityRule("clicked", negate=True), FieldRule("score", "is_empty"))),
+        Group("all", (Group("any", (ActivityRule("sent"), score)), FieldRule("vip", "is", True)),
+              negate=True),
     ]
     for root in cases:
         assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root), root

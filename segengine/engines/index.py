@@ -49,6 +49,7 @@ from ..store.index import (
     load_index,
     runs,
     to_bitmap,
+    value_bitmap_name,
 )
 from .base import Engine, Tables, empty_by_status
 
@@ -59,7 +60,7 @@ AT_LEAST_ONE = frozenset({("gte", 1), ("gt", 0)})
 NONE_AT_ALL = frozenset({("eq", 0), ("lte", 0), ("lt", 1), ("between", (0, 0))})
 #: Up to this many day bitmaps are OR-ed; wider windows use the first/last-day aggregates.
 MAX_DAY_UNION = 31
-#: Count conditions with a value above this are not checked for `recent_counts`.
+#: Count conditions with a value above this are not checked for `recent_test`.
 MAX_PROBE = 1000
 
 
@@ -94,6 +95,13 @@ def split_forms(parts: Sequence[Rows]) -> tuple[list[BitMap], list[np.ndarray]]:
 SPARSE = 8
 
 
+#: Rough cost per element (ns, numpy 2 on x86) of the conversions between the forms:
+#: finding a mask's rows is a pass over all contacts (`flatnonzero`), bitmaps are built
+#: per row, gathering or scattering a bitmap's rows costs per row of the bitmap, and a
+#: new mask per contact.
+NONZERO, TO_BITMAP, GATHER, SCATTER, COPY = 2, 10, 8, 8, 0.3
+
+
 def mask_bitmap(mask: np.ndarray) -> BitMap:
     return to_bitmap(np.flatnonzero(mask))
 
@@ -102,7 +110,8 @@ def all_of(parts: Sequence[Rows], n: int) -> Rows:
     """AND of a group's parts: bitmaps with bitmaps, masks with masks, then one join.
 
     Converting once per group instead of once per pair is what keeps mixed trees of
-    bitmap rules (status, lists, activity) and mask rules (fields) cheap.
+    bitmap rules (status, lists, activity) and mask rules (fields) cheap. The join
+    takes the cheapest of three ways (`join_costs`).
     """
     bitmaps, masks = split_forms(parts)
     if not parts:
@@ -117,11 +126,15 @@ def all_of(parts: Sequence[Rows], n: int) -> Rows:
         return bitmap
     if bitmap is None:
         return mask
-    # Convert the side with fewer rows: both conversions cost about one step per row.
-    if np.count_nonzero(mask) < len(bitmap):
+    count = int(np.count_nonzero(mask))
+    costs = join_costs(n, len(bitmap), count)
+    cheapest = min(costs, key=costs.get)
+    if cheapest == "to_bitmap":
         return bitmap & mask_bitmap(mask)
-    rows = bitmap_rows(bitmap)
-    return to_bitmap(rows[mask[rows]])
+    if cheapest == "gather":
+        rows = bitmap_rows(bitmap)
+        return to_bitmap(rows[mask[rows]])
+    return mask & to_mask_cheaply(bitmap, n)
 
 
 def any_of(parts: Sequence[Rows], n: int) -> Rows:
@@ -135,10 +148,29 @@ def any_of(parts: Sequence[Rows], n: int) -> Rows:
         return bitmap if bitmap is not None else BitMap()
     if bitmap is None:
         return mask
-    if np.count_nonzero(mask) < len(bitmap):
+    costs = join_costs(n, len(bitmap), int(np.count_nonzero(mask)))
+    if costs["to_bitmap"] < costs["to_mask"]:
         return bitmap | mask_bitmap(mask)
-    mask = mask.copy()
-    mask[bitmap_rows(bitmap)] = True
+    return mask | to_mask_cheaply(bitmap, n)
+
+
+def join_costs(n: int, in_bitmap: int, in_mask: int) -> dict[str, float]:
+    """Estimated cost of joining a bitmap and a mask: turn the mask into a bitmap, gather
+    the bitmap's rows through the mask (AND only), or turn the bitmap into a mask."""
+    return {
+        "to_bitmap": NONZERO * n + TO_BITMAP * in_mask,
+        "gather": GATHER * in_bitmap + TO_BITMAP * in_bitmap * in_mask / max(n, 1),
+        "to_mask": COPY * n + SCATTER * min(in_bitmap, n - in_bitmap),
+    }
+
+
+def to_mask_cheaply(bitmap: BitMap, n: int) -> np.ndarray:
+    """`bitmap` as a mask, scattering its rows or (when it holds most rows) its
+    complement's: "not bounced" is a few scattered rows, not millions."""
+    if len(bitmap) * 2 <= n:
+        return to_mask(bitmap, n)
+    mask = np.ones(n, dtype=bool)
+    mask[bitmap_rows(bitmap.flip(0, n))] = False
     return mask
 
 
@@ -149,9 +181,8 @@ GROUP_COMBINERS: dict[str, Callable[[Sequence[Rows], int], Rows]] = {
 
 
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
-    return (
-        BitMap.union(*bitmaps) if len(bitmaps) > 1 else BitMap(bitmaps[0]) if bitmaps else BitMap()
-    )
+    """The union; one bitmap is returned as it is (rows are never modified in place)."""
+    return BitMap.union(*bitmaps) if len(bitmaps) > 1 else bitmaps[0] if bitmaps else BitMap()
 
 
 def everyone(n: int) -> BitMap:
@@ -308,23 +339,36 @@ class Evaluator:
         if column is None or column.type is not ftype:
             raise Unsupported(f"field {rule.field!r} ({ftype}) is not in the index")
         if rule.op == "is_empty":
-            return ~self.present(column)
+            return complement(self.present(column), self.n)
         if rule.op == "is_not_empty":
             return self.present(column)
         positive_op = POSITIVE_OF.get(rule.op, rule.op)
         matched = self.positive(column, positive_op, rule.value)
-        if column.type not in EMPTY_NEVER_MATCHES:
-            matched &= self.present(column)
-        return ~matched if positive_op != rule.op else matched
+        if column.type not in EMPTY_NEVER_MATCHES and isinstance(matched, np.ndarray):
+            matched &= self.present(column)  # bitmaps hold present rows only
+        return complement(matched, self.n) if positive_op != rule.op else matched
 
-    def present(self, column: FieldColumn) -> np.ndarray:
+    def present(self, column: FieldColumn) -> Rows:
         if column.type is FieldType.TEXT:
-            return np.asarray(column.arrays["codes"]) != len(column.lower)
+            empty = len(column.lower)
+            if column.value_bitmaps:
+                return complement(self.value_bitmap(column, empty), self.n)
+            return np.asarray(column.arrays["codes"]) != empty
         if column.type is FieldType.BOOLEAN:
             return np.asarray(column.arrays["values"]) >= 0
         return np.asarray(column.arrays["present"])
 
-    def positive(self, column: FieldColumn, op: str, value: Any) -> np.ndarray:
+    def days_union(self, column: FieldColumn, low: int | None, high: int | None) -> BitMap:
+        """Rows whose date falls on a day in [low, high], from the field's day bitmaps."""
+        days = column.bitmap_days
+        lo = 0 if low is None else int(np.searchsorted(days, low, side="left"))
+        hi = len(days) if high is None else int(np.searchsorted(days, high, side="right"))
+        return union_all([self.value_bitmap(column, int(day)) for day in days[lo:hi]])
+
+    def value_bitmap(self, column: FieldColumn, code: int) -> BitMap:
+        return self.index.contact_bitmaps.get(value_bitmap_name(column.name, code))
+
+    def positive(self, column: FieldColumn, op: str, value: Any) -> Rows:
         """A positive operator's test (callers AND it with `present`)."""
         ftype = column.type
         if ftype is FieldType.TEXT and op in TEXT_OPS:
@@ -335,17 +379,25 @@ class Evaluator:
             bounds = day_range(op, value, self.as_of)
             if bounds is None:
                 return np.zeros(self.n, dtype=bool)
+            if column.bitmap_days is not None:
+                return self.days_union(column, *bounds)
             return in_range(np.asarray(column.arrays["days"]), *bounds)
         if ftype is FieldType.BOOLEAN and op == "is":
             return np.asarray(column.arrays["values"]) == int(bool(value))
         raise Unsupported(f"{op!r} is not an operator the index evaluates on a {ftype} field")
 
-    def text_test(self, column: FieldColumn, op: str, value: Any) -> np.ndarray:
-        """Evaluate on the (small) lower-cased dictionary, then look codes up."""
-        codes = np.asarray(column.arrays["codes"])
+    def text_test(self, column: FieldColumn, op: str, value: Any) -> Rows:
+        """Evaluate on the (small) lower-cased dictionary, then look codes up.
+
+        A field with per-value bitmaps answers with the union of the matching values'
+        bitmaps; a high-cardinality one with a pass over its codes.
+        """
         hits = TEXT_OPS[op](column.lower, value)
         hits = pc.fill_null(hits, False).to_numpy(zero_copy_only=False)
         matching = np.flatnonzero(hits)
+        if column.value_bitmaps:
+            return union_all([self.value_bitmap(column, int(code)) for code in matching])
+        codes = np.asarray(column.arrays["codes"])
         if len(matching) == 0:
             return np.zeros(self.n, dtype=bool)
         if len(matching) <= 4:  # a few compares stream; a gather does not
@@ -433,9 +485,10 @@ class Evaluator:
         if campaigns is None and window == (None, None) and rule.url_contains is None:
             return test(np.asarray(self.index.count[self.type_code(etype)]), rule.count.value)
         if campaigns is None and rule.url_contains is None and window is not None:
-            counts = self.recent_counts(etype, window, rule.count)
-            if counts is None:
-                counts = self.counts_outside_window(etype, window)
+            matched = self.recent_test(etype, window, rule.count)
+            if matched is not None:
+                return matched
+            counts = self.counts_outside_window(etype, window)
             if counts is not None:
                 return test(counts, rule.count.value)
         rows = self.matching_rows(etype, campaigns, window, rule.url_contains)
@@ -446,8 +499,8 @@ class Evaluator:
     ) -> Rows | None:
         """Contacts with at least one matching event, from bitmaps or aggregates.
 
-        None when only the event store can tell (a campaign filter *and* a window: the
-        bitmaps of each are per event, their AND is not).
+        A campaign filter *and* a window (the bitmaps of each are per event, their AND
+        is not) go through `campaigns_in_window`; None when only the event store can tell.
         """
         bitmaps = self.index.bitmaps
         if window is None:
@@ -458,7 +511,7 @@ class Evaluator:
                 return BitMap(bitmaps.get(f"e/{etype}"))
             return union_all([bitmaps.get(f"c/{etype}/{c}") for c in campaigns])
         if campaigns is not None:
-            return None
+            return self.campaigns_in_window(etype, campaigns, window)
         days = self.index.bitmap_days(etype)
         lo = 0 if low is None else np.searchsorted(days, low, side="left")
         hi = len(days) if high is None else np.searchsorted(days, high, side="right")
@@ -474,6 +527,64 @@ class Evaluator:
             if lo == 0:  # every event of this type is on or after `low`
                 return np.asarray(self.index.first[t]) <= high
         return union_all([bitmaps.get(f"d/{etype}/{int(d)}") for d in selected])
+
+    def campaigns_in_window(
+        self, etype: str, campaigns: np.ndarray, window: tuple[int | None, int | None]
+    ) -> Rows | None:
+        """Contacts with an event of one of `campaigns` inside `window`.
+
+        A campaign whose events of this type all fall inside the window answers with its
+        bitmap, one with none inside adds nothing; only the campaigns whose events
+        straddle a bound of the window are read from the event store. (Campaigns are
+        opened and clicked within days of their send, so straddling is rare.) None for an
+        index without campaign day ranges.
+        """
+        spans = self.campaign_spans(etype, campaigns)
+        if spans is None:
+            return None
+        first, last = spans
+        low, high = window
+        has = first <= last
+        after_low = first >= low if low is not None else np.ones(len(first), bool)
+        before_high = last <= high if high is not None else np.ones(len(first), bool)
+        inside = has & after_low & before_high
+        outside = ~has
+        if low is not None:
+            outside |= last < low
+        if high is not None:
+            outside |= first > high
+        parts = [self.index.bitmaps.get(f"c/{etype}/{int(c)}") for c in campaigns[inside]]
+        straddling = campaigns[~inside & ~outside]
+        if len(straddling):
+            rows = self.matching_rows(etype, straddling, window, None)
+            parts.append(to_bitmap(np.sort(rows)))
+        return union_all(parts)
+
+    def campaign_spans(
+        self, etype: str, campaigns: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(first day, last day) of each campaign's events of `etype` (first > last: none)."""
+        spans = self.index.campaign_days
+        if spans is None:
+            return None
+        t = self.type_code(etype)
+        return spans[t, campaigns, 0], spans[t, campaigns, 1]
+
+    def narrow(
+        self, etype: str, campaigns: np.ndarray, window: tuple[int | None, int | None]
+    ) -> tuple[int | None, int | None] | None:
+        """`window` cut to the days on which `campaigns` have events (None: no such day)."""
+        spans = self.campaign_spans(etype, campaigns)
+        if spans is None:
+            return window
+        first, last = spans
+        if not np.any(first <= last):
+            return None
+        low, high = window
+        lowest, highest = int(first.min()), int(last.max())
+        low = lowest if low is None else max(low, lowest)
+        high = highest if high is None else min(high, highest)
+        return (low, high) if low <= high else None
 
     @staticmethod
     def type_code(etype: str) -> int:
@@ -507,6 +618,9 @@ class Evaluator:
             return np.zeros(0, np.uint32)
         campaign_ok = None
         if campaigns is not None:
+            window = self.narrow(etype, campaigns, window)
+            if window is None:
+                return np.zeros(0, np.uint32)
             campaign_ok = np.zeros(len(self.index.campaigns), dtype=bool)
             campaign_ok[campaigns] = True
         url_ok = None
@@ -540,10 +654,10 @@ class Evaluator:
             slices.append((cols, lo, hi))
         return slices
 
-    def recent_counts(
+    def recent_test(
         self, etype: str, window: tuple, cond: CountCondition
-    ) -> np.ndarray | None:
-        """Counts capped at RECENT from each row's latest days, when that is exact.
+    ) -> Rows | None:
+        """The condition on counts capped at RECENT from each row's latest days, when exact.
 
         Exact when no event of the type is after the window (an `in_last_days` window
         at or after the data's end) and the condition cannot tell RECENT events from
@@ -562,10 +676,28 @@ class Evaluator:
         if len(set(test(probe, cond.value).tolist())) > 1:
             return None  # the condition differs between RECENT events and more
         recent = self.index.recent[t]
+        # Each row's days are sorted latest first, so "at least k events in the window"
+        # is one comparison of its k-th latest day: a threshold condition ("at least 3",
+        # "at most 1") is one pass; anything else counts all RECENT.
+        allowed = test(np.arange(RECENT + 1), cond.value)
+        steps = np.flatnonzero(allowed[1:] != allowed[:-1])
+        if len(steps) == 1:
+            at_least = self.at_least_since(etype, int(steps[0]) + 1, low)
+            return at_least if allowed[-1] else complement(at_least, self.n)
         counts = np.zeros(self.n, dtype=np.uint8)
         for k in range(RECENT):
             counts += np.asarray(recent[k]) >= day32(low)
-        return counts
+        return test(counts, cond.value)
+
+    def at_least_since(self, etype: str, k: int, low: int) -> Rows:
+        """Rows with at least `k` (<= RECENT) events of `etype` on or after day `low`."""
+        days = self.index.recent_days(etype, k)
+        if days is None:  # an index built before the recent-day bitmaps
+            return np.asarray(self.index.recent[self.type_code(etype)][k - 1]) >= day32(low)
+        start = int(np.searchsorted(days, low, side="left"))
+        return union_all(
+            [self.index.bitmaps.get(f"k/{etype}/{k}/{int(day)}") for day in days[start:]]
+        )
 
     def counts_outside_window(self, etype: str, window: tuple) -> np.ndarray | None:
         """Per-row counts in a wide window as total minus the events outside it.

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 #: 2: event-store segments sorted by day per type, per-URL click bitmaps.
 #: 3: aggregates/recent.npy (format 2 was committed for a while without it).
 FORMAT = 3
+#: The contact part's layout within FORMAT; an older contact part is rebuilt at the next
+#: commit rather than carried over (2: per-value bitmaps of text fields).
+CONTACTS_VERSION = 2
 META = "meta.json"
 DAY_US = 86_400_000_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -339,14 +342,52 @@ def encode_text(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
     return codes.astype(dtype), python_lower(dictionary)
 
 
-def build_field(directory: Path, prefix: str, ftype: FieldType, column: pa.Array) -> dict:
-    """Store one field's column; returns its description for meta.json."""
+#: Text fields with at most this many distinct values (state, country, title, plan...)
+#: also get one contact bitmap per value, so "state is CA" is a bitmap and combines with
+#: behavioural bitmaps without a pass over every contact. Above it (email, free text)
+#: the per-value bitmaps would cost more to store than a scan of the codes.
+VALUE_BITMAPS_MAX = 4096
+
+
+def value_bitmap_name(field_name: str, code: int) -> str:
+    """The contact bitmap of one dictionary code of a text field (the last code: empty)."""
+    return f"v/{field_name}/{code}"
+
+
+def value_bitmaps(field_name: str, codes: np.ndarray, size: int) -> dict[str, BitMap]:
+    """One bitmap per code (the empty code included), or none for a high-cardinality field."""
+    if size > VALUE_BITMAPS_MAX or len(codes) == 0:
+        return {}
+    grouped = group_bitmaps(codes, np.arange(len(codes), dtype=np.uint32))
+    return {value_bitmap_name(field_name, code): bitmap for code, bitmap in grouped.items()}
+
+
+def day_bitmaps(days: np.ndarray, present: np.ndarray) -> dict[int, BitMap]:
+    """One bitmap per day of a date field with few distinct days (signup dates, renewal
+    dates): a date range is then a union of bitmaps. None for a field with more days."""
+    rows = np.flatnonzero(present).astype(np.uint32)
+    if len(rows) == 0 or len(sorted_unique(days[rows])) > VALUE_BITMAPS_MAX:
+        return {}
+    return group_bitmaps(days[rows], rows)
+
+
+def build_field(
+    directory: Path, prefix: str, ftype: FieldType, column: pa.Array, store: BitmapStore,
+    name: str,
+) -> dict:
+    """Store one field's column (and a text field's value bitmaps in `store`).
+
+    Returns its description for meta.json.
+    """
     if ftype in TEXT_KINDS:
         codes, lowered = encode_text(column)
+        bitmaps = value_bitmaps(name, codes, len(lowered))
+        store.write_layer(bitmaps)
         return {
             "type": ftype.value,
             "codes": save(directory / f"{prefix}.codes.npy", codes),
             "lower": save_strings(directory / f"{prefix}.lower.arrow", lowered),
+            "value_bitmaps": bool(bitmaps),
         }
     present = pc.is_valid(column).to_numpy(zero_copy_only=False)
     if ftype == FieldType.NUMBER:
@@ -358,10 +399,13 @@ def build_field(directory: Path, prefix: str, ftype: FieldType, column: pa.Array
         }
     if ftype in (FieldType.DATE, FieldType.DATETIME):
         days, present = days_of(column) if len(column) else (np.zeros(0, np.int32), present)
+        by_day = day_bitmaps(days, present)
+        store.write_layer({value_bitmap_name(name, day): b for day, b in by_day.items()})
         return {
             "type": ftype.value,
             "days": save(directory / f"{prefix}.days.npy", days),
             "present": save(directory / f"{prefix}.present.npy", present),
+            "bitmap_days": sorted(by_day) if by_day else None,
         }
     if ftype == FieldType.BOOLEAN:
         values = pc.fill_null(column.cast(pa.int8()), -1).to_numpy(zero_copy_only=False)
@@ -416,9 +460,15 @@ def build_contacts(directory: Path, files: Sequence[str], schema: Schema) -> dic
             column = column.combine_chunks()
         if pa.types.is_null(column.type):
             column = pa.nulls(n, type=_arrow_type(types[name]))
-        fields[name] = build_field(part, f"f{i}", types[name], column)
+        fields[name] = build_field(part, f"f{i}", types[name], column, store, name)
     dense = bool(n == 0 or (ids[0] == 1 and ids[-1] == n))
-    return {"n": n, "dense": dense, "fields": fields, "bitmaps": store.to_json()}
+    return {
+        "n": n,
+        "dense": dense,
+        "fields": fields,
+        "bitmaps": store.to_json(),
+        "version": CONTACTS_VERSION,
+    }
 
 
 def _arrow_type(ftype: FieldType) -> pa.DataType:
@@ -489,7 +539,16 @@ class EventPart:
     bitmaps: BitmapStore
     segments: list[dict]
     day_range: list[list[int | None]]
+    #: per type, per campaign code: [first day, last day] of its events (NO_FIRST/NO_LAST
+    #: when it has none), so "campaign C within window W" is a bitmap when all of C's
+    #: events fall inside W (or none do)
+    campaign_days: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(EVENT_TYPES), 0, 2), np.int32)
+    )
     orphans: int = 0
+    #: the previous index's `recent` days (an update moves only the rows that changed
+    #: between its recent-day bitmaps)
+    recent_before: np.ndarray | None = None
     touched: dict[str, BitMap] = field(default_factory=dict)
     #: events of the segment being collected: type -> column -> batches
     pending: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
@@ -523,10 +582,14 @@ class EventPart:
         part = cls.empty(n, directory, previous)
         meta = previous.meta["events"]
         part.campaigns = Dictionary(previous.campaigns)
+        part.recent_before = previous.recent
         part.send_us = list(meta["send_us"])
         part.urls = Dictionary(previous.urls().to_pylist())
         part.orphans = int(meta["orphans"])
         part.day_range = [list(r) for r in meta["day_range"]]
+        part.campaign_days = np.array(meta["campaign_days"], np.int32).reshape(
+            len(EVENT_TYPES), len(previous.campaigns), 2
+        )
         for layer in previous.bitmaps.layers():
             link_or_copy(previous.directory / layer, directory / layer)
         part.bitmaps = BitmapStore(directory, dict(previous.bitmaps.entries))
@@ -681,10 +744,26 @@ class EventPart:
             current = self.touched[name] = BitMap(self.bitmaps.get(name))
         current |= bitmap
 
+    def _campaign_days(self, t: int, days: np.ndarray, camps: np.ndarray) -> None:
+        """Widen each campaign's [first, last] day of type `t` to this batch's events."""
+        self._cover_campaigns()
+        np.minimum.at(self.campaign_days[t, :, 0], camps, days)
+        np.maximum.at(self.campaign_days[t, :, 1], camps, days)
+
+    def _cover_campaigns(self) -> None:
+        """Give every campaign of the dictionary a day range (empty for new ones)."""
+        k = len(self.campaigns.values)
+        if self.campaign_days.shape[1] < k:
+            wider = np.empty((len(EVENT_TYPES), k, 2), np.int32)
+            wider[:, :, 0], wider[:, :, 1] = NO_FIRST, NO_LAST
+            wider[:, : self.campaign_days.shape[1]] = self.campaign_days
+            self.campaign_days = wider
+
     def _bitmaps(
         self, etype: str, distinct: np.ndarray, rows: np.ndarray, days: np.ndarray,
         camps: np.ndarray,
     ) -> None:
+        self._campaign_days(EVENT_TYPES.index(etype), days, camps)
         self._merge(f"e/{etype}", to_bitmap(distinct))
         for code, bitmap in group_bitmaps(camps, rows).items():
             self._merge(f"c/{etype}/{code}", bitmap)
@@ -697,8 +776,51 @@ class EventPart:
         for code, bitmap in group_bitmaps(urls[has], rows[has]).items():
             self._merge(f"u/{code}", bitmap)
 
+    def _recent_bitmaps(self) -> None:
+        """Per (type, k, day): the rows whose k-th latest event of the type is on that day.
+
+        "At least k events since day D" (k <= RECENT, nothing later than the data) is
+        then the union of the (type, k) bitmaps of the days from D on: a bitmap that
+        combines with the others, not a pass over every contact. A full build groups
+        all rows; an update moves only the rows whose recent days changed.
+        """
+        changed: dict[str, BitMap] = {}
+
+        def edit(name: str, rows: BitMap, add: bool) -> None:
+            current = changed.get(name)
+            if current is None:
+                current = changed[name] = BitMap(self.bitmaps.get(name))
+            if add:
+                current |= rows
+            else:
+                current -= rows
+
+        for t, etype in enumerate(EVENT_TYPES):
+            for k in range(RECENT):
+                new = np.asarray(self.recent[t, k])
+                old = None
+                if self.recent_before is not None:
+                    old = np.full(self.n, NO_LAST, np.int32)
+                    before = np.asarray(self.recent_before[t, k])
+                    old[: len(before)] = before
+                rows = np.flatnonzero(new != NO_LAST if old is None else new != old)
+                rows = rows.astype(np.uint32)
+                prefix = f"k/{etype}/{k + 1}/"
+                if old is not None:
+                    was = rows[old[rows] != NO_LAST]
+                    for day, bitmap in group_bitmaps(old[was], was).items():
+                        edit(f"{prefix}{day}", bitmap, add=False)
+                now = rows[new[rows] != NO_LAST]
+                for day, bitmap in group_bitmaps(new[now], now).items():
+                    edit(f"{prefix}{day}", bitmap, add=True)
+        for name in [name for name, bitmap in changed.items() if not bitmap]:
+            del changed[name]  # a day nobody's k-th latest event is on any more
+            self.bitmaps.entries.pop(name, None)
+        self.bitmaps.write_layer(changed)
+
     def write(self) -> dict:
         """Write aggregates and dictionaries; returns the meta.json section."""
+        self._recent_bitmaps()
         agg = self.directory / "aggregates"
         save(agg / "count.npy", self.count)
         save(agg / "first.npy", self.first)
@@ -706,6 +828,7 @@ class EventPart:
         save(agg / "recent.npy", self.recent)
         if len(self.send_us) < len(self.campaigns.values):
             self.send_us.extend([None] * (len(self.campaigns.values) - len(self.send_us)))
+        self._cover_campaigns()
         urls = save_strings(self.directory / f"urls-{uuid.uuid4().hex[:8]}.arrow",
                             pa.array(self.urls.values, pa.string()))
         return {
@@ -715,6 +838,8 @@ class EventPart:
             "bitmaps": self.bitmaps.to_json(),
             "segments": self.segments,
             "day_range": self.day_range,
+            "campaign_days": self.campaign_days.tolist(),
+            "recent_bitmaps": True,
             "orphans": self.orphans,
         }
 
@@ -793,6 +918,7 @@ def build_index(
         previous is not None
         and previous.meta["covers"]["contacts"] == covers["contacts"]
         and previous.meta["schema"] == _schema_json(schema)
+        and previous.meta["contacts"].get("version") == CONTACTS_VERSION
     )
     if same_contacts:
         for file in sorted((previous.directory / "contacts").iterdir()):
@@ -809,6 +935,7 @@ def build_index(
         and n >= previous.n
         and np.array_equal(ids[: previous.n], previous.ids)
         and (same_contacts or previous.meta["events"]["orphans"] == 0)
+        and previous.meta["events"].get("recent_bitmaps", False)
     )
     if reuse:
         part = EventPart.extend(previous, n, directory)
@@ -871,13 +998,21 @@ def refresh_index(tx: Transaction, progress: Progress | None = None) -> None:
 # --- reading -------------------------------------------------------------------------
 
 
+#: Keys of a field's meta.json entry that are not array files.
+NOT_FILES = frozenset({"type", "lower", "value_bitmaps", "bitmap_days"})
+
+
 @dataclass
 class FieldColumn:
-    """One indexed field, memory-mapped."""
+    """One indexed field, memory-mapped; `value_bitmaps`: a text field has per-value bitmaps."""
 
+    name: str
     type: FieldType
     arrays: dict[str, np.ndarray]
     lower: pa.Array | None = None
+    value_bitmaps: bool = False
+    #: a date field's days that have a bitmap (None: the field has none)
+    bitmap_days: np.ndarray | None = None
 
 
 @dataclass
@@ -899,7 +1034,9 @@ class IndexData:
         self.ids = np.asarray(load(part / "ids.npy"))
         self.status = load(part / "status.npy")
         self.contact_bitmaps = BitmapStore.from_json(part, contacts["bitmaps"])
-        self.fields = {name: self._field(part, spec) for name, spec in contacts["fields"].items()}
+        self.fields = {
+            name: self._field(part, name, spec) for name, spec in contacts["fields"].items()
+        }
         events = meta["events"]
         agg = self.directory / "aggregates"
         self.count = load(agg / "count.npy")
@@ -911,6 +1048,11 @@ class IndexData:
         self.send_us: list[int | None] = events["send_us"]
         self.bitmaps = BitmapStore.from_json(self.directory, events["bitmaps"])
         self.day_range = events["day_range"]
+        days = events.get("campaign_days")  # absent in indexes written before it existed
+        self.campaign_days = (
+            None if days is None
+            else np.array(days, np.int64).reshape(len(EVENT_TYPES), len(self.campaigns), 2)
+        )
         self._urls: pa.Array | None = None
         self._segments: list[StoreSegment] | None = None
         self._days: dict[str, np.ndarray] = {}
@@ -924,11 +1066,15 @@ class IndexData:
         return cls(directory, meta)
 
     @staticmethod
-    def _field(part: Path, spec: dict) -> FieldColumn:
+    def _field(part: Path, name: str, spec: dict) -> FieldColumn:
         ftype = FieldType(spec["type"])
-        arrays = {k: load(part / v) for k, v in spec.items() if k not in ("type", "lower")}
+        arrays = {k: load(part / v) for k, v in spec.items() if k not in NOT_FILES}
         lower = load_strings(part / spec["lower"]) if "lower" in spec else None
-        return FieldColumn(ftype, arrays, lower)
+        days = spec.get("bitmap_days")
+        return FieldColumn(
+            name, ftype, arrays, lower, bool(spec.get("value_bitmaps")),
+            None if days is None else np.array(days, np.int64),
+        )
 
     def urls(self) -> pa.Array:
         if self._urls is None:
@@ -974,11 +1120,19 @@ class IndexData:
 
     def bitmap_days(self, etype: str) -> np.ndarray:
         """The sorted days that have a (type, day) bitmap."""
-        if etype not in self._days:
-            prefix = f"d/{etype}/"
+        return self._named_days(f"d/{etype}/")
+
+    def recent_days(self, etype: str, k: int) -> np.ndarray | None:
+        """The sorted days that have a (type, k-th latest, day) bitmap (None: not built)."""
+        if not self.meta["events"].get("recent_bitmaps"):
+            return None
+        return self._named_days(f"k/{etype}/{k}/")
+
+    def _named_days(self, prefix: str) -> np.ndarray:
+        if prefix not in self._days:
             days = [int(name[len(prefix) :]) for name in self.bitmaps.names(prefix)]
-            self._days[etype] = np.array(sorted(days), dtype=np.int64)
-        return self._days[etype]
+            self._days[prefix] = np.array(sorted(days), dtype=np.int64)
+        return self._days[prefix]
 
 
 def load_index(snapshot: Snapshot) -> IndexData:
