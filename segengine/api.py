@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,19 @@ def parse_as_of(value: str | dt.date | None) -> dt.date:
         raise InputError(f"--as-of: {value!r} is not a date: use YYYY-MM-DD") from None
 
 
+#: How many parsed definition files a Workspace keeps.
+FILE_CACHE_SIZE = 64
+
+
 class Workspace:
     """A segengine workspace: contacts, events, saved segments and the engagement index."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.store = Store(path)
         self._engines: dict[tuple[str, int], Engine] = {}
+        #: parsed definition files by (path, mtime, size, schema): reading YAML costs
+        #: milliseconds, more than an indexed count, in a process that counts repeatedly
+        self._files: dict[tuple[Any, ...], Segment] = {}
 
     @property
     def path(self) -> Path:
@@ -104,6 +112,21 @@ class Workspace:
         self._after_write()
         return summary
 
+    def reindex(self, *, progress: Progress | None = None) -> dict[str, Any]:
+        """Rebuild the engagement index from scratch in one commit.
+
+        Every commit keeps the index current on its own; this is for after an upgrade
+        that extends the index (an older index stays usable, and is rebuilt by the next
+        import, but without what the new version adds) or to recover from a damaged
+        index file. Returns the index entry of the manifest and the seconds it took.
+        """
+        started = time.perf_counter()
+        with self.store.transaction() as tx:
+            tx.manifest.pop("index", None)
+            snap = tx.commit(progress)
+        self._after_write()
+        return {**snap.manifest["index"], "seconds": round(time.perf_counter() - started, 3)}
+
     def _after_write(self) -> None:
         for engine in self._engines.values():
             engine.close()
@@ -125,13 +148,25 @@ class Workspace:
         if path.suffix.lower() in DEFINITION_SUFFIXES or path.is_file():
             if not path.is_file():
                 raise SegmentNotFound(f"segment file {text} does not exist")
-            return load_definition(path, snap.schema, origin=text)
+            return self._load_file(path, text, snap)
         hint = difflib.get_close_matches(text, list(snap.segments), n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise SegmentNotFound(
             f"no saved segment {text!r}{did_you_mean}: give a saved name "
             "(see `segengine segment list`) or a .json/.yaml file"
         )
+
+    def _load_file(self, path: Path, origin: str, snap: Snapshot) -> Segment:
+        """A definition file, parsed again only when it (or the schema) changed."""
+        stat = path.stat()
+        key = (path.resolve(), stat.st_mtime_ns, stat.st_size, stat.st_ino, origin, snap.schema)
+        segment = self._files.get(key)
+        if segment is None:
+            segment = load_definition(path, snap.schema, origin=origin)
+            if len(self._files) >= FILE_CACHE_SIZE:
+                del self._files[next(iter(self._files))]
+            self._files[key] = segment
+        return segment
 
     def resolve(self, segment: Segment, snapshot: Snapshot | None = None) -> Group:
         """The segment's rule tree with every reference inlined (cycles are errors)."""

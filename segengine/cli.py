@@ -219,6 +219,21 @@ def info(ctx, as_json: bool) -> None:
 
 
 @main.command()
+@json_option
+@click.pass_context
+def reindex(ctx, as_json: bool) -> None:
+    """Rebuild the engagement index from scratch (after an upgrade, or a damaged index).
+
+    Every import, unsubscribe and send keeps the index current by itself; an index built
+    by an older segengine keeps answering until the next of those rebuilds it, and this
+    rebuilds it now. The workspace is locked while it runs.
+    """
+    result = workspace(ctx).reindex(progress=progress())
+    emit(result, as_json, lambda: click.echo(
+        f"rebuilt the engagement index {result['path']} in {result['seconds']:.1f} s"))
+
+
+@main.command()
 @click.option("--contacts", "n_contacts", type=click.IntRange(min=1), required=True, help="Number of contacts.")
 @click.option("--events", "n_events", type=click.IntRange(min=0), required=True, help="Approximate number of events.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data).")

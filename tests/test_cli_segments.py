@@ -151,3 +151,15 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {n: c["total"] for n, c in out["counts"].items()} == EXPECTED
     again = Cli(None)("demo", str(tmp_path / "demo"))  # re-runs over its own workspace
     assert "union of all" in again.stdout
+
+
+def test_a_definition_file_is_read_again_when_it_changes(sample_ws, tmp_path):
+    """Parsed files are cached per workspace, keyed by path, mtime and size."""
+    path = tmp_path / "seg.yaml"
+    path.write_text("name: s\nrules:\n  - {field: state, op: is, value: CA}\n")
+    assert sample_ws.count(path)["total"] == 157
+    assert sample_ws.count(path)["total"] == 157
+    path.write_text("name: s\nrules:\n  - {field: state, op: is, value: TX}\n")
+    tx = sample_ws.count(path)["total"]
+    assert tx != 157
+    assert tx == sample_ws.count({"name": "s", "rules": [{"field": "state", "op": "is", "value": "tx"}]})["total"]

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, Cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_contact_ids
@@ -162,20 +162,31 @@ CAMPAIGN_CHOICES = ["any", ("c1", "C1"), ("never-sent",), LastCampaigns(1), Last
                     LastCampaigns(9)]
 
 
-@pytest.fixture(scope="module", params=["value-bitmaps", "codes-only"])
+@pytest.fixture(scope="module", params=["current", "minimal"])
 def fixed(request, tmp_path_factory):
-    """The fixed workspace indexed twice: text fields with per-value bitmaps, and without
-    (as a field with more than VALUE_BITMAPS_MAX distinct values is)."""
+    """The fixed workspace indexed twice: as indexes are built now, and with only what
+    every format-3 index has (no per-value field bitmaps, as for a field with more than
+    VALUE_BITMAPS_MAX values; no campaign day ranges or recent-day bitmaps, as in an
+    index built before them), so both the fast paths and their fallbacks are checked."""
     ws = fixed_workspace()
     directory = tmp_path_factory.mktemp("fixed")
     tables = write_workspace(ws, directory / "data")
+    minimal = request.param == "minimal"
     with pytest.MonkeyPatch.context() as patch:
-        if request.param == "codes-only":
+        if minimal:
             patch.setattr(store_index, "VALUE_BITMAPS_MAX", 0)
         engine = index_engine(tables, directory / "index")
+    if minimal:
+        meta_path = directory / "index" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        del meta["events"]["campaign_days"], meta["events"]["recent_bitmaps"]
+        meta_path.write_text(json.dumps(meta))
+        engine = IndexEngine(tables, IndexData.open(directory / "index"))
+        assert engine.index.campaign_days is None
+        assert engine.index.recent_days("open", 1) is None
     fields = engine.index.fields
-    assert fields["city"].value_bitmaps is (request.param == "value-bitmaps")
-    assert (fields["birthday"].bitmap_days is not None) is (request.param == "value-bitmaps")
+    assert fields["city"].value_bitmaps is not minimal
+    assert (fields["birthday"].bitmap_days is None) is minimal
     return ws, engine
 
 
@@ -247,6 +258,23 @@ def test_every_way_of_joining_bitmaps_and_masks(fixed, monkeypatch, join):
     for root in cases:
         assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root), root
         assert sum(engine.count([root], ws.as_of).values()) == len(expected(ws, root))
+
+
+def test_reindex_rebuilds_the_index_in_one_commit(tmp_path):
+    ws = segengine.Workspace.init(tmp_path / "ws")
+    ws.import_contacts(SAMPLE / "contacts.csv")
+    ws.import_events(SAMPLE / "events.csv")
+    before = ws.snapshot().manifest["index"]["path"]
+    counts = {seg["name"]: ws.count(seg) for seg in SAMPLE_SEGMENTS}
+    result = ws.reindex()
+    after = ws.snapshot().manifest["index"]
+    assert after["path"] == result["path"] != before
+    assert after["covers"] == store_index.covers_of(ws.snapshot().manifest)
+    assert json.loads((ws.path / after["path"] / "meta.json").read_text())["incremental"] is False
+    assert {seg["name"]: ws.count(seg) for seg in SAMPLE_SEGMENTS} == counts
+    shown = Cli(ws.path).json("reindex")
+    assert shown["path"] == ws.snapshot().manifest["index"]["path"] != after["path"]
+    assert "rebuilt the engagement index" in Cli(ws.path)("reindex").stdout
 
 
 def test_last_campaigns_tie_break_and_as_of():
