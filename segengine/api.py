@@ -27,7 +27,7 @@ from .definition.rewrite import find_cycle, inline_references, references, to_di
 from .engines import ENGINES, get_engine
 from .engines.base import Engine
 from .errors import DefinitionError, InputError, Problem, SegmentNotFound
-from .fields import STATUSES
+from .fields import STATUSES, Schema
 from .progress import Progress
 from .store.imports import ImportSummary, import_contacts, import_events, parse_types_option
 from .store.workspace import Snapshot, Store
@@ -371,18 +371,21 @@ class Workspace:
         raw: bool = False,
         as_of: str | dt.date | None = None,
         engine: str = "auto",
+        partitioned: bool = False,
         progress: Progress | None = None,
     ):
         """Write the active contacts of the union of `segments` to `output` (SPEC section 6).
 
-        Returns an `ExportResult` (``.as_dict()`` is ``{"rows": N, "path": ...}``).
+        Returns an `ExportResult` (``.as_dict()`` is ``{"rows": N, "path": ...}``). With
+        `partitioned` (and ``engine="spark"``) `output` is a directory of part files that
+        Spark writes in email order (docs/spark.md); ``.as_dict()`` adds ``"files"``.
         """
         from .export import export_contacts
 
         cols = columns if columns is None or isinstance(columns, str) else list(columns)
         return export_contacts(
             self, segments, output, fmt=format, columns=cols, raw=raw, as_of=as_of,
-            engine=engine, progress=progress,
+            engine=engine, partitioned=partitioned, progress=progress,
         )
 
     def unsubscribe(
@@ -531,8 +534,22 @@ def count_tables(
     if not args:
         raise InputError("name at least one segment")
     counter = SparkEngine.at(contacts, events, master=spark_master)
+    try:
+        by_status = counter.count(roots_in_place(args, counter.tables.schema, workspace), day)
+    finally:
+        counter.close()
+    return count_result(by_status, day)
+
+
+def roots_in_place(
+    args: Iterable[SegmentArg], schema: Schema, workspace: str | os.PathLike[str] | None = None
+) -> list[Group]:
+    """The resolved trees of segments over data never imported, whose fields are `schema`.
+
+    Segments are definition files, dicts or `Segment`s, or saved names of `workspace`
+    when one is given (only its definitions are used, not its data).
+    """
     saved = Workspace(workspace).snapshot().segments if workspace is not None else {}
-    schema = counter.tables.schema
 
     def load(arg: SegmentArg) -> Segment:
         if isinstance(arg, Segment):
@@ -550,9 +567,4 @@ def count_tables(
     def lookup(name: str) -> Segment:  # a KeyError becomes a SegmentNotFound naming both
         return parse_definition(saved[name], schema)
 
-    try:
-        roots = [inline_references(seg.root, lookup, name=seg.name) for seg in map(load, args)]
-        by_status = counter.count(roots, day)
-    finally:
-        counter.close()
-    return count_result(by_status, day)
+    return [inline_references(seg.root, lookup, name=seg.name) for seg in map(load, args)]

@@ -227,6 +227,8 @@ def reindex(ctx, as_json: bool) -> None:
     Every import, unsubscribe and send keeps the index current by itself; an index built
     by an older segengine keeps answering until the next of those rebuilds it, and this
     rebuilds it now. The workspace is locked while it runs.
+
+    Example: segengine -w ws reindex
     """
     result = workspace(ctx).reindex(progress=progress())
     emit(result, as_json, lambda: click.echo(
@@ -489,7 +491,8 @@ def sql(ctx, segment_arg, dialect, as_of) -> None:
 
 @main.command()
 @click.argument("segments", nargs=-1, required=True)
-@click.option("-o", "--output", type=click.Path(), required=True, help="The file to write.")
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="The file to write (with --partitioned: a new or empty directory, or a URI).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]),
               help="Default: parquet for a .parquet/.pq file name, else csv.")
 @click.option("--columns", metavar="A,B,...",
@@ -498,23 +501,66 @@ def sql(ctx, segment_arg, dialect, as_of) -> None:
               help="CSV: no leading ' on cells that look like formulas (for programs).")
 @as_of_option
 @engine_option()
+@click.option("--partitioned", is_flag=True,
+              help="With --engine spark: Spark writes a directory of part files in email order.")
+@click.option("--contacts", "contacts_at", metavar="PATH",
+              help="With --engine spark --partitioned: Parquet contacts never imported.")
+@click.option("--events", "events_at", metavar="PATH",
+              help="With --contacts: the Parquet events that go with them.")
 @spark_master_option
 @json_option
 @click.pass_context
-def export(ctx, segments, output, fmt, columns, raw, as_of, engine, spark_master, as_json) -> None:
+def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned, contacts_at,
+           events_at, spark_master, as_json) -> None:
     """Write the active contacts of the union of SEGMENTS to a file, ordered by email.
 
-    Each contact appears once. The file appears complete or not at all.
+    Each contact appears once. The file appears complete or not at all. With --engine
+    spark --partitioned, Spark writes a directory of part files instead: in name order
+    they hold the same rows in the same order (each CSV part starts with the header).
 
+    \b
     Example: segengine export never-opened ca-ctos -o audience.csv --columns email,first_name
+    Example: segengine export never-opened -o audience/ --engine spark --partitioned
     """
-    start_spark(engine, spark_master)
-    result = workspace(ctx).export(
-        *segments, output=output, format=fmt, columns=columns, raw=raw, as_of=as_of,
-        engine=engine, progress=progress(),
-    )
+    from .errors import InputError
+
+    if partitioned and engine != "spark":
+        from .export import PARTITIONED_NEEDS_SPARK
+
+        raise InputError(PARTITIONED_NEEDS_SPARK)
+    if contacts_at or events_at:
+        result = export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine,
+                                 partitioned, contacts_at, events_at, spark_master)
+    else:
+        start_spark(engine, spark_master)
+        result = workspace(ctx).export(
+            *segments, output=output, format=fmt, columns=columns, raw=raw, as_of=as_of,
+            engine=engine, partitioned=partitioned, progress=progress(),
+        )
+    parts = f" in {result.files:,} part files" if result.files is not None else ""
     emit(result.as_dict(), as_json,
-         lambda: click.echo(f"wrote {result.rows:,} contacts to {result.path}"))
+         lambda: click.echo(f"wrote {result.rows:,} contacts to {result.path}{parts}"))
+
+
+def export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
+                    contacts, events, master):
+    """`export --contacts/--events`: data never imported, written by Spark as part files."""
+    from click.core import ParameterSource
+
+    from .errors import InputError
+    from .export import export_tables
+
+    if not contacts:
+        raise InputError("--events goes with --contacts (the contacts to export)")
+    if not partitioned or engine != "spark":
+        raise InputError("--contacts/--events export needs --engine spark --partitioned")
+    given = ctx.find_root().get_parameter_source("workspace_dir") is not ParameterSource.DEFAULT
+    return export_tables(
+        list(segments), output, contacts=contacts, events=events or (), fmt=fmt,
+        columns=columns, raw=raw, as_of=as_of, engine=engine,
+        workspace=ctx.obj["workspace"] if given else None, spark_master=master,
+        progress=progress(),
+    )
 
 
 def _print_subscription(result, as_json: bool, command: str) -> None:

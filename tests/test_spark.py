@@ -379,3 +379,290 @@ def test_cli_spark_master_needs_spark_engine(tmp_path):
     seg.write_text("name: all\nrules: []\n")
     result = Cli(None)("count", str(seg), "--spark-master", "local[1]", code=2)
     assert "--engine spark" in result.stderr
+
+
+# --- the printed statement is the executed one ------------------------------------------
+
+
+class RecordingSession:
+    """A SparkSession that remembers every statement it is asked to run."""
+
+    def __init__(self, session):
+        self.session = session
+        self.statements: list[str] = []
+
+    def sql(self, text: str):
+        self.statements.append(text)
+        return self.session.sql(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+
+@pytest.mark.spark
+def test_printed_sql_is_the_executed_sql(spark, tmp_path, ws):
+    """`segengine sql --dialect spark` prints the statement the engine runs (its views
+    aside), Turkish-locale guard included, and that text answers like Python in a
+    Turkish JVM."""
+    import sqlglot
+    from sqlglot import exp
+
+    from segengine.engines.spark import SparkEngine
+
+    csv = tmp_path / "c.csv"
+    csv.write_text("email,city\na@x.io,IĞDIR\nb@x.io,ığdır\nc@x.io,ISTANBUL\n")
+    ws.import_contacts(csv)
+    segment = {"name": "t", "rules": [{"field": "city", "op": "is", "value": "iğdir"},
+                                      {"field": "status", "op": "is", "value": "active"}]}
+    printed = ws.sql(segment, dialect="spark", as_of="2026-01-01")
+    assert "REPLACE(" in printed and "'I', 'i'" in printed
+    recording = RecordingSession(spark)
+    engine = SparkEngine(ws.snapshot().tables, session=recording)
+    try:
+        found = engine.contact_ids(ws._roots([segment], ws.snapshot()), D(2026, 1, 1))
+        (executed,) = recording.statements
+        on_views = engine.on_views(sqlglot.parse_one(printed, read="spark"))
+        assert sqlglot.parse_one(executed, read="spark") == on_views
+        assert executed == on_views.sql("spark")
+        # the printed text itself, run over views named as SPEC section 9 says
+        spark.sql(f"SELECT * FROM `{engine.views.contacts}`").createOrReplaceTempView("contacts")
+        spark.sql(f"SELECT * FROM `{engine.views.events}`").createOrReplaceTempView("events")
+        try:
+            from_text = sorted(r[0] for r in spark.sql(printed).collect())
+        finally:
+            spark.catalog.dropTempView("contacts")
+            spark.catalog.dropTempView("events")
+        assert from_text == found.tolist() == [1]  # IĞDIR, not ığdır: no dotless ı
+        assert isinstance(sqlglot.parse_one(printed, read="spark"), exp.Select)
+    finally:
+        engine.close()
+
+
+# --- partitioned export through Spark ----------------------------------------------------
+
+AWKWARD_NOTES = [
+    "=SUM(A1:A9)", "-5", "+1", "@cmd", "\ttabbed", "\rcr", "has, comma", 'quote "in" it',
+    "new\nline", "crlf\r\nend", "", None, "ünïcödé ✓", "#hash", "mid#hash", "'already",
+    " lead", "trail ", "a;b", "\\back\\slash", "x\u2028y", "ΟΔΟΣ", "𝒜stral",
+]
+AWKWARD_SCORES = [
+    3.0, 2.5, -4.0, 1234567890123.0, 0.1, 0.1 + 0.2, 1e20, 1e-05, None, -0.0, 123456789012345.67,
+    1e18, 9.999e17, 1e16 + 2, -2.5e-7, 1 / 3, 8.41e21, 5e-324, 1.7976931348623157e308, 0.0001,
+    12345678.5, -1e-4, 100.0,
+]
+AWKWARD_EMAILS = [
+    "=eq@x.io", "-minus@x.io", "+plus@x.io", "#hash@x.io", "'quote@x.io", "zoe@x.io", "a@x.io",
+    "émile@x.io", "\uff5a@x.io", "\U0001d49cstral@x.io", "~tilde@x.io", "Z@x.io", "b@x.io",
+    "c@x.io", "d@x.io", "e@x.io", "f@x.io", "g@x.io", "h@x.io", "i@x.io", "j@x.io", "k@x.io",
+    "l@x.io",
+]
+UTC = dt.UTC
+AWKWARD_LOGINS = [
+    T(2024, 5, 6, 23, 59, 59, 999999, tzinfo=UTC), T(2024, 5, 7, 0, 0, tzinfo=UTC),
+    T(2024, 5, 6, 7, 8, 9, 500000, tzinfo=UTC), T(1999, 12, 31, 23, 59, 59, tzinfo=UTC), None,
+    T(2024, 5, 6, 17, 0, tzinfo=dt.timezone(dt.timedelta(hours=-7))),  # midnight UTC
+    T(2024, 5, 7, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=9))),  # 15:30 the day before
+    T(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC), T(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    T(2026, 3, 15, 0, 0, 0, 120, tzinfo=UTC),
+]
+AWKWARD_LISTS = [["b", "a"], [], None, ["-list", "=x"], ["@x"], ["has,comma"], ['q"uote'],
+                 ["#one", "ünï"], ["new\nline"]]
+EXPORT_COLUMNS = "email,email_domain,status,date_added,lists,note,score,vip,birthday,last_login"
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory):
+    """A workspace of values that are hard to write the same way twice."""
+    import segengine
+
+    root = tmp_path_factory.mktemp("awkward")
+    n = len(AWKWARD_EMAILS)
+
+    def cycle(values):
+        return [values[i % len(values)] for i in range(n)]
+
+    statuses = ["active"] * n
+    statuses[6], statuses[12] = "unsubscribed", "bounced"  # a@x.io, b@x.io
+    table = pa.table({
+        "email": AWKWARD_EMAILS,
+        "status": statuses,
+        "lists": pa.array(cycle(AWKWARD_LISTS), pa.list_(pa.string())),
+        "note": pa.array(cycle(AWKWARD_NOTES), pa.string()),
+        "score": pa.array(cycle(AWKWARD_SCORES), pa.float64()),
+        "vip": pa.array(cycle([True, False, None]), pa.bool_()),
+        "birthday": pa.array(cycle([D(1990, 1, 2), None, D(1, 1, 1), D(9999, 12, 31), D(2000, 2, 29)]),
+                             pa.date32()),
+        "last_login": pa.array(cycle(AWKWARD_LOGINS), pa.timestamp("us", tz="UTC")),
+    })
+    pq.write_table(table, root / "contacts.parquet")
+    ws = segengine.Workspace.init(root / "ws")
+    ws.import_contacts(root / "contacts.parquet")
+    return ws
+
+
+@pytest.fixture
+def many_parts(spark):
+    """Tiny data in several part files: four range partitions, none merged by AQE."""
+    settings_ = {"spark.sql.shuffle.partitions": "4",
+                 "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+    before = {k: spark.conf.get(k) for k in settings_}
+    for key, value in settings_.items():
+        spark.conf.set(key, value)
+    yield
+    for key, value in before.items():
+        spark.conf.set(key, value)
+
+
+def part_files(directory, suffix: str) -> list:
+    return sorted(p for p in directory.iterdir() if p.name.startswith("part-") and p.name.endswith(suffix))
+
+
+EVERYONE = {"name": "everyone", "rules": []}
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("raw", [False, True], ids=["guarded", "raw"])
+def test_partitioned_csv_is_the_single_file_export(spark, awkward, many_parts, tmp_path, raw):
+    single = tmp_path / "single.csv"
+    awkward.export(EVERYONE, output=single, columns=EXPORT_COLUMNS, raw=raw, engine="duckdb")
+    out = tmp_path / "parts"
+    result = awkward.export(EVERYONE, output=out, columns=EXPORT_COLUMNS, raw=raw, engine="spark",
+                            partitioned=True)
+    parts = part_files(out, ".csv")
+    header, _, body = single.read_bytes().partition(b"\n")
+    assert len(parts) == result.files > 1
+    data = b""
+    for part in parts:
+        head, _, rows = part.read_bytes().partition(b"\n")
+        assert head == header
+        data += rows
+    assert data == body  # byte for byte, in the same order
+    assert result.rows == awkward.count(EVERYONE)["sendable"] == len(AWKWARD_EMAILS) - 2
+    assert result.as_dict() == {"rows": result.rows, "path": str(out), "files": len(parts)}
+    assert (out / "_SUCCESS").exists() and not list(out.glob("*.txt"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".parts.")]
+
+
+@pytest.mark.spark
+def test_partitioned_parquet_is_the_single_file_export(spark, awkward, many_parts, tmp_path):
+    single = tmp_path / "single.parquet"
+    awkward.export(EVERYONE, output=single, columns=EXPORT_COLUMNS, engine="duckdb")
+    setting = "spark.sql.parquet.outputTimestampType"
+    before = spark.conf.get(setting, None)
+    out = tmp_path / "parts.parquet"
+    result = awkward.export(EVERYONE, output=out, columns=EXPORT_COLUMNS, engine="spark",
+                            partitioned=True)
+    parts = part_files(out, ".parquet")
+    assert len(parts) == result.files > 1 and result.format == "parquet"
+    got = pa.concat_tables(pq.read_table(p) for p in parts)
+    want = pq.read_table(single)
+    assert got.schema.equals(want.schema)  # names, types, and every column optional
+    assert all(field.nullable for field in want.schema)
+    assert got.equals(want)
+    assert spark.conf.get(setting, None) == before  # set for the write only
+
+
+@pytest.mark.spark
+def test_partitioned_export_of_no_rows_and_of_a_union(spark, awkward, tmp_path):
+    nobody = {"name": "nobody", "rules": [{"field": "note", "op": "is", "value": "no such note"}]}
+    out = tmp_path / "none"
+    out.mkdir()  # an empty directory is fine
+    result = awkward.export(nobody, output=out, columns="email,note", engine="spark", partitioned=True)
+    assert (result.rows, result.files) == (0, 1)
+    (part,) = part_files(out, ".csv")
+    assert part.read_bytes() == b"email,note\n"
+    hashes = {"name": "h", "rules": [{"field": "note", "op": "contains", "value": "#"}]}
+    commas = {"name": "c", "rules": [{"field": "note", "op": "contains", "value": ","}]}
+    single = tmp_path / "u.csv"
+    awkward.export(hashes, commas, output=single, engine="duckdb", as_of="2026-01-01")
+    union = awkward.export(hashes, commas, output=tmp_path / "u", engine="spark", partitioned=True,
+                           as_of="2026-01-01")
+    body = b"".join(p.read_bytes().partition(b"\n")[2] for p in part_files(tmp_path / "u", ".csv"))
+    assert body == single.read_bytes().partition(b"\n")[2]
+    assert union.rows == awkward.count(hashes, commas)["sendable"] > 0
+
+
+@pytest.mark.spark
+def test_a_failed_spark_job_leaves_no_directory(spark, awkward, tmp_path, monkeypatch):
+    from segengine.engines import spark as spark_module
+    from segengine.fields import FieldType
+
+    # a task fails in the middle of the job, after other tasks may have written
+    failing = "IF({col} LIKE '%hash%', CAST(raise_error('injected failure') AS STRING), {col})"
+    cells = dict(spark_module.SPARK_CSV_CELLS)
+    cells[FieldType.TEXT] = lambda col, tag: spark_module.SparkCell(failing.format(col=col))
+    monkeypatch.setattr(spark_module, "SPARK_CSV_CELLS", cells)
+    out = tmp_path / "failed"
+    with pytest.raises(spark_module.WriteFailed, match="Spark could not write"):
+        awkward.export(EVERYONE, output=out, columns="email,note", engine="spark", partitioned=True)
+    assert list(tmp_path.iterdir()) == []
+    # an unwritable destination (even for root): the job cannot create its directory
+    with pytest.raises(spark_module.WriteFailed):
+        awkward.export(EVERYONE, output="/proc/segengine-export", engine="spark", partitioned=True)
+    assert not os.path.exists("/proc/segengine-export")
+
+
+@pytest.mark.spark
+def test_cli_partitioned_export(spark, awkward, tmp_path):
+    from conftest import Cli
+
+    cli = Cli(awkward.path)
+    out = tmp_path / "out"
+    got = cli.json("export", "--engine", "spark", "--partitioned", "-o", str(out),
+                   _everyone_file(tmp_path))
+    assert got == {"rows": len(AWKWARD_EMAILS) - 2, "path": str(out),
+                   "files": len(part_files(out, ".csv"))}
+    again = cli("export", _everyone_file(tmp_path), "--engine", "spark", "--partitioned",
+                "-o", str(out), code=2)
+    assert "not empty" in again.stderr and again.stderr.count("\n") == 1
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "is a file" in cli("export", _everyone_file(tmp_path), "--engine", "spark",
+                              "--partitioned", "-o", str(a_file), code=2).stderr
+    human = cli("export", _everyone_file(tmp_path), "--engine", "spark", "--partitioned",
+                "-o", str(tmp_path / "h"), "--format", "parquet")
+    assert "part files" in human.stdout and part_files(tmp_path / "h", ".parquet")
+
+
+def _everyone_file(directory) -> str:
+    path = directory / "everyone.yaml"
+    path.write_text("name: everyone\nrules: []\n")
+    return str(path)
+
+
+def test_cli_partitioned_needs_the_spark_engine(tmp_path, cli):
+    result = cli("export", _everyone_file(tmp_path), "--partitioned", "-o", str(tmp_path / "o"),
+                 code=2)
+    assert "--partitioned needs --engine spark" in result.stderr
+    result = cli("export", _everyone_file(tmp_path), "--engine", "spark", "-o", str(tmp_path / "o"),
+                 "--contacts", str(tmp_path), code=2)
+    assert "--engine spark --partitioned" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.spark
+def test_partitioned_export_of_data_never_imported(spark, tmp_path):
+    from conftest import Cli
+
+    from segengine.engines.spark import SparkEngine
+    from segengine.export import export_tables
+
+    contacts, events = _external(tmp_path)
+    seg = tmp_path / "openers.yaml"
+    seg.write_text("name: openers\nrules:\n  - {activity: opened}\n")
+    out = tmp_path / "openers"
+    got = Cli(None).json("export", str(seg), "--engine", "spark", "--partitioned", "--contacts",
+                         contacts, "--events", events, "--as-of", "2026-03-15", "-o", str(out),
+                         "--columns", "email,city,score", "--raw")
+    engine = SparkEngine.at(contacts, events, session=spark)
+    matched = set(engine.contact_ids([as_root(A("opened"))], AS_OF).tolist())
+    engine.close()
+    want = sorted(c["email"] for c in CONTACTS if c["contact_id"] in matched and c["status"] == "active")
+    lines = [p.read_text(encoding="utf-8").splitlines() for p in part_files(out, ".csv")]
+    assert all(part[0] == "email,city,score" for part in lines)
+    assert [line.split(",")[0] for part in lines for line in part[1:]] == want
+    assert got["rows"] == len(want) > 0
+    result = export_tables(str(seg), tmp_path / "p.parquet",
+                           contacts=contacts, events=events, as_of="2026-03-15")
+    assert pq.read_table(tmp_path / "p.parquet").column("email").to_pylist() == want
+    assert result.rows == len(want)

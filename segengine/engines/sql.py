@@ -32,7 +32,7 @@ and Snowflake as ``TIMESTAMP_NTZ``; BigQuery ``TIMESTAMP`` casts to its UTC date
 Identifiers are always quoted, so in Snowflake the tables and columns must carry
 their lower-case (case-sensitive) names. The final-sigma emulation is DuckDB only
 (it uses RE2 character classes); Spark's ``LOWER`` already follows Java's, which
-agrees with Python's.
+agrees with Python's once ``I`` is replaced first (`sql_lower`: Turkic JVM locales).
 """
 
 from __future__ import annotations
@@ -91,6 +91,25 @@ FINAL_SIGMA_REPLACEMENT = "\\1\u03c2\\2\\3"
 _RE2_DIALECTS = frozenset({"duckdb"})
 
 
+#: dialects whose ``LOWER`` of non-ASCII text follows the default locale of a JVM
+_JVM_LOWER_DIALECTS = frozenset({"spark"})
+
+
+def sql_lower(text: exp.Expression, dialect: str) -> exp.Lower:
+    """``LOWER(text)`` that does not depend on the locale the statement runs in.
+
+    Spark lower-cases ASCII-only text itself but hands any other text to Java's
+    ``String.toLowerCase()`` in the JVM's *default* locale, where Turkish and Azeri turn
+    ``I`` into a dotless ``ı`` (``IĞDIR`` would become ``ığdır``, not Python's ``iğdir``).
+    Replacing ``I`` first leaves the locale nothing to decide. The guard is part of the
+    compiled tree, so the statement ``segengine sql --dialect spark`` prints is the one
+    the Spark engine runs.
+    """
+    if dialect in _JVM_LOWER_DIALECTS:
+        text = exp.func("REPLACE", text, exp.Literal.string("I"), exp.Literal.string("i"))
+    return exp.Lower(this=text)
+
+
 def lower_text(column: exp.Expression, values: Iterable[str], dialect: str) -> exp.Expression:
     """``LOWER(column)`` that agrees with Python's ``str.lower`` for matching `values`.
 
@@ -113,7 +132,7 @@ def lower_text(column: exp.Expression, values: Iterable[str], dialect: str) -> e
             replacement=exp.Literal.string(FINAL_SIGMA_REPLACEMENT),
             modifiers=exp.Literal.string("g"),
         )
-    return exp.Lower(this=column)
+    return sql_lower(column, dialect)
 
 
 # --- literals -------------------------------------------------------------------------
@@ -242,12 +261,12 @@ def _text_in(c: SqlCompiler, col: exp.Expression, value: Sequence[str]) -> exp.E
 
 
 def _status_is(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
-    return exp.EQ(this=exp.Lower(this=col), expression=_string(value.lower()))
+    return exp.EQ(this=sql_lower(col, c.dialect), expression=_string(value.lower()))
 
 
 def _status_in(c: SqlCompiler, col: exp.Expression, value: Sequence[str]) -> exp.Expression:
     values = sorted({v.lower() for v in _as_tuple(value)})
-    return _in(exp.Lower(this=col), [_string(v) for v in values])
+    return _in(sql_lower(col, c.dialect), [_string(v) for v in values])
 
 
 def _compare(node: type[exp.Binary]) -> Builder:

@@ -21,7 +21,7 @@ WHERE
       AND CAST(`events`.`timestamp` AS DATE) BETWEEN CAST('2026-06-23' AS DATE) AND CAST('2026-06-30' AS DATE)
       AND (
         NOT `events`.`url` IS NULL
-        AND LOCATE('pricing', LOWER(REPLACE(`events`.`url`, 'İ', 'i̇'))) > 0
+        AND LOCATE('pricing', LOWER(REPLACE(REPLACE(`events`.`url`, 'İ', 'i̇'), 'I', 'i'))) > 0
       )
   )
   OR `contacts`.`contact_id` IN (

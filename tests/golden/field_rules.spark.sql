@@ -4,7 +4,7 @@ FROM `contacts`
 WHERE
   NOT (
     NOT `contacts`.`state` IS NULL
-    AND LOWER(`contacts`.`state`) IN ('ca', 'new york')
+    AND LOWER(REPLACE(`contacts`.`state`, 'I', 'i')) IN ('ca', 'new york')
   )
   AND (
     NOT SUBSTRING(
@@ -13,9 +13,13 @@ WHERE
     ) IS NULL
     AND ENDSWITH(
       LOWER(
-        SUBSTRING(
-          `contacts`.`email`,
-          LENGTH(`contacts`.`email`) - LOCATE('@', REVERSE(`contacts`.`email`)) + 2
+        REPLACE(
+          SUBSTRING(
+            `contacts`.`email`,
+            LENGTH(`contacts`.`email`) - LOCATE('@', REVERSE(`contacts`.`email`)) + 2
+          ),
+          'I',
+          'i'
         )
       ),
       'example.com'
@@ -23,7 +27,7 @@ WHERE
   )
   AND (
     NOT `contacts`.`from` IS NULL
-    AND LOCATE('x\' or 1=1 --', LOWER(`contacts`.`from`)) > 0
+    AND LOCATE('x\' or 1=1 --', LOWER(REPLACE(`contacts`.`from`, 'I', 'i'))) > 0
   )
   AND (
     NOT `contacts`.`order` IS NULL AND `contacts`.`order` BETWEEN 1.0 AND 2.5
@@ -44,16 +48,24 @@ WHERE
   )
   AND (
     NOT `contacts`.`status` IS NULL
-    AND LOWER(`contacts`.`status`) IN ('active', 'bounced')
+    AND LOWER(REPLACE(`contacts`.`status`, 'I', 'i')) IN ('active', 'bounced')
   )
   AND (
     COALESCE(
-      SIZE(FILTER(`contacts`.`lists`, list_name -> LOWER(list_name) IN ('newsletter'))),
+      SIZE(
+        FILTER(
+          `contacts`.`lists`,
+          list_name -> LOWER(REPLACE(list_name, 'I', 'i')) IN ('newsletter')
+        )
+      ),
       0
     ) > 0
     AND COALESCE(
       SIZE(
-        FILTER(`contacts`.`lists`, list_name -> LOWER(REPLACE(list_name, 'İ', 'i̇')) IN ('vip'))
+        FILTER(
+          `contacts`.`lists`,
+          list_name -> LOWER(REPLACE(REPLACE(list_name, 'İ', 'i̇'), 'I', 'i')) IN ('vip')
+        )
       ),
       0
     ) > 0

@@ -15,7 +15,8 @@ SELECT
 FROM `contacts`
 WHERE
   (
-    NOT `contacts`.`status` IS NULL AND LOWER(`contacts`.`status`) = 'active'
+    NOT `contacts`.`status` IS NULL
+    AND LOWER(REPLACE(`contacts`.`status`, 'I', 'i')) = 'active'
   )
   AND NOT (
     `contacts`.`contact_id` IN (

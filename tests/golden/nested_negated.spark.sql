@@ -5,7 +5,8 @@ WHERE
   NOT (
     NOT (
       (
-        NOT `contacts`.`state` IS NULL AND LOWER(`contacts`.`state`) = 'οδος'
+        NOT `contacts`.`state` IS NULL
+        AND LOWER(REPLACE(`contacts`.`state`, 'I', 'i')) = 'οδος'
       )
       OR `contacts`.`contact_id` IN (
         SELECT
