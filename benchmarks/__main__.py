@@ -2,7 +2,14 @@
 
 Generates or reuses the data set and the workspace under benchmarks/.cache/<scale>,
 runs the suite through every engine and baseline, and writes benchmarks/RESULTS.md
-and benchmarks/ratios.png. Exits 1 when paths disagree on a count.
+(one section per scale with saved results) and benchmarks/ratios.png. Exits 1 when
+paths disagree on a count.
+
+Engines: duckdb, polars, index, auto, and spark when PySpark and Java are installed
+(Spark runs the whole suite in one session after the other paths; its start-up is
+reported apart). Name them with --engines to measure fewer, e.g. for 10m:
+  python -m benchmarks --scale 10m --engines duckdb,index,auto \\
+      --skip-baselines pandas,polars-lazy --runs 3 --no-cold
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ import sys
 
 from .baselines import BASELINES
 from .measure import BenchmarkError
-from .report import CHART, RESULTS, write
-from .runner import ENGINE_ORDER, Options, execute, load_run
+from .report import CHART, RESULTS, saved_runs, write, write_runs
+from .runner import ALL_ENGINES, Options, default_engines, execute
 from .suite import SCALES
 
 
@@ -32,9 +39,10 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="small")
     parser.add_argument("--runs", type=int, default=5, help="timed warm runs per path (>= 1)")
-    parser.add_argument("--engines", default=",".join(ENGINE_ORDER),
-                        type=lambda t: _names(t, ENGINE_ORDER, "--engines"),
-                        help="segengine engines to measure (missing ones are noted)")
+    parser.add_argument("--engines", default=",".join(default_engines()),
+                        type=lambda t: _names(t, ALL_ENGINES, "--engines"),
+                        help="segengine engines to measure, from "
+                             f"{','.join(ALL_ENGINES)} (default: {','.join(default_engines())})")
     parser.add_argument("--skip-baselines", default="",
                         type=lambda t: _names(t, (*BASELINES, "pandas"), "--skip-baselines"),
                         help="baselines to leave out, e.g. pandas")
@@ -42,10 +50,13 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
                         help="re-import the workspace (and measure the import) even if cached")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold CLI processes")
     parser.add_argument("--report-only", action="store_true",
-                        help="rewrite RESULTS.md and the chart from the last run of this scale")
+                        help="rewrite RESULTS.md and the chart from the saved runs of "
+                             "every scale (no measuring)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if not set(BASELINES) - set(args.skip_baselines):
+        parser.error("--skip-baselines: keep at least one baseline (ratios are to the fastest)")
     options = Options(scale=SCALES[args.scale], runs=args.runs, engines=args.engines,
                       skip_baselines=args.skip_baselines, reimport=args.reimport,
                       cold_cli=not args.no_cold)
@@ -54,13 +65,20 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     options, report_only = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run = load_run(options) if report_only else execute(options)
-    except BenchmarkError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    write(run)
-    print(f"wrote {RESULTS} and {CHART}", file=sys.stderr)
+    if report_only:
+        runs = saved_runs(options)
+        if not runs:
+            print(f"no saved results under {options.cache}: run the benchmark first",
+                  file=sys.stderr)
+            return 1
+        scales = write_runs(runs)
+    else:
+        try:
+            scales = write(execute(options))
+        except BenchmarkError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 1
+    print(f"wrote {RESULTS} ({', '.join(scales)}) and {CHART}", file=sys.stderr)
     return 0
 
 

@@ -173,26 +173,164 @@ def index_build(job: Job) -> dict[str, Any]:
             "incremental": bool(meta.get("incremental"))}
 
 
-def refresh_index(job: Job) -> dict[str, Any]:
-    """Rebuild a cached workspace's engagement index when this segengine cannot read it.
+def index_is_current(ws: Any) -> bool:
+    """Whether the workspace's index can be read and was built after the index code.
 
-    The index layout can change between segengine versions; a commit without the old
-    index entry makes the store build it from scratch, as an import would.
+    An index of an older segengine may stay readable yet lack what the current one adds
+    (then the engines fall back, and an import rebuilds it instead of extending it):
+    one built before `segengine.store.index` last changed is rebuilt, so the benchmark
+    measures the index this code builds.
     """
-    import segengine
+    from segengine.store import index
     from segengine.store.index import IndexUnavailable, load_index
 
-    ws = segengine.open(job["workspace"])
+    snapshot = ws.snapshot()
     try:
-        load_index(ws.snapshot())
-        return {"rebuilt": False, "seconds": 0.0}
+        load_index(snapshot)
     except IndexUnavailable:
-        pass
+        return False
+    built = (Path(ws.path) / snapshot.manifest["index"]["path"]).stat().st_mtime
+    return built >= Path(index.__file__).stat().st_mtime
+
+
+def refresh_index(job: Job) -> dict[str, Any]:
+    """Rebuild a cached workspace's engagement index unless it is current (`index_is_current`).
+
+    `Workspace.reindex` commits without the old index entry, so the store builds the
+    index from scratch, as an import would.
+    """
+    import segengine
+
+    ws = segengine.open(job["workspace"])
+    if index_is_current(ws):
+        return {"rebuilt": False, "seconds": 0.0}
     start = time.perf_counter()
-    with ws.store.transaction() as tx:
-        tx.manifest["index"] = None  # unreadable: build from scratch, reuse nothing
-        tx.commit()
+    ws.reindex()
     return {"rebuilt": True, "seconds": time.perf_counter() - start}
+
+
+def _peak_rss(pid: int) -> int | None:
+    """A process's peak resident memory (Linux ``VmHWM``), else its current RSS."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except Exception:  # psutil missing, or the process is gone
+        return None
+
+
+def _jvm_peak_rss() -> int | None:
+    """Peak RSS of this process's children: the JVM PySpark started (None without psutil)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    peaks = [_peak_rss(child.pid) for child in psutil.Process().children(recursive=True)]
+    known = [p for p in peaks if p is not None]
+    return sum(known) if known else None
+
+
+def _self_peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _spark_versions(session: Any) -> dict[str, str]:
+    jvm = session.sparkContext._jvm  # py4j gateway: the JVM's own properties
+    return {"spark": session.version, "java": str(jvm.System.getProperty("java.version")),
+            "master": session.sparkContext.master}
+
+
+class QueryOverBudget(RuntimeError):
+    """A Spark query ran past the step's budget and was cancelled."""
+
+
+def _within_budget(session: Any, call: Callable[[], dict[str, Any]],
+                   budget: float) -> dict[str, Any]:
+    """`call()` in its own thread and Spark job group, cancelled after `budget` seconds.
+
+    One plan can be quadratic in Spark (a nested-loop join) where the other engines take
+    seconds; cancelling it keeps the rest of the suite measurable.
+    """
+    import uuid
+
+    from pyspark import InheritableThread
+
+    context = session.sparkContext
+    group = f"segengine-bench-{uuid.uuid4().hex[:12]}"
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        context.setJobGroup(group, "segengine benchmark query", interruptOnCancel=True)
+        try:
+            box["result"] = call()
+        except Exception as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = InheritableThread(target=target, daemon=True)
+    thread.start()
+    thread.join(budget)
+    if thread.is_alive():
+        context.cancelJobGroup(group)
+        thread.join(120)
+        raise QueryOverBudget(f"cancelled after {budget:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def spark_suite(job: Job) -> dict[str, Any]:
+    """Every segment through `ws.count(..., engine="spark")` in one process and session.
+
+    ``startup``: from this process's launch (``launched_at``, the harness's clock) to a
+    SparkSession ready, then the first query (views registered over the workspace's
+    Parquet, first plan compiled). Then each segment: one warm-up, `runs` timed counts,
+    each call within ``budget`` seconds; a segment past it is reported as
+    ``{"over_budget": seconds}`` instead of timings. Peak RSS of the Python process and
+    of the JVM (its child) are reported apart.
+    """
+    import segengine
+    from segengine.engines.spark import spark_session
+
+    start = time.perf_counter()
+    session = spark_session()
+    session_seconds = time.perf_counter() - start
+    ready = time.time() - job["launched_at"]
+    ws = segengine.open(job["workspace"])
+    budget = float(job["budget"])
+
+    def counter(files: list[str]) -> Callable[[], dict[str, Any]]:
+        def count() -> dict[str, Any]:
+            result = ws.count(*files, as_of=job["as_of"], engine="spark")
+            return {"total": result["total"], "by_status": result["by_status"]}
+
+        return lambda: _within_budget(session, count, budget)
+
+    first = job["segments"][0]
+    start = time.perf_counter()
+    counter(first["files"])()
+    first_query = time.perf_counter() - start
+    results: dict[str, Any] = {}
+    for seg in job["segments"]:
+        try:
+            results[seg["name"]] = _timed_runs(counter(seg["files"]), job["runs"])
+        except QueryOverBudget:
+            results[seg["name"]] = {"over_budget": budget}
+    return {
+        "startup": {"ready_seconds": ready, "session_seconds": session_seconds,
+                    "first_query_seconds": first_query, "first_query_segment": first["name"]},
+        "segments": results,
+        "python_max_rss": _self_peak_rss(),
+        "jvm_max_rss": _jvm_peak_rss(),
+        "versions": _spark_versions(session),
+    }
 
 
 STEPS: dict[str, Callable[[Job], dict[str, Any]]] = {
@@ -205,6 +343,7 @@ STEPS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "copy": copy,
     "index": index_build,
     "refresh-index": refresh_index,
+    "spark": spark_suite,
 }
 
 

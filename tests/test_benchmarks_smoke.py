@@ -1,17 +1,45 @@
 """The benchmark harness at a tiny scale: every engine and baseline must agree.
 
-The benchmarks measure time; this only checks that the hand-written baselines
+The benchmarks measure time; this checks that the hand-written baselines
 (benchmarks/baselines/) implement the SPEC semantics of every suite segment exactly
-as segengine does, so the timings compare equal answers.
+as segengine does, so the timings compare equal answers; that RESULTS.md keeps one
+section per saved scale with its targets table; and that a cache prepared outside
+the harness is reused as it is. Spark is not started here (tests/test_spark.py
+covers the engine); its report section is checked on figures written in.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import shutil
+from dataclasses import replace
+
+import duckdb
 import pytest
 
+import segengine
+from benchmarks.__main__ import parse_args
 from benchmarks.baselines import BASELINES
-from benchmarks.runner import CountMismatch, Options, check_agreement, execute
+from benchmarks.report import MET, MISSED, UNMEASURED, step_peaks, targets, write
+from benchmarks.runner import (
+    CountMismatch,
+    Options,
+    Run,
+    check_agreement,
+    chosen_baselines,
+    ensure_data,
+    ensure_workspace,
+    execute,
+    extra_event_count,
+    load_run,
+    write_extra_events,
+)
 from benchmarks.suite import SCALES, SUITE
+from benchmarks.worker import index_is_current, refresh_index
+
+pytestmark = pytest.mark.xdist_group("benchmarks")  # one tiny run, on one worker
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +83,212 @@ def test_disagreement_fails_loudly_with_the_numbers():
     with pytest.raises(CountMismatch, match=r"'never-opened'.*duckdb=1,204.*pandas=1,203"):
         check_agreement("never-opened", {"duckdb": 1204, "pandas": 1203})
     check_agreement("never-opened", {"duckdb": 7, "pandas": 7})
+
+
+# --- the report: every saved scale, and the targets ---------------------------------
+
+
+def _save_as(run: Run, cache, scale: str) -> None:
+    """The tiny run's results saved as if they were `scale`'s."""
+    (cache / scale).mkdir(parents=True, exist_ok=True)
+    saved = {**run.as_dict(), "scale": scale}
+    (cache / scale / "results.json").write_text(json.dumps(saved, default=str))
+
+
+def _headings(text: str) -> list[str]:
+    return [line.split(":")[0][3:] for line in text.splitlines() if line.startswith("## ")
+            and ":" in line]
+
+
+def test_report_has_a_section_per_large_scale_and_drops_the_small_ones(run, tmp_path):
+    cache = tmp_path / "cache"
+    for scale in ("10m", "1m", "small"):
+        _save_as(run, cache, scale)
+    tiny = replace(run, options=replace(run.options, cache=cache))
+    results, chart = tmp_path / "RESULTS.md", tmp_path / "ratios.png"
+    assert write(tiny, results, chart) == ["1m", "10m"]
+    text = results.read_text()
+    assert _headings(text) == ["1m", "10m"]  # 1m first; tiny and small left out
+    assert text.count("### Targets (issue 6)") == 2
+    assert text.count("| target | measured | status |") == 2
+    assert "(ratios.png)" in text and "scale 1m" in text
+
+
+def test_report_shows_the_small_scales_when_nothing_larger_exists(run, tmp_path):
+    cache = tmp_path / "cache"
+    _save_as(run, cache, "small")
+    tiny = replace(run, options=replace(run.options, cache=cache))
+    results = tmp_path / "RESULTS.md"
+    assert write(tiny, results, tmp_path / "ratios.png") == ["tiny", "small"]
+    assert _headings(results.read_text()) == ["tiny", "small"]
+
+
+def _edited(run: Run, medians: dict[tuple[str, str], float], **fields) -> Run:
+    """A copy of `run` with some warm medians (segment, path) and fields replaced."""
+    segments = copy.deepcopy(run.segments)
+    for seg in segments:
+        for path, result in seg["paths"].items():
+            result["median"] = medians.get((seg["name"], path), result["median"])
+    return replace(run, segments=segments, **fields)
+
+
+def _status(run: Run, start: str) -> tuple[str, str]:
+    found = [o for o in targets(run) if o.target.startswith(start)]
+    assert len(found) == 1, (start, [o.target for o in targets(run)])
+    return found[0].status, found[0].measured
+
+
+def test_targets_are_met_or_missed_by_the_runs_own_figures(run):
+    fast = {("never-opened", "segengine-auto"): 0.004, ("never-opened", "duckdb-sql"): 1.0,
+            ("opened-any-of-last-5", "segengine-auto"): 0.020,
+            ("opened-any-of-last-5", "duckdb-sql"): 1.0,
+            ("union-of-3", "segengine-auto"): 0.019, ("state-ca", "segengine-auto"): 0.011}
+    fast |= {(s["name"], "segengine-polars"): 3 * s["paths"]["segengine-duckdb"]["median"]
+             for s in run.segments}
+    index = {"full_seconds": 301.0, "update_seconds": 9.5, "extra_events": 1_000_000,
+             "incremental": True, "max_rss": 9 * 10**9}
+    edited = _edited(run, fast, index=index)
+    assert _status(edited, "`never-opened` by `auto`: warm") == (MET, "4.0 ms")
+    assert _status(edited, "`never-opened` by `auto`: ≥ 100x")[0] == MET
+    assert _status(edited, "`opened-any-of-last-5` by `auto`: warm") == (MISSED, "20.0 ms")
+    assert _status(edited, "`opened-any-of-last-5` by `auto`: ≥ 100x")[0] == MISSED
+    assert _status(edited, "`union-of-3`")[0] == MET
+    assert _status(edited, "`state-ca`")[0] == MISSED
+    assert _status(edited, "engagement-index build")[0] == MISSED
+    assert _status(edited, "incremental update")[0] == MET
+    assert _status(edited, "peak RSS") == (MISSED, "9.00 GB at most (index build and "
+                                           f"update; {_steps(edited)} steps)")
+    assert _status(edited, "Polars engine") == (MISSED, "3.00x over 17 segments")
+    smaller = replace(edited, index={**index, "extra_events": 1_500})
+    assert _status(smaller, "incremental update")[0].startswith("n/a")
+
+
+def _steps(run: Run) -> int:
+    return len(step_peaks(run))
+
+
+def test_targets_without_a_path_are_not_measured(run):
+    without_sql = replace(run, baselines=["polars-lazy"], segments=[
+        {**s, "paths": {k: v for k, v in s["paths"].items() if k != "duckdb-sql"}}
+        for s in run.segments])
+    assert _status(without_sql, "`never-opened` by `auto`: ≥ 100x")[0] == UNMEASURED
+    assert _status(run, "engagement-index build")[0] == UNMEASURED  # extras off here
+    assert _status(run, "peak RSS")[0] == UNMEASURED  # in-process: no memory figures
+
+
+def _with_spark(run: Run, cache, over_budget: tuple[str, ...] = ()) -> Run:
+    """`run` as if Spark had taken 10x the DuckDB engine's time on every segment."""
+    segments = copy.deepcopy(run.segments)
+    for seg in segments:
+        if seg["name"] not in over_budget:
+            duck = seg["paths"]["segengine-duckdb"]
+            seg["paths"]["segengine-spark"] = {**duck, "median": 10 * duck["median"]}
+    spark = {"ready_seconds": 20.0, "session_seconds": 18.0, "first_query_seconds": 5.0,
+             "first_query_segment": "field-state-in", "python_max_rss": 2**28,
+             "jvm_max_rss": 2**30, "process_max_rss": 2**28,
+             "versions": {"spark": "4.3.0", "java": "17", "master": "local[*]"},
+             "over_budget": dict.fromkeys(over_budget, 180.0)}
+    return replace(run, segments=segments, engines=[*run.engines, "spark"], spark=spark,
+                   options=replace(run.options, cache=cache))
+
+
+def _spark_section(run: Run, tmp_path) -> str:
+    results = tmp_path / "RESULTS.md"
+    write(run, results, tmp_path / "ratios.png")
+    text = results.read_text()
+    return text[text.index("### Spark"):text.index("### Machine")]
+
+
+def test_spark_section_puts_spark_next_to_duckdb_and_auto(run, tmp_path):
+    with_spark = _with_spark(run, tmp_path)
+    section = _spark_section(with_spark, tmp_path)
+    assert "**25 s to the first answer**" in section
+    assert "| geometric mean (17 segments) |  |  |  |  | 10x |" in section
+    assert "JVM 1,024 MiB" in section and "cancelled" not in section
+    # the in-process paths have no memory figures; the Spark step counts Python + JVM
+    assert _status(with_spark, "peak RSS") == (MET, "1.34 GB at most (Spark session "
+                                               "(Python + JVM); 1 steps)")
+
+
+def test_a_spark_query_over_budget_is_shown_and_left_out_of_the_means(run, tmp_path):
+    with_spark = _with_spark(run, tmp_path, over_budget=("nested-negation",))
+    section = _spark_section(with_spark, tmp_path)
+    row = next(line for line in section.splitlines() if line.startswith("| `nested-negation`"))
+    assert "> 180,000 (cancelled)" in row
+    assert "| geometric mean (16 segments) |  |  |  |  | 10x |" in section
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "`segengine-spark` has no timing for 1 segment(s)" in text
+
+
+# --- the 10m command line and a cache prepared by hand ------------------------------
+
+
+def test_the_10m_command_line_is_valid():
+    options, report_only = parse_args(
+        ["--scale", "10m", "--engines", "duckdb,index,auto",
+         "--skip-baselines", "pandas,polars-lazy", "--runs", "3", "--no-cold"])
+    assert not report_only and not options.cold_cli and options.runs == 3
+    assert options.engines == ("duckdb", "index", "auto")
+    probe = Run(options)
+    assert chosen_baselines(options, probe) == ["duckdb-sql"]
+    assert len(probe.notes) == 2, probe.notes  # pandas noted once, polars-lazy once
+    with pytest.raises(SystemExit):
+        parse_args(["--skip-baselines", "duckdb-sql,polars-lazy,pandas"])
+
+
+def test_a_prepared_cache_is_reused_without_generating_or_importing(run, tmp_path):
+    source = run.options.cache / "tiny"
+    root = tmp_path / "cache" / "tiny"
+    shutil.copytree(source / "data", root / "data")
+    shutil.copytree(source / "workspace", root / "workspace")
+    # By hand: only what identifies the data, paths elsewhere, and no import.json.
+    (root / "data.json").write_text(json.dumps(
+        {"contacts": 2_000, "events_target": 30_000, "seed": 1,
+         "contacts_path": "/elsewhere/contacts.parquet",
+         "events_path": "/elsewhere/events.parquet"}))
+
+    def refuse(msg: str) -> None:
+        raise AssertionError(f"the cache was not reused: {msg}")
+
+    options = replace(run.options, cache=tmp_path / "cache", log=refuse)
+    data = ensure_data(options, root)
+    assert data["events"] == run.data["events"] and data["campaigns"] == run.data["campaigns"]
+    assert data["events_path"] == str(root / "data" / "events.parquet")
+    assert data["generate_seconds"] is None
+    imports = ensure_workspace(options, root, data)
+    assert imports["reused"] and imports["outside"]
+    assert json.loads((root / "data.json").read_text())["events"] == run.data["events"]
+
+
+def test_extra_events_are_a_later_batch_of_the_scaled_size(run, tmp_path):
+    assert [extra_event_count(SCALES[s].events) for s in ("tiny", "1m", "10m")] == \
+        [1_500, 1_000_000, 1_000_000]
+    out = tmp_path / "extra.parquet"
+    write_extra_events(run.data["events_path"], out, 1_500)
+    con = duckdb.connect()
+    n, campaigns, first = con.execute(
+        f"SELECT count(*), count(DISTINCT campaign), min(timestamp) FROM '{out}'").fetchone()
+    last = con.execute("SELECT max(timestamp) FROM read_parquet(?)",
+                       [run.data["events_path"]]).fetchone()[0]
+    assert n == 1_500 and campaigns >= 1 and first > last
+    overlap = con.execute(
+        f"SELECT count(*) FROM '{out}' WHERE campaign IN "
+        "(SELECT campaign FROM read_parquet(?))", [run.data["events_path"]]).fetchone()[0]
+    assert overlap == 0
+
+
+def test_a_saved_run_keeps_its_number_of_runs(run):
+    loaded = load_run(replace(run.options, runs=9))
+    assert loaded.options.runs == 1 and loaded.segments == run.segments
+
+
+def test_an_index_older_than_the_index_code_is_rebuilt_before_measuring(run, tmp_path):
+    workspace = tmp_path / "workspace"
+    shutil.copytree(run.options.cache / "tiny" / "workspace", workspace)
+    ws = segengine.open(workspace)
+    assert index_is_current(ws)
+    assert refresh_index({"workspace": str(workspace)})["rebuilt"] is False
+    os.utime(workspace / ws.snapshot().manifest["index"]["path"], (0, 0))  # built in 1970
+    assert not index_is_current(segengine.open(workspace))
+    assert refresh_index({"workspace": str(workspace)})["rebuilt"] is True
+    assert index_is_current(segengine.open(workspace))
