@@ -3,6 +3,9 @@
 Peak memory comes from running each step in its own process and reading that
 process's ``ru_maxrss`` with ``os.wait4``: per child, unlike
 ``getrusage(RUSAGE_CHILDREN)``, which keeps the maximum over every child so far.
+Linux starts a child's ``ru_maxrss`` at its parent's peak when it execs (the
+parent's memory is the child's until then), so the process that runs the steps
+does no heavy work itself: anything that reads the data set runs in a step.
 """
 
 from __future__ import annotations

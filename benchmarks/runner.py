@@ -401,7 +401,10 @@ def measure_index(options: Options, run: Run, root: Path, workspace: Path,
                          "the `index` engine is not registered (or not requested).")
         return
     extra = root / "extra-events.parquet"
-    write_extra_events(Path(data["events_path"]), extra, extra_event_count(data["events"]))
+    # In a worker, not here: DuckDB over all events would raise this process's peak
+    # memory, and every later child would report it as its own (see measure.py).
+    step(options, {"step": "extra-events", "events": str(data["events_path"]),
+                   "out": str(extra), "n": extra_event_count(data["events"])})
     result, rss = step(options, {"step": "index", "workspace": str(workspace),
                                  "scratch": str(root / "index-scratch"),
                                  "extra_events": str(extra)})

@@ -193,6 +193,14 @@ def index_is_current(ws: Any) -> bool:
     return built >= Path(index.__file__).stat().st_mtime
 
 
+def extra_events(job: Job) -> dict[str, Any]:
+    """Write the later batch of events that the incremental-update measurement imports."""
+    from .runner import write_extra_events
+
+    write_extra_events(Path(job["events"]), Path(job["out"]), int(job["n"]))
+    return {"written": str(job["out"])}
+
+
 def refresh_index(job: Job) -> dict[str, Any]:
     """Rebuild a cached workspace's engagement index unless it is current (`index_is_current`).
 
@@ -343,6 +351,7 @@ STEPS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "copy": copy,
     "index": index_build,
     "refresh-index": refresh_index,
+    "extra-events": extra_events,
     "spark": spark_suite,
 }
 
