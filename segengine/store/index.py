@@ -1009,10 +1009,19 @@ class FieldColumn:
     name: str
     type: FieldType
     arrays: dict[str, np.ndarray]
-    lower: pa.Array | None = None
+    #: a text field's lower-cased dictionary, read on first use (the email dictionary
+    #: holds every contact: an import that only extends the events never needs it)
+    lower_path: Path | None = None
     value_bitmaps: bool = False
     #: a date field's days that have a bitmap (None: the field has none)
     bitmap_days: np.ndarray | None = None
+    _lower: pa.Array | None = field(default=None, repr=False)
+
+    @property
+    def lower(self) -> pa.Array | None:
+        if self._lower is None and self.lower_path is not None:
+            self._lower = load_strings(self.lower_path)
+        return self._lower
 
 
 @dataclass
@@ -1069,7 +1078,7 @@ class IndexData:
     def _field(part: Path, name: str, spec: dict) -> FieldColumn:
         ftype = FieldType(spec["type"])
         arrays = {k: load(part / v) for k, v in spec.items() if k not in NOT_FILES}
-        lower = load_strings(part / spec["lower"]) if "lower" in spec else None
+        lower = part / spec["lower"] if "lower" in spec else None
         days = spec.get("bitmap_days")
         return FieldColumn(
             name, ftype, arrays, lower, bool(spec.get("value_bitmaps")),
