@@ -666,3 +666,17 @@ def test_partitioned_export_of_data_never_imported(spark, tmp_path):
                            contacts=contacts, events=events, as_of="2026-03-15")
     assert pq.read_table(tmp_path / "p.parquet").column("email").to_pylist() == want
     assert result.rows == len(want)
+
+
+def test_local_sessions_get_a_driver_heap_that_fits_a_million_contacts(monkeypatch):
+    """Spark's default 1g driver heap fails to broadcast joins at 1M contacts / 20M events;
+    a local session segengine starts gets 4g (or $SEGENGINE_SPARK_DRIVER_MEMORY), a cluster
+    session keeps the cluster's setting."""
+    from segengine.engines.spark import DRIVER_MEMORY_ENV, session_conf
+
+    monkeypatch.delenv(DRIVER_MEMORY_ENV, raising=False)
+    assert session_conf("local[*]")["spark.driver.memory"] == "4g"
+    assert session_conf("local[*]")["spark.sql.session.timeZone"] == "UTC"
+    assert "spark.driver.memory" not in session_conf("spark://head:7077")
+    monkeypatch.setenv(DRIVER_MEMORY_ENV, "12g")
+    assert session_conf("local[2]")["spark.driver.memory"] == "12g"
