@@ -479,8 +479,9 @@ def _spark(run: Run) -> list[str]:
         "views registered over the workspace's Parquet, first plan compiled): "
         f"**{first:.0f} s to the first answer**",
         f"- peak RSS: Python process {_mib(sp['python_max_rss'])} MiB, JVM "
-        f"{_mib(sp['jvm_max_rss'])} MiB (Spark's default 1 GiB driver heap; in local mode "
-        "the driver also runs the tasks)",
+        f"{_mib(sp['jvm_max_rss'])} MiB (the driver heap of a local session segengine "
+        "starts is 4 GiB, `segengine.engines.spark.LOCAL_DRIVER_MEMORY`; in local mode the "
+        "driver also runs the tasks)",
         "- warm: one session for the whole suite, measured after the other paths; "
         "`ws.count(..., engine=\"spark\")` over the workspace's Parquet; same totals as "
         "every other path",
