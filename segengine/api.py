@@ -524,21 +524,31 @@ def count_tables(
     """
     from .engines.spark import SparkEngine
 
-    if engine != "spark":
-        raise InputError(
-            f"engine {engine!r} cannot read data in place: use engine='spark' (--engine spark), "
-            "or import the data into a workspace"
-        )
+    args = segments_in_place(segments, engine)
     day = parse_as_of(as_of)
-    args = [segments] if isinstance(segments, (str, os.PathLike, Mapping, Segment)) else list(segments)
-    if not args:
-        raise InputError("name at least one segment")
     counter = SparkEngine.at(contacts, events, master=spark_master)
     try:
         by_status = counter.count(roots_in_place(args, counter.tables.schema, workspace), day)
     finally:
         counter.close()
     return count_result(by_status, day)
+
+
+def segments_in_place(
+    segments: SegmentArg | Iterable[SegmentArg], engine: str
+) -> list[SegmentArg]:
+    """The segments of a count or export over data never imported, as a list; only the
+    Spark engine reads data in place."""
+    if engine != "spark":
+        raise InputError(
+            f"engine {engine!r} cannot read data in place: use engine='spark' (--engine spark), "
+            "or import the data into a workspace"
+        )
+    single = isinstance(segments, (str, os.PathLike, Mapping, Segment))
+    args = [segments] if single else list(segments)
+    if not args:
+        raise InputError("name at least one segment")
+    return args
 
 
 def roots_in_place(

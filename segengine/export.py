@@ -29,7 +29,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -461,19 +461,10 @@ def export_tables(
     Like `segengine.api.count_tables`: custom fields come from the contacts' Parquet
     schema; segments are definition files or dicts, or saved names of `workspace`.
     """
-    from .api import parse_as_of, roots_in_place
-    from .definition.nodes import Segment
+    from .api import parse_as_of, roots_in_place, segments_in_place
     from .engines.spark import SparkEngine
 
-    if engine != "spark":
-        raise InputError(
-            f"engine {engine!r} cannot read data in place: use engine='spark' (--engine spark), "
-            "or import the data into a workspace"
-        )
-    single = isinstance(segments, (str, os.PathLike, Mapping, Segment))
-    args = [segments] if single else list(segments)
-    if not args:
-        raise InputError("name at least one segment")
+    args = segments_in_place(segments, engine)
     day = parse_as_of(as_of)
     where = destination(output)
     fmt = output_format(Path(where.shown), fmt)

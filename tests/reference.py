@@ -38,6 +38,14 @@ def reference_contact_ids(
     return {c["contact_id"] for c in contacts if evaluator.matches(root, c)}
 
 
+def reference_by_status(contacts: list[dict[str, Any]], ids: set[int]) -> dict[str, int]:
+    """How many of the contacts with `ids` have each status (what engines' count returns)."""
+    by_status = {"active": 0, "unsubscribed": 0, "bounced": 0}
+    for c in contacts:
+        by_status[c["status"]] += c["contact_id"] in ids
+    return by_status
+
+
 def day_range(op: str, value: Any, as_of: dt.date) -> tuple[int, int]:
     """Inclusive range of day ordinals an operator selects (may reach off the calendar)."""
     lowest, highest = -(10**9), 10**9

@@ -46,7 +46,7 @@ from sqlglot import exp
 
 from ..definition.nodes import Group
 from ..errors import EngineError, InputError, SegengineError
-from ..export import FORMULA_START, FREE_TEXT
+from ..export import FORMULA_START, FREE_TEXT, PARQUET_CELLS
 from ..fields import FIELD_NAME_RE, RESERVED_NAMES, FieldType, Schema
 from .base import Engine, Tables, empty_by_status
 from .sql import CONTACTS, EVENTS, compile_segments, sql_lower
@@ -380,16 +380,12 @@ SPARK_CSV_CELLS: dict[FieldType, Any] = {
 
 _EPOCH_NTZ = "TIMESTAMP_NTZ'1970-01-01 00:00:00'"
 
-#: field type -> Spark SQL of a Parquet column, typed as `export.PARQUET_CELLS` writes it;
-#: datetimes become instants (Parquet ``isAdjustedToUTC``) without a time zone's help
+#: field type -> Spark SQL of a Parquet column, typed as `export.PARQUET_CELLS` writes it
+#: (the same SQL in both dialects) except datetimes, which become instants (Parquet
+#: ``isAdjustedToUTC``) without a time zone's help
 SPARK_PARQUET_CELLS: dict[FieldType, Any] = {
-    FieldType.TEXT: lambda col: f"NULLIF({col}, '')",
-    FieldType.NUMBER: lambda col: col,
-    FieldType.DATE: lambda col: col,
+    **PARQUET_CELLS,
     FieldType.DATETIME: lambda col: f"timestamp_micros(timestampdiff(MICROSECOND, {_EPOCH_NTZ}, {col}))",
-    FieldType.BOOLEAN: lambda col: col,
-    FieldType.ENUM: lambda col: col,
-    FieldType.SET: lambda col: col,
 }
 
 

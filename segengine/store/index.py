@@ -798,18 +798,19 @@ class EventPart:
         for t, etype in enumerate(EVENT_TYPES):
             for k in range(RECENT):
                 new = np.asarray(self.recent[t, k])
-                old = None
-                if self.recent_before is not None:
-                    old = np.full(self.n, NO_LAST, np.int32)
-                    before = np.asarray(self.recent_before[t, k])
-                    old[: len(before)] = before
-                rows = np.flatnonzero(new != NO_LAST if old is None else new != old)
-                rows = rows.astype(np.uint32)
+                before = (
+                    np.zeros(0, np.int32) if self.recent_before is None
+                    else np.asarray(self.recent_before[t, k])
+                )
+                m = len(before)  # rows the previous index had; later rows are new contacts
+                rows = np.concatenate((
+                    np.flatnonzero(new[:m] != before), m + np.flatnonzero(new[m:] != NO_LAST)
+                )).astype(np.uint32)
                 prefix = f"k/{etype}/{k + 1}/"
-                if old is not None:
-                    was = rows[old[rows] != NO_LAST]
-                    for day, bitmap in group_bitmaps(old[was], was).items():
-                        edit(f"{prefix}{day}", bitmap, add=False)
+                was = rows[rows < m]
+                was = was[before[was] != NO_LAST]
+                for day, bitmap in group_bitmaps(before[was], was).items():
+                    edit(f"{prefix}{day}", bitmap, add=False)
                 now = rows[new[rows] != NO_LAST]
                 for day, bitmap in group_bitmaps(new[now], now).items():
                     edit(f"{prefix}{day}", bitmap, add=True)
