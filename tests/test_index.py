@@ -41,6 +41,7 @@ from segengine.engines.duckdb import DuckDBEngine
 from segengine.engines.index import Evaluator, IndexEngine, Unsupported
 from segengine.errors import EngineError
 from segengine.fields import EVENT_TYPES
+from segengine.store import aggregates
 from segengine.store import index as store_index
 from segengine.store.index import IndexData, build_index, load_index
 
@@ -67,15 +68,36 @@ def expected(ws, root, as_of=None) -> list[int]:
 INDEX_EXAMPLES = int(os.environ.get("SEGENGINE_INDEX_EXAMPLES", "25"))
 
 
+def updated_index_engine(tables, directory: Path, delta: bool) -> IndexEngine:
+    """An index of the first events file, then updated with the second: its aggregates
+    in a delta over the first's base, or (`delta` False) folded into a new base."""
+    first = directory / "first"
+    build_index(tables.contacts, tables.events[:1], tables.schema, first)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aggregates, "DELTA_MAX_PER_CONTACT", 1e9 if delta else 0.0)
+        build_index(tables.contacts, tables.events, tables.schema, directory / "updated",
+                    previous=IndexData.open(first))
+    index = IndexData.open(directory / "updated")
+    assert index.meta["incremental"]
+    assert (index.meta["events"]["aggregates"]["delta"] is not None) is delta
+    return IndexEngine(tables, index)
+
+
 @settings(max_examples=INDEX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ws=workspaces(), data=st.data(), value_bitmaps=st.booleans())
-def test_index_matches_reference_and_duckdb(ws, data, value_bitmaps, tmp_path_factory):
+@given(ws=workspaces(), data=st.data(), value_bitmaps=st.booleans(),
+       build=st.sampled_from(["full", "delta", "dense"]))
+def test_index_matches_reference_and_duckdb(ws, data, value_bitmaps, build, tmp_path_factory):
+    """`build`: one full build, or an update of an index of the first events file (as an
+    import makes it), keeping the aggregates in a delta or writing a new base."""
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     with pytest.MonkeyPatch.context() as patch:
         if not value_bitmaps:
             patch.setattr(store_index, "VALUE_BITMAPS_MAX", 0)
-        engine = index_engine(tables, directory / "index")
+        if build == "full" or not tables.events:
+            engine = index_engine(tables, directory / "index")
+        else:
+            engine = updated_index_engine(tables, directory / "index", build == "delta")
     duck = DuckDBEngine(tables)
     try:
         for _ in range(6):
@@ -165,7 +187,7 @@ CAMPAIGN_CHOICES = ["any", ("c1", "C1"), ("never-sent",), LastCampaigns(1), Last
 @pytest.fixture(scope="module", params=["current", "minimal"])
 def fixed(request, tmp_path_factory):
     """The fixed workspace indexed twice: as indexes are built now, and with only what
-    every format-3 index has (no per-value field bitmaps, as for a field with more than
+    every format-3 index has (format 3; no per-value field bitmaps, as for a field with more than
     VALUE_BITMAPS_MAX values; no campaign day ranges or recent-day bitmaps, as in an
     index built before them), so both the fast paths and their fallbacks are checked."""
     ws = fixed_workspace()
@@ -180,6 +202,8 @@ def fixed(request, tmp_path_factory):
         meta_path = directory / "index" / "meta.json"
         meta = json.loads(meta_path.read_text())
         del meta["events"]["campaign_days"], meta["events"]["recent_bitmaps"]
+        meta["format"] = 3  # aggregates as full arrays, no "aggregates" section
+        del meta["events"]["aggregates"]
         meta_path.write_text(json.dumps(meta))
         engine = IndexEngine(tables, IndexData.open(directory / "index"))
         assert engine.index.campaign_days is None
@@ -322,13 +346,15 @@ def test_unknown_nodes_and_references_fail_loudly(fixed):
 # --- the workspace: built in the import's transaction, incremental, never stale ---------
 
 
-def split_events(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """The sample events as three CSV files: most of them, a small batch, and a retry."""
+def split_events(tmp_path: Path) -> tuple[Path, ...]:
+    """The sample events as four CSV files: most of them, two small batches, and a retry."""
     lines = (SAMPLE / "events.csv").read_text().splitlines(keepends=True)
     header, rows = lines[0], lines[1:]
-    cut = len(rows) * 9 // 10
+    cut, cut2 = len(rows) * 9 // 10, len(rows) * 19 // 20
     paths = []
-    for name, part in (("a", rows[:cut]), ("b", rows[cut:]), ("c", rows[cut - 50 : cut + 50])):
+    parts = (("a", rows[:cut]), ("b", rows[cut:cut2]), ("b2", rows[cut2:]),
+             ("c", rows[cut - 50 : cut + 50]))
+    for name, part in parts:
         path = tmp_path / f"events-{name}.csv"
         path.write_text(header + "".join(part))
         paths.append(path)
@@ -364,17 +390,28 @@ def assert_same_answers(ws, engines=("index", "duckdb", "auto")) -> None:
         assert len({json.dumps(c, sort_keys=True) for c in counts.values()}) == 1
 
 
-@pytest.fixture(scope="module")
-def sample_ws(tmp_path_factory):
-    """The sample data imported as contacts, then events in two imports plus a retry."""
+#: DELTA_MAX_PER_CONTACT that makes every update keep its aggregates in a delta, or fold
+#: them into a new base (at 1,000 sample contacts, a batch of 1,000 events is either)
+DELTA_SHARES = {"delta": 1e9, "dense": 0.0}
+
+
+@pytest.fixture(scope="module", params=sorted(DELTA_SHARES))
+def sample_ws(request, tmp_path_factory):
+    """The sample data imported as contacts, then events in three imports plus a retry;
+    the updates keep their aggregates in a delta or write a new base (the param)."""
     tmp = tmp_path_factory.mktemp("sample")
     ws = segengine.Workspace.init(tmp / "ws")
-    ws.import_contacts(SAMPLE / "contacts.csv")
-    first, second, retry = split_events(tmp)
-    ws.import_events(first)
-    after_first = ws.snapshot().manifest
-    ws.import_events(second)
-    ws.import_events(retry)  # all duplicates: no commit, the index stays
+    first, second, third, retry = split_events(tmp)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aggregates, "DELTA_MAX_PER_CONTACT", DELTA_SHARES[request.param])
+        ws.import_contacts(SAMPLE / "contacts.csv")
+        ws.import_events(first)
+        after_first = ws.snapshot().manifest
+        ws.import_events(second)
+        ws.import_events(third)
+        ws.import_events(retry)  # all duplicates: no commit, the index stays
+    delta = index_meta(ws)["events"]["aggregates"]["delta"]
+    assert (delta is not None) is (request.param == "delta")
     return ws, after_first
 
 
@@ -388,26 +425,33 @@ def test_every_import_commits_a_covering_index(sample_ws):
     snap = ws.snapshot()
     entry = snap.manifest["index"]
     assert entry["covers"] == {"contacts": snap.manifest["contacts"], "events": snap.manifest["events"]}
-    assert len(entry["covers"]["events"]) == 2
+    assert len(entry["covers"]["events"]) == 3
     assert after_first["index"]["covers"]["events"] == after_first["events"]
     assert index_meta(ws)["incremental"] is True
     assert_same_answers(ws)
 
 
-def test_incremental_update_equals_full_rebuild(sample_ws, tmp_path):
-    ws, _ = sample_ws
+def assert_equals_full_rebuild(ws, tmp_path: Path) -> None:
+    """The workspace's (incrementally built) index has the arrays and bitmaps of a full
+    build over the same files."""
     snap = ws.snapshot()
     incremental = load_index(snap)
-    full_dir = tmp_path / "full"
-    build_index(snap.files("contacts"), snap.files("events"), snap.schema, full_dir)
-    full = IndexData.open(full_dir)
-    assert not full.meta["incremental"]
+    build_index(snap.files("contacts"), snap.files("events"), snap.schema, tmp_path / "full")
+    full = IndexData.open(tmp_path / "full")
     for name in ("ids", "count", "first", "last", "recent", "status"):
         assert np.array_equal(getattr(incremental, name), getattr(full, name)), name
-    assert incremental.send_us == full.send_us and incremental.campaigns == full.campaigns
     assert set(incremental.bitmaps.entries) == set(full.bitmaps.entries)
     for key in full.bitmaps.entries:
         assert incremental.bitmaps.get(key) == full.bitmaps.get(key), key
+
+
+def test_incremental_update_equals_full_rebuild(sample_ws, tmp_path):
+    ws, _ = sample_ws
+    assert_equals_full_rebuild(ws, tmp_path)
+    snap = ws.snapshot()
+    incremental, full = load_index(snap), IndexData.open(tmp_path / "full")
+    assert not full.meta["incremental"]
+    assert incremental.send_us == full.send_us and incremental.campaigns == full.campaigns
     as_of = dt.date.fromisoformat(SAMPLE_AS_OF)
     for definition in SAMPLE_SEGMENTS:
         root = ws.resolve(ws.load_segment(definition, snap), snap)
@@ -416,7 +460,11 @@ def test_incremental_update_equals_full_rebuild(sample_ws, tmp_path):
         assert a.tolist() == b.tolist()
 
 
-def test_contacts_import_rebuilds_contacts_and_keeps_events(tmp_path):
+@pytest.mark.parametrize("share", sorted(DELTA_SHARES))
+def test_contacts_import_rebuilds_contacts_and_keeps_events(tmp_path, monkeypatch, share):
+    """New contacts extend the rows past the aggregates' base; their first events then
+    land in the delta (or a new base), and the index equals a full rebuild."""
+    monkeypatch.setattr(aggregates, "DELTA_MAX_PER_CONTACT", DELTA_SHARES[share])
     ws = segengine.Workspace.init(tmp_path / "ws")
     ws.import_contacts(SAMPLE / "contacts.csv")
     ws.import_events(SAMPLE / "events.csv")
@@ -434,6 +482,16 @@ def test_contacts_import_rebuilds_contacts_and_keeps_events(tmp_path):
     meta = index_meta(ws)
     assert meta["incremental"] is True and meta["contacts"]["n"] == 1001
     assert_same_answers(ws)
+    (tmp_path / "new.csv").write_text(
+        "email,campaign,type,timestamp,url\n"
+        "new.person@example.com,c2024-11-20-news,open,2024-11-21T08:00:00Z,\n"
+        f"{first[0]},c2024-11-20-news,click,2024-11-21T09:00:00Z,https://x.example/pricing\n"
+    )
+    assert ws.import_events(tmp_path / "new.csv").imported == 2
+    meta = index_meta(ws)
+    assert (meta["events"]["aggregates"]["delta"] is not None) is (share == "delta")
+    assert_same_answers(ws)
+    assert_equals_full_rebuild(ws, tmp_path)
     by = ws.count({"name": "x", "rules": [{"field": "lists", "op": "includes", "value": "VIP"}]},
                   engine="index")
     assert by["by_status"]["unsubscribed"] >= 1
@@ -446,11 +504,13 @@ def test_index_refuses_a_manifest_it_does_not_cover(sample_ws, tmp_path):
     manifest_path = copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["index"] = after_first["index"]  # an older index, covering fewer events
-    # keep its directory alive in the copy (the GC removed it in the original)
+    # the GC removed its directory: build it again, for the files it covered
     old_dir = copy / after_first["index"]["path"]
     if not old_dir.exists():
-        shutil.copytree(copy / json.loads((ws.path / "manifest.json").read_text())["index"]["path"],
-                        old_dir)
+        covers = after_first["index"]["covers"]
+        build_index([str(copy / f) for f in covers["contacts"]],
+                    [str(copy / f) for f in covers["events"]], ws.snapshot().schema, old_dir,
+                    covers=covers)
     manifest_path.write_text(json.dumps(manifest))
     other = segengine.open(copy)
     definition = SAMPLE_SEGMENTS[0]

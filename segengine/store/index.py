@@ -3,7 +3,7 @@
 The index answers segment rules in milliseconds where a scan of the raw events takes
 seconds. It is a directory under ``index/`` that one manifest references::
 
-    manifest["index"] = {"path": "index/index-v000007-...", "format": 1,
+    manifest["index"] = {"path": "index/index-v000007-...", "format": 4,
                          "covers": {"contacts": [...], "events": [...]}}
 
 It is never stale: it is built inside the transaction that changes the data it covers
@@ -25,7 +25,8 @@ hard-linked from the previous index directory, so an update writes only what cha
     contacts/f.<i>.*           one field: codes + lower-cased dictionary, values, days, ...
     contacts/bitmaps-*.bin     status bitmaps, one bitmap per lower-cased list name
     aggregates/*.npy           count, first day, last day per (event type, row); the days
-                               of the RECENT latest events per (event type, row)
+                               of the RECENT latest events per (event type, row): a base
+                               and a delta of the rows changed since (aggregates.py)
     bitmaps-*.bin              roaring bitmaps per (type), (type, campaign), (type, day),
                                (click URL)
     urls-*.arrow               lower-cased click URL dictionary
@@ -40,7 +41,6 @@ from __future__ import annotations
 import array
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +56,8 @@ from pyroaring import BitMap
 from ..errors import EngineError
 from ..fields import EVENT_TYPES, STATUSES, FieldType, Schema
 from ..progress import NullProgress
+from .aggregates import NO_FIRST, NO_LAST, RECENT, Aggregates, Values
+from .arrays import link_or_copy, load, load_strings, save, save_strings
 
 if TYPE_CHECKING:
     from ..progress import Progress, Task
@@ -63,7 +65,10 @@ if TYPE_CHECKING:
 
 #: 2: event-store segments sorted by day per type, per-URL click bitmaps.
 #: 3: aggregates/recent.npy (format 2 was committed for a while without it).
-FORMAT = 3
+#: 4: aggregates as a base and a delta (`aggregates.py`); a format-3 index reads as a
+#: base without a delta, so both are read and extended (older code refuses format 4).
+FORMAT = 4
+READABLE_FORMATS = (3, 4)
 #: The contact part's layout within FORMAT; an older contact part is rebuilt at the next
 #: commit rather than carried over (2: per-value bitmaps of text fields).
 CONTACTS_VERSION = 2
@@ -75,12 +80,6 @@ BATCH_ROWS = 4_000_000
 #: Events buffered before they are sorted by day and written as one event-store segment:
 #: bounds the build's memory (~16 bytes an event) while keeping few segments to search.
 SEGMENT_ROWS = 32_000_000
-NO_FIRST = np.iinfo(np.int32).max
-NO_LAST = np.iinfo(np.int32).min
-#: Per (type, row), the days of its RECENT latest events are kept: "at least k times in
-#: the last N days" (k <= RECENT) is then k comparisons per contact, not a pass over the
-#: window's events (aggregates/recent.npy, shape (types, RECENT, rows), latest first).
-RECENT = 3
 TYPE_CODES = {t: i for i, t in enumerate(EVENT_TYPES)}
 CLICK = TYPE_CODES["click"]
 SENT = TYPE_CODES["sent"]
@@ -151,40 +150,6 @@ def days_of(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         days = np.floor_divide(micros, DAY_US)
     days = np.where(present, days, 0).astype(np.int32)
     return days, present
-
-
-def save(path: Path, array_: np.ndarray) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.ascontiguousarray(array_), allow_pickle=False)
-    return path.name
-
-
-def load(path: Path) -> np.ndarray:
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
-def save_strings(path: Path, values: pa.Array) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"v": values.cast(pa.large_string())})
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return path.name
-
-
-def load_strings(path: Path) -> pa.Array:
-    with pa.memory_map(str(path), "r") as source:
-        return pa.ipc.open_file(source).read_all().column("v").combine_chunks()
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Reuse an immutable file of the previous index without copying its bytes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # a file system without hard links
-        import shutil
-
-        shutil.copyfile(source, target)
 
 
 # --- bitmap families ---------------------------------------------------------------
@@ -508,19 +473,21 @@ class Dictionary:
         return mapping[indices.to_numpy(zero_copy_only=False)].astype(np.int32)
 
 
-def grown(old: np.ndarray | None, shape: tuple[int, ...], dtype: type, fill: int) -> np.ndarray:
-    """A new array of `shape` starting with `old` (rows on the last axis), then `fill`.
+def merge_recent(
+    had: np.ndarray, distinct: np.ndarray, counts: np.ndarray, starts: np.ndarray,
+    sorted_days: np.ndarray,
+) -> np.ndarray:
+    """Each row's latest RECENT days: those it `had` (RECENT, rows) merged with a batch's.
 
-    Each byte is written once: at 10M contacts the aggregates are ~1.2 GB, and an
-    update that touches a few rows should not pay for them twice.
+    The batch's days are sorted by row, latest first; row i's run starts at starts[i].
     """
-    if old is None:
-        return np.full(shape, fill, dtype)
-    array_ = np.empty(shape, dtype)
-    n = old.shape[-1]
-    array_[..., :n] = old
-    array_[..., n:] = fill
-    return array_
+    position = np.arange(len(sorted_days)) - np.repeat(starts, counts)
+    column = np.repeat(np.arange(len(distinct)), counts)
+    top = position < RECENT
+    new = np.full((RECENT, len(distinct)), NO_LAST, np.int32)
+    new[position[top], column[top]] = sorted_days[top]
+    both = np.concatenate((had, new))
+    return (-np.sort(-both.astype(np.int64), axis=0)[:RECENT]).astype(np.int32)
 
 
 @dataclass
@@ -529,10 +496,7 @@ class EventPart:
 
     n: int
     directory: Path
-    count: np.ndarray
-    first: np.ndarray
-    last: np.ndarray
-    recent: np.ndarray
+    aggregates: Aggregates
     campaigns: Dictionary
     send_us: list[int | None]
     urls: Dictionary
@@ -546,9 +510,12 @@ class EventPart:
         default_factory=lambda: np.zeros((len(EVENT_TYPES), 0, 2), np.int32)
     )
     orphans: int = 0
-    #: the previous index's `recent` days (an update moves only the rows that changed
-    #: between its recent-day bitmaps)
-    recent_before: np.ndarray | None = None
+    #: the index this part extends: its aggregates (an update moves only the rows whose
+    #: recent days changed between its recent-day bitmaps and ours) and its directory
+    previous: Aggregates | None = None
+    previous_directory: Path | None = None
+    #: per type, the distinct rows of each aggregated batch (an update's changed rows)
+    changed: list[list[np.ndarray]] = field(default_factory=lambda: [[] for _ in EVENT_TYPES])
     touched: dict[str, BitMap] = field(default_factory=dict)
     #: events of the segment being collected: type -> column -> batches
     pending: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
@@ -558,16 +525,12 @@ class EventPart:
     chunk_rows: int = 0
 
     @classmethod
-    def empty(cls, n: int, directory: Path, previous: IndexData | None = None) -> EventPart:
-        """No events yet, or (with `previous`) its aggregates padded to `n` contacts."""
-        t = len(EVENT_TYPES)
+    def empty(cls, n: int, directory: Path) -> EventPart:
+        """No events yet."""
         return cls(
             n=n,
             directory=directory,
-            count=grown(previous and previous.count, (t, n), np.uint32, 0),
-            first=grown(previous and previous.first, (t, n), np.int32, NO_FIRST),
-            last=grown(previous and previous.last, (t, n), np.int32, NO_LAST),
-            recent=grown(previous and previous.recent, (t, RECENT, n), np.int32, NO_LAST),
+            aggregates=Aggregates.dense(n),
             campaigns=Dictionary(),
             send_us=[],
             urls=Dictionary(),
@@ -577,12 +540,15 @@ class EventPart:
         )
 
     @classmethod
-    def extend(cls, previous: IndexData, n: int, directory: Path) -> EventPart:
-        """Start from the previous index's event part (rows padded to `n` contacts)."""
-        part = cls.empty(n, directory, previous)
+    def extend(cls, previous: IndexData, n: int, directory: Path, new_events: int) -> EventPart:
+        """Continue the previous index's event part (for `n` contacts, `new_events` more)."""
+        part = cls.empty(0, directory)
+        part.n = n
+        part.aggregates = Aggregates.extend(previous.aggregates, n, new_events)
+        part.previous = previous.aggregates
+        part.previous_directory = previous.directory
         meta = previous.meta["events"]
         part.campaigns = Dictionary(previous.campaigns)
-        part.recent_before = previous.recent
         part.send_us = list(meta["send_us"])
         part.urls = Dictionary(previous.urls().to_pylist())
         part.orphans = int(meta["orphans"])
@@ -715,28 +681,20 @@ class EventPart:
         distinct, counts = runs(sorted_rows)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         ends = starts + counts - 1
-        self.count[t, distinct] += counts.astype(np.uint32)
-        self.first[t, distinct] = np.minimum(self.first[t, distinct], sorted_days[ends])
-        self.last[t, distinct] = np.maximum(self.last[t, distinct], sorted_days[starts])
-        self._merge_recent(t, distinct, counts, starts, sorted_days)
+        before = self.aggregates.lookup(t, distinct)
+        self.aggregates.store(t, distinct, Values(
+            count=before.count + counts.astype(np.uint32),
+            first=np.minimum(before.first, sorted_days[ends]),
+            last=np.maximum(before.last, sorted_days[starts]),
+            recent=merge_recent(before.recent, distinct, counts, starts, sorted_days),
+        ))
+        if self.previous is not None:
+            self.changed[t].append(distinct.astype(np.uint32))
         lo, hi = int(days.min()), int(days.max())
         old_lo, old_hi = self.day_range[t]
         self.day_range[t] = [lo if old_lo is None else min(lo, old_lo),
                              hi if old_hi is None else max(hi, old_hi)]
         return distinct
-
-    def _merge_recent(
-        self, t: int, distinct: np.ndarray, counts: np.ndarray, starts: np.ndarray,
-        sorted_days: np.ndarray,
-    ) -> None:
-        """Merge each row's latest RECENT days of the batch into those it had."""
-        position = np.arange(len(sorted_days)) - np.repeat(starts, counts)
-        column = np.repeat(np.arange(len(distinct)), counts)
-        top = position < RECENT
-        new = np.full((RECENT, len(distinct)), NO_LAST, np.int32)
-        new[position[top], column[top]] = sorted_days[top]
-        both = np.concatenate((self.recent[t][:, distinct], new))
-        self.recent[t][:, distinct] = -np.sort(-both.astype(np.int64), axis=0)[:RECENT]
 
     def _merge(self, name: str, bitmap: BitMap) -> None:
         current = self.touched.get(name)
@@ -796,37 +754,38 @@ class EventPart:
                 current -= rows
 
         for t, etype in enumerate(EVENT_TYPES):
+            rows, before, after = self._recent_changes(t)
             for k in range(RECENT):
-                new = np.asarray(self.recent[t, k])
-                before = (
-                    np.zeros(0, np.int32) if self.recent_before is None
-                    else np.asarray(self.recent_before[t, k])
-                )
-                m = len(before)  # rows the previous index had; later rows are new contacts
-                rows = np.concatenate((
-                    np.flatnonzero(new[:m] != before), m + np.flatnonzero(new[m:] != NO_LAST)
-                )).astype(np.uint32)
                 prefix = f"k/{etype}/{k + 1}/"
-                was = rows[rows < m]
-                was = was[before[was] != NO_LAST]
-                for day, bitmap in group_bitmaps(before[was], was).items():
+                moved = before[k] != after[k]
+                was = moved & (before[k] != NO_LAST)
+                for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
                     edit(f"{prefix}{day}", bitmap, add=False)
-                now = rows[new[rows] != NO_LAST]
-                for day, bitmap in group_bitmaps(new[now], now).items():
+                now = moved & (after[k] != NO_LAST)
+                for day, bitmap in group_bitmaps(after[k][now], rows[now]).items():
                     edit(f"{prefix}{day}", bitmap, add=True)
         for name in [name for name, bitmap in changed.items() if not bitmap]:
             del changed[name]  # a day nobody's k-th latest event is on any more
             self.bitmaps.entries.pop(name, None)
         self.bitmaps.write_layer(changed)
 
+    def _recent_changes(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, their recent days before, after) for type `t`: every row with events in
+        a full build, the rows this update's events touched in an update."""
+        if self.previous is None:
+            rows = np.flatnonzero(self.aggregates.column("count", t) > 0).astype(np.uint32)
+            after = self.aggregates.lookup(t, rows).recent
+            return rows, np.full_like(after, NO_LAST), after
+        parts = self.changed[t]
+        rows = sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint32)
+        names = ("recent",)
+        before = self.previous.lookup(t, rows, names).recent
+        return rows, before, self.aggregates.lookup(t, rows, names).recent
+
     def write(self) -> dict:
         """Write aggregates and dictionaries; returns the meta.json section."""
         self._recent_bitmaps()
-        agg = self.directory / "aggregates"
-        save(agg / "count.npy", self.count)
-        save(agg / "first.npy", self.first)
-        save(agg / "last.npy", self.last)
-        save(agg / "recent.npy", self.recent)
+        aggregates = self.aggregates.write(self.directory, self.previous_directory)
         if len(self.send_us) < len(self.campaigns.values):
             self.send_us.extend([None] * (len(self.campaigns.values) - len(self.send_us)))
         self._cover_campaigns()
@@ -841,6 +800,7 @@ class EventPart:
             "day_range": self.day_range,
             "campaign_days": self.campaign_days.tolist(),
             "recent_bitmaps": True,
+            "aggregates": aggregates,
             "orphans": self.orphans,
         }
 
@@ -938,13 +898,9 @@ def build_index(
         and (same_contacts or previous.meta["events"]["orphans"] == 0)
         and previous.meta["events"].get("recent_bitmaps", False)
     )
-    if reuse:
-        part = EventPart.extend(previous, n, directory)
-        new_files = list(events)[len(old_events) :]
-    else:
-        part = EventPart.empty(n, directory)
-        new_files = list(events)
+    new_files = list(events)[len(old_events) :] if reuse else list(events)
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in new_files)
+    part = EventPart.extend(previous, n, directory, total) if reuse else EventPart.empty(n, directory)
     reporter = progress if progress is not None and total else NullProgress()
     with reporter.task(f"indexing {total:,} events", total=total) as task:
         part.add_files(new_files, np.asarray(ids), bool(contact_meta["dense"]), task)
@@ -980,7 +936,7 @@ def refresh_index(tx: Transaction, progress: Progress | None = None) -> None:
             previous = IndexData.open(tx.root / current["path"])
         except (OSError, ValueError, KeyError, EngineError):
             previous = None  # unreadable or another format: build from scratch
-        if previous is not None and previous.meta.get("format") != FORMAT:
+        if previous is not None and previous.meta.get("format") not in READABLE_FORMATS:
             previous = None
     directory = tx.new_file("index", suffix="", directory="index")
     schema = Schema.from_pairs(tuple(pair) for pair in tx.manifest["fields"])
@@ -1048,11 +1004,13 @@ class IndexData:
             name: self._field(part, name, spec) for name, spec in contacts["fields"].items()
         }
         events = meta["events"]
-        agg = self.directory / "aggregates"
-        self.count = load(agg / "count.npy")
-        self.first = load(agg / "first.npy")
-        self.last = load(agg / "last.npy")
-        self.recent = load(agg / "recent.npy")
+        self.aggregates = Aggregates.open(self.directory, self.n, events.get("aggregates"))
+        #: count[t], first[t], last[t] (days), recent[t] (RECENT, rows): full arrays per
+        #: event type, the delta applied on first use
+        self.count = self.aggregates.view("count")
+        self.first = self.aggregates.view("first")
+        self.last = self.aggregates.view("last")
+        self.recent = self.aggregates.view("recent")
         self.campaigns: list[str] = events["campaigns"]
         self.campaign_codes = {c: i for i, c in enumerate(self.campaigns)}
         self.send_us: list[int | None] = events["send_us"]
@@ -1071,7 +1029,7 @@ class IndexData:
     @classmethod
     def open(cls, directory: Path) -> IndexData:
         meta = json.loads((Path(directory) / META).read_text())
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             raise IndexUnavailable(f"index {directory} has format {meta.get('format')}")
         return cls(directory, meta)
 

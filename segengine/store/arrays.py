@@ -1,0 +1,46 @@
+"""Immutable array files of the engagement index: numpy arrays, Arrow string columns.
+
+Arrays are memory-mapped when read; a later index reuses a file it does not change by
+hard-linking it, so a file once written is never opened for writing again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+
+def save(path: Path, array_: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.ascontiguousarray(array_), allow_pickle=False)
+    return path.name
+
+
+def load(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def save_strings(path: Path, values: pa.Array) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"v": values.cast(pa.large_string())})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path.name
+
+
+def load_strings(path: Path) -> pa.Array:
+    with pa.memory_map(str(path), "r") as source:
+        return pa.ipc.open_file(source).read_all().column("v").combine_chunks()
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Reuse an immutable file of the previous index without copying its bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
