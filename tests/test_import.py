@@ -57,6 +57,31 @@ def test_csv_bom_quoting_embedded_newlines_and_line_numbers(ws, tmp_path):
     assert "invalid email" in rejects["reason"][0]
 
 
+def test_white_space_around_emails_numbers_and_event_types_is_trimmed(ws, tmp_path):
+    """ASCII white space and the no-break space around an email, a number or an event
+    type go; a text field keeps its white space (SPEC: white space is text)."""
+    nbsp = "\u00a0"
+    text = (
+        "email,city,score\n"
+        f"{nbsp}Dan@X.io{nbsp},\t New{nbsp}York \t,{nbsp}7{nbsp}\n"
+        f"eve@x.io,{nbsp} {nbsp},\t\n"
+        "fay@x.io,Oslo,8\n"
+    )
+    summary = ws.import_contacts(write(tmp_path / "c.csv", text))
+    assert (summary.imported, summary.rejected) == (3, 0)
+    assert row(ws, "dan@x.io")["city"] == f"\t New{nbsp}York \t"
+    assert row(ws, "dan@x.io")["score"] == 7.0
+    assert row(ws, "eve@x.io")["city"] == f"{nbsp} {nbsp}"
+    assert row(ws, "eve@x.io")["score"] is None
+    assert row(ws, "fay@x.io")["score"] == 8.0
+    events_csv = (
+        "email,campaign,type,timestamp\n"
+        f"\t{nbsp}DAN@x.io ,c1,{nbsp}Open\t,2024-03-01T10:00:00Z\n"
+    )
+    assert ws.import_events(write(tmp_path / "e.csv", events_csv)).imported == 1
+    assert events(ws)["type"].to_list() == ["open"]
+
+
 def test_type_inference_rules(ws, tmp_path):
     text = (
         "email,n,zip,d,ts,flag,t,blank\n"
