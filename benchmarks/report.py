@@ -254,6 +254,14 @@ def _export(run: Run) -> list[str]:
     ]
 
 
+def _update_kind(index: dict) -> str:
+    if not index["incremental"]:
+        return "rebuilt in full, not extended"
+    if index.get("aggregates_delta"):
+        return "extended; per-contact aggregates written as a delta over the previous base"
+    return "extended"
+
+
 def _index(run: Run) -> list[str]:
     if not run.index:
         return []
@@ -266,8 +274,7 @@ def _index(run: Run) -> list[str]:
         f"- update: importing a later batch of {i['extra_events']:,} events (the latest "
         "campaigns' events again, as new campaigns) into a copy of the workspace, index "
         "refreshed in the same commit ("
-        f"{'extended' if i['incremental'] else 'rebuilt in full, not extended'}): "
-        f"{i['update_seconds']:.2f} s",
+        f"{_update_kind(i)}): {i['update_seconds']:.2f} s",
         f"- peak RSS of the step: {_mib(i['max_rss'])} MiB",
         "- every import commit also refreshes the index, so the import figures above "
         "include building it",
