@@ -33,6 +33,8 @@ Identifiers are always quoted, so in Snowflake the tables and columns must carry
 their lower-case (case-sensitive) names. The final-sigma emulation is DuckDB only
 (it uses RE2 character classes); Spark's ``LOWER`` already follows Java's, which
 agrees with Python's once ``I`` is replaced first (`sql_lower`: Turkic JVM locales).
+Spark tests an activity's membership with a correlated ``EXISTS`` instead of ``IN``
+(`SqlCompiler.member`): its ``NOT IN`` under ``OR`` is a null-aware nested-loop join.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ FINAL_SIGMA_REPLACEMENT = "\\1\u03c2\\2\\3"
 _RE2_DIALECTS = frozenset({"duckdb"})
 
 
+#: dialects that test membership in an activity's contacts with EXISTS, not IN
+_EXISTS_DIALECTS = frozenset({"spark"})
+#: the alias of an activity's contacts inside EXISTS
+MATCHED = "matched"
 #: dialects whose ``LOWER`` of non-ASCII text follows the default locale of a JVM
 _JVM_LOWER_DIALECTS = frozenset({"spark"})
 
@@ -522,16 +528,32 @@ class SqlCompiler:
         cond = rule.count
         n = exp.Count(this=exp.Star())
         if _count_key(cond) in AT_LEAST_ONE:
-            return _in_query(contact_id, matching)
+            return self.member(contact_id, matching)
         if _count_key(cond) in NONE_AT_ALL:
-            return _not(_in_query(contact_id, matching))
+            return _not(self.member(contact_id, matching))
         grouped = matching.group_by(_event_column("contact_id"), copy=False)
         if cond.matches_zero:
             # zero events satisfy it: exclude the contacts whose count does not
             grouped = grouped.having(_not(_count_test(cond, n)), copy=False)
-            return _not(_in_query(contact_id, grouped))
+            return _not(self.member(contact_id, grouped))
         grouped = grouped.having(_count_test(cond, n), copy=False)
-        return _in_query(contact_id, grouped)
+        return self.member(contact_id, grouped)
+
+    def member(self, contact_id: exp.Column, query: exp.Select) -> exp.Expression:
+        """The contact is among the ids `query` selects (never NULL ones).
+
+        ``contact_id IN (query)``; in Spark ``EXISTS (SELECT 1 FROM (query) WHERE id =
+        contact_id)``: Spark plans ``NOT IN`` under ``OR`` as a null-aware nested-loop
+        join over all contacts and events (minutes at 1M contacts), ``NOT EXISTS`` as a
+        hash join. The two differ only for a contact whose own id is NULL.
+        """
+        if self.dialect not in _EXISTS_DIALECTS:
+            return _in_query(contact_id, query)
+        matched = exp.to_identifier(MATCHED, quoted=True)
+        inner = exp.Subquery(this=query, alias=exp.TableAlias(this=matched))
+        correlated = exp.EQ(this=_column("contact_id", MATCHED), expression=contact_id.copy())
+        probe = exp.select(exp.Literal.number(1)).from_(inner, copy=False)
+        return exp.Exists(this=probe.where(correlated, copy=False))
 
     def event_filters(self, rule: ActivityRule) -> list[exp.Expression]:
         filters: list[exp.Expression] = [

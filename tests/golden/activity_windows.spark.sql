@@ -2,53 +2,77 @@ SELECT
   `contacts`.`contact_id`
 FROM `contacts`
 WHERE
-  `contacts`.`contact_id` IN (
+  EXISTS(
     SELECT
-      `events`.`contact_id`
-    FROM `events`
-    WHERE
-      `events`.`type` = 'open'
-      AND NOT `events`.`contact_id` IS NULL
-      AND CAST(`events`.`timestamp` AS DATE) BETWEEN CAST('2026-01-01' AS DATE) AND CAST('2026-03-31' AS DATE)
-  )
-  OR `contacts`.`contact_id` IN (
-    SELECT
-      `events`.`contact_id`
-    FROM `events`
-    WHERE
-      `events`.`type` = 'click'
-      AND NOT `events`.`contact_id` IS NULL
-      AND CAST(`events`.`timestamp` AS DATE) BETWEEN CAST('2026-06-23' AS DATE) AND CAST('2026-06-30' AS DATE)
-      AND (
-        NOT `events`.`url` IS NULL
-        AND LOCATE('pricing', LOWER(REPLACE(REPLACE(`events`.`url`, 'İ', 'i̇'), 'I', 'i'))) > 0
-      )
-  )
-  OR `contacts`.`contact_id` IN (
-    SELECT
-      `events`.`contact_id`
-    FROM `events`
-    WHERE
-      `events`.`type` = 'open'
-      AND NOT `events`.`contact_id` IS NULL
-      AND `events`.`campaign` IN ('c1', 'c2')
-    GROUP BY
-      `events`.`contact_id`
-    HAVING
-      COUNT(*) BETWEEN 2 AND 5
-  )
-  OR NOT (
-    `contacts`.`contact_id` IN (
+      1
+    FROM (
       SELECT
         `events`.`contact_id`
       FROM `events`
       WHERE
-        `events`.`type` = 'click' AND NOT `events`.`contact_id` IS NULL
+        `events`.`type` = 'open'
+        AND NOT `events`.`contact_id` IS NULL
+        AND CAST(`events`.`timestamp` AS DATE) BETWEEN CAST('2026-01-01' AS DATE) AND CAST('2026-03-31' AS DATE)
+    ) AS `matched`
+    WHERE
+      `matched`.`contact_id` = `contacts`.`contact_id`
+  )
+  OR EXISTS(
+    SELECT
+      1
+    FROM (
+      SELECT
+        `events`.`contact_id`
+      FROM `events`
+      WHERE
+        `events`.`type` = 'click'
+        AND NOT `events`.`contact_id` IS NULL
+        AND CAST(`events`.`timestamp` AS DATE) BETWEEN CAST('2026-06-23' AS DATE) AND CAST('2026-06-30' AS DATE)
+        AND (
+          NOT `events`.`url` IS NULL
+          AND LOCATE('pricing', LOWER(REPLACE(REPLACE(`events`.`url`, 'İ', 'i̇'), 'I', 'i'))) > 0
+        )
+    ) AS `matched`
+    WHERE
+      `matched`.`contact_id` = `contacts`.`contact_id`
+  )
+  OR EXISTS(
+    SELECT
+      1
+    FROM (
+      SELECT
+        `events`.`contact_id`
+      FROM `events`
+      WHERE
+        `events`.`type` = 'open'
+        AND NOT `events`.`contact_id` IS NULL
+        AND `events`.`campaign` IN ('c1', 'c2')
       GROUP BY
         `events`.`contact_id`
       HAVING
-        NOT (
-          COUNT(*) <= 2
-        )
+        COUNT(*) BETWEEN 2 AND 5
+    ) AS `matched`
+    WHERE
+      `matched`.`contact_id` = `contacts`.`contact_id`
+  )
+  OR NOT (
+    EXISTS(
+      SELECT
+        1
+      FROM (
+        SELECT
+          `events`.`contact_id`
+        FROM `events`
+        WHERE
+          `events`.`type` = 'click' AND NOT `events`.`contact_id` IS NULL
+        GROUP BY
+          `events`.`contact_id`
+        HAVING
+          NOT (
+            COUNT(*) <= 2
+          )
+      ) AS `matched`
+      WHERE
+        `matched`.`contact_id` = `contacts`.`contact_id`
     )
   )

@@ -19,34 +19,46 @@ WHERE
     AND LOWER(REPLACE(`contacts`.`status`, 'I', 'i')) = 'active'
   )
   AND NOT (
-    `contacts`.`contact_id` IN (
+    EXISTS(
+      SELECT
+        1
+      FROM (
+        SELECT
+          `events`.`contact_id`
+        FROM `events`
+        WHERE
+          `events`.`type` = 'open'
+          AND NOT `events`.`contact_id` IS NULL
+          AND `events`.`campaign` IN (
+            SELECT
+              `campaign`
+            FROM `recent_campaigns`
+            WHERE
+              `recency` <= 3
+          )
+      ) AS `matched`
+      WHERE
+        `matched`.`contact_id` = `contacts`.`contact_id`
+    )
+  )
+  AND EXISTS(
+    SELECT
+      1
+    FROM (
       SELECT
         `events`.`contact_id`
       FROM `events`
       WHERE
-        `events`.`type` = 'open'
+        `events`.`type` = 'sent'
         AND NOT `events`.`contact_id` IS NULL
         AND `events`.`campaign` IN (
           SELECT
             `campaign`
           FROM `recent_campaigns`
           WHERE
-            `recency` <= 3
+            `recency` <= 1
         )
-    )
-  )
-  AND `contacts`.`contact_id` IN (
-    SELECT
-      `events`.`contact_id`
-    FROM `events`
+    ) AS `matched`
     WHERE
-      `events`.`type` = 'sent'
-      AND NOT `events`.`contact_id` IS NULL
-      AND `events`.`campaign` IN (
-        SELECT
-          `campaign`
-        FROM `recent_campaigns`
-        WHERE
-          `recency` <= 1
-      )
+      `matched`.`contact_id` = `contacts`.`contact_id`
   )

@@ -8,24 +8,36 @@ WHERE
         NOT `contacts`.`state` IS NULL
         AND LOWER(REPLACE(`contacts`.`state`, 'I', 'i')) = 'οδος'
       )
-      OR `contacts`.`contact_id` IN (
+      OR EXISTS(
         SELECT
-          `events`.`contact_id`
-        FROM `events`
+          1
+        FROM (
+          SELECT
+            `events`.`contact_id`
+          FROM `events`
+          WHERE
+            `events`.`type` = 'bounce' AND NOT `events`.`contact_id` IS NULL
+        ) AS `matched`
         WHERE
-          `events`.`type` = 'bounce' AND NOT `events`.`contact_id` IS NULL
+          `matched`.`contact_id` = `contacts`.`contact_id`
       )
       OR NOT (
         TRUE
       )
     )
     AND NOT (
-      `contacts`.`contact_id` IN (
+      EXISTS(
         SELECT
-          `events`.`contact_id`
-        FROM `events`
+          1
+        FROM (
+          SELECT
+            `events`.`contact_id`
+          FROM `events`
+          WHERE
+            `events`.`type` = 'open' AND NOT `events`.`contact_id` IS NULL
+        ) AS `matched`
         WHERE
-          `events`.`type` = 'open' AND NOT `events`.`contact_id` IS NULL
+          `matched`.`contact_id` = `contacts`.`contact_id`
       )
     )
     AND FALSE
