@@ -318,8 +318,9 @@ def measure_segment(options: Options, run: Run, seg: BenchSegment, files: dict[s
             "total": first["total"], "by_status": first.get("by_status"), "paths": paths}
 
 
-#: Seconds a Spark query may run before it is cancelled: one plan is quadratic in Spark
-#: (`nested-negation`: a nested-loop join, minutes at 1m), the others take seconds.
+#: Seconds a Spark query may run before it is cancelled: a plan that Spark makes quadratic
+#: (a nested-loop join, as `nested-negation` was before the Spark dialect used EXISTS)
+#: must not stall the rest of the suite; the others take seconds.
 SPARK_QUERY_BUDGET = 180.0
 
 

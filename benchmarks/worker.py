@@ -270,7 +270,7 @@ def _within_budget(session: Any, call: Callable[[], dict[str, Any]],
                    budget: float) -> dict[str, Any]:
     """`call()` in its own thread and Spark job group, cancelled after `budget` seconds.
 
-    One plan can be quadratic in Spark (a nested-loop join) where the other engines take
+    A plan can be quadratic in Spark (a nested-loop join) where the other engines take
     seconds; cancelling it keeps the rest of the suite measurable.
     """
     import uuid
