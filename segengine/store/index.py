@@ -757,10 +757,13 @@ class EventPart:
             rows, before, after = self._recent_changes(t)
             for k in range(RECENT):
                 prefix = f"k/{etype}/{k + 1}/"
-                moved = before[k] != after[k]
-                was = moved & (before[k] != NO_LAST)
-                for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
-                    edit(f"{prefix}{day}", bitmap, add=False)
+                if before is None:  # a full build: nothing to move away from
+                    moved = np.ones(len(rows), bool)
+                else:
+                    moved = before[k] != after[k]
+                    was = moved & (before[k] != NO_LAST)
+                    for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
+                        edit(f"{prefix}{day}", bitmap, add=False)
                 now = moved & (after[k] != NO_LAST)
                 for day, bitmap in group_bitmaps(after[k][now], rows[now]).items():
                     edit(f"{prefix}{day}", bitmap, add=True)
@@ -769,16 +772,15 @@ class EventPart:
             self.bitmaps.entries.pop(name, None)
         self.bitmaps.write_layer(changed)
 
-    def _recent_changes(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _recent_changes(self, t: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(rows, their recent days before, after) for type `t`: every row with events in
-        a full build, the rows this update's events touched in an update."""
+        a full build (before: None), the rows this update's events touched in an update."""
+        names = ("recent",)
         if self.previous is None:
             rows = np.flatnonzero(self.aggregates.column("count", t) > 0).astype(np.uint32)
-            after = self.aggregates.lookup(t, rows).recent
-            return rows, np.full_like(after, NO_LAST), after
+            return rows, None, self.aggregates.lookup(t, rows, names).recent
         parts = self.changed[t]
         rows = sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint32)
-        names = ("recent",)
         before = self.previous.lookup(t, rows, names).recent
         return rows, before, self.aggregates.lookup(t, rows, names).recent
 
