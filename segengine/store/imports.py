@@ -666,8 +666,12 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         new_rows = f"SELECT DISTINCT * FROM ({new_rows})"
     out = tx.new_file("events")
     with progress.task(f"writing events ({good:,} good rows)"):
+        # In time order, each row group covers a short span: a scan for a window or a
+        # campaign skips the others by their statistics, and the file compresses ~2x
+        # better than in the de-duplication's hash order (costs ~20% of a big import).
         con.execute(
-            f"COPY ({new_rows}) TO {lit(str(out))} (FORMAT parquet, COMPRESSION zstd)"
+            f"COPY (SELECT * FROM ({new_rows}) ORDER BY timestamp) TO {lit(str(out))} "
+            "(FORMAT parquet, COMPRESSION zstd)"
         )
     imported = pq.ParquetFile(out).metadata.num_rows
     if imported:
