@@ -132,10 +132,13 @@ class Aggregates:
         """Writable full arrays: no events, or `previous` applied and padded to `n` rows."""
         base = {}
         for name in NAMES:
-            full = np.empty((len(EVENT_TYPES), *_shape(name, n)), DTYPES[name])
+            shape = (len(EVENT_TYPES), *_shape(name, n))
+            if previous is None:
+                base[name] = np.full(shape, FILL[name], DTYPES[name])
+                continue
+            base[name] = np.empty(shape, DTYPES[name])
             for t in range(len(EVENT_TYPES)):
-                full[t] = no_events(name, n) if previous is None else previous.column(name, t, n)
-            base[name] = full
+                base[name][t] = previous.column(name, t, n)
         return cls(n, base, None)
 
     @classmethod

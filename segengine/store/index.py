@@ -525,12 +525,12 @@ class EventPart:
     chunk_rows: int = 0
 
     @classmethod
-    def empty(cls, n: int, directory: Path) -> EventPart:
-        """No events yet."""
+    def empty(cls, n: int, directory: Path, aggregates: Aggregates | None = None) -> EventPart:
+        """No events yet (or `aggregates` to continue from)."""
         return cls(
             n=n,
             directory=directory,
-            aggregates=Aggregates.dense(n),
+            aggregates=aggregates if aggregates is not None else Aggregates.dense(n),
             campaigns=Dictionary(),
             send_us=[],
             urls=Dictionary(),
@@ -542,9 +542,7 @@ class EventPart:
     @classmethod
     def extend(cls, previous: IndexData, n: int, directory: Path, new_events: int) -> EventPart:
         """Continue the previous index's event part (for `n` contacts, `new_events` more)."""
-        part = cls.empty(0, directory)
-        part.n = n
-        part.aggregates = Aggregates.extend(previous.aggregates, n, new_events)
+        part = cls.empty(n, directory, Aggregates.extend(previous.aggregates, n, new_events))
         part.previous = previous.aggregates
         part.previous_directory = previous.directory
         meta = previous.meta["events"]
