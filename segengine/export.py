@@ -41,8 +41,7 @@ import duckdb
 from .errors import InputError
 from .fields import FieldType, Schema
 from .progress import NullProgress, Progress, Task
-from .store.imports import lit, q
-from .store.status import ids_table, quiet
+from .store.duck import ids_table, lit, q, quiet
 from .store.workspace import Snapshot, fsync_path
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from .errors import InputError
-from .store.imports import file_list, q
+from .store.duck import file_list, q
 from .store.status import status_log_files
 
 if TYPE_CHECKING:

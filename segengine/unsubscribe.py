@@ -33,9 +33,11 @@ import numpy as np
 from .definition.nodes import Segment
 from .errors import InputError
 from .progress import NullProgress, Progress
-from .store.imports import connect, email_expr, file_list, lit, q
+from .store.duck import connect_writer as connect
+from .store.duck import file_list, lit, q, quiet
+from .store.imports import email_expr
 from .store.staging import LINE, file_format, stage_csv
-from .store.status import StatusChange, change_status, quiet, utc_naive
+from .store.status import StatusChange, change_status, utc_naive
 from .store.workspace import Snapshot
 
 if TYPE_CHECKING:

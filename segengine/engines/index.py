@@ -51,7 +51,8 @@ from ..store.index import (
     to_bitmap,
     value_bitmap_name,
 )
-from .base import Engine, Tables, empty_by_status
+from ..store.manifest import Tables
+from .base import Engine, empty_by_status
 
 Rows = BitMap | np.ndarray
 

@@ -48,7 +48,8 @@ from ..definition.nodes import Group
 from ..errors import EngineError, InputError, SegengineError
 from ..export import FORMULA_START, FREE_TEXT, PARQUET_CELLS
 from ..fields import FIELD_NAME_RE, RESERVED_NAMES, FieldType, Schema
-from .base import Engine, Tables, empty_by_status
+from ..store.manifest import Tables
+from .base import Engine, empty_by_status
 from .sql import CONTACTS, EVENTS, compile_segments, sql_lower
 
 PYSPARK_MISSING = "the spark engine needs PySpark: pip install 'segengine[spark]' (and Java 17+)"
