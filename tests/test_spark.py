@@ -105,7 +105,7 @@ def ids(array: np.ndarray) -> set[int]:
 
 
 def test_missing_pyspark_is_a_clear_error(monkeypatch):
-    from segengine.export import cells as spark_module
+    from segengine.engines import spark as spark_module
 
     monkeypatch.setitem(sys.modules, "pyspark.sql", None)  # makes the import fail
     monkeypatch.setitem(sys.modules, "pyspark", None)
