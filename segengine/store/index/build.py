@@ -30,7 +30,6 @@ from .layout import (
     CONTACTS_VERSION,
     FORMAT,
     META,
-    READABLE_FORMATS,
 )
 from .read import (
     IndexData,
@@ -74,7 +73,7 @@ def build_index(
         previous is not None
         and previous.meta["covers"]["contacts"] == covers["contacts"]
         and previous.meta["schema"] == _schema_json(schema)
-        and previous.meta["contacts"].get("version") == CONTACTS_VERSION
+        and previous.meta["contacts"]["version"] == CONTACTS_VERSION
     )
     if same_contacts:
         for file in sorted((previous.directory / "contacts").iterdir()):
@@ -91,7 +90,7 @@ def build_index(
         and n >= previous.n
         and np.array_equal(ids[: previous.n], previous.ids)
         and (same_contacts or previous.meta["events"]["orphans"] == 0)
-        and previous.meta["events"].get("recent_bitmaps", False)
+        and previous.meta["events"]["recent_bitmaps"]
     )
     new_files = list(events)[len(old_events) :] if reuse else list(events)
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in new_files)
@@ -130,9 +129,7 @@ def refresh_index(tx: Committing, progress: Progress | None = None) -> None:
         try:
             previous = IndexData.open(tx.root / current["path"])
         except (OSError, ValueError, KeyError, EngineError):
-            previous = None  # unreadable or another format: build from scratch
-        if previous is not None and previous.meta.get("format") not in READABLE_FORMATS:
-            previous = None
+            previous = None  # unreadable or another format (`read.upgraded`): build from scratch
     directory = tx.new_file("index", suffix="", directory="index")
     schema = schema_of(tx.manifest)
     build_index(

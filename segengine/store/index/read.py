@@ -76,6 +76,25 @@ class EventBlock:
     columns: dict[str, dict[str, np.ndarray]]
 
 
+
+def upgraded(meta: dict, directory: Path) -> dict:
+    """`meta` of a readable format in the current format's shape, or IndexUnavailable.
+
+    The one place that knows what older formats lack: format 3 (and format-4 indexes
+    written before these keys existed) has no aggregate delta, no per-campaign day
+    ranges, no (type, k, day) bitmaps and no contact-part version. The defaults say so,
+    and the build rebuilds what they mark as missing; files are never rewritten.
+    """
+    if meta.get("format") not in READABLE_FORMATS:
+        raise IndexUnavailable(f"index {directory} has format {meta.get('format')}")
+    meta["contacts"].setdefault("version", 1)
+    events = meta["events"]
+    events.setdefault("aggregates", None)
+    events.setdefault("campaign_days", None)
+    events.setdefault("recent_bitmaps", False)
+    return meta
+
+
 class IndexData:
     """A loaded index: memory-mapped arrays and lazily deserialized bitmaps."""
 
@@ -92,7 +111,7 @@ class IndexData:
             name: self._field(part, name, spec) for name, spec in contacts["fields"].items()
         }
         events = meta["events"]
-        self.aggregates = Aggregates.open(self.directory, self.n, events.get("aggregates"))
+        self.aggregates = Aggregates.open(self.directory, self.n, events["aggregates"])
         #: count[t], first[t], last[t] (days), recent[t] (RECENT, rows): full arrays per
         #: event type, the delta applied on first use
         self.count = self.aggregates.view("count")
@@ -104,7 +123,7 @@ class IndexData:
         self.send_us: list[int | None] = events["send_us"]
         self.bitmaps = BitmapStore.from_json(self.directory, events["bitmaps"])
         self.day_range = events["day_range"]
-        days = events.get("campaign_days")  # absent in indexes written before it existed
+        days = events["campaign_days"]
         self.campaign_days = (
             None if days is None
             else np.array(days, np.int64).reshape(len(EVENT_TYPES), len(self.campaigns), 2)
@@ -117,9 +136,7 @@ class IndexData:
     @classmethod
     def open(cls, directory: Path) -> IndexData:
         meta = json.loads((Path(directory) / META).read_text())
-        if meta.get("format") not in READABLE_FORMATS:
-            raise IndexUnavailable(f"index {directory} has format {meta.get('format')}")
-        return cls(directory, meta)
+        return cls(directory, upgraded(meta, directory))
 
     @staticmethod
     def _field(part: Path, name: str, spec: dict) -> FieldColumn:
@@ -180,7 +197,7 @@ class IndexData:
 
     def recent_days(self, etype: str, k: int) -> np.ndarray | None:
         """The sorted days that have a (type, k-th latest, day) bitmap (None: not built)."""
-        if not self.meta["events"].get("recent_bitmaps"):
+        if not self.meta["events"]["recent_bitmaps"]:
             return None
         return self._named_days(BitmapKeys.recent_prefix(etype, k))
 
