@@ -409,13 +409,31 @@ def count_tables(
 def export_tables(
     segments: SegmentArg | Iterable[SegmentArg],
     output: str | os.PathLike[str],
-    **options: Any,
+    *,
+    contacts: str | os.PathLike[str] | Iterable[str],
+    events: str | os.PathLike[str] | Iterable[str] = (),
+    fmt: str | None = None,
+    columns: str | Iterable[str] | None = None,
+    raw: bool = False,
+    as_of: str | dt.date | None = None,
+    engine: str = "spark",
+    workspace: str | os.PathLike[str] | None = None,
+    spark_master: str | None = None,
+    progress: Progress | None = None,
 ):
-    """A partitioned export of Parquet never imported, read where it lives, like
-    `count_tables` (options as `segengine.export.partitioned.export_tables`)."""
-    from .export import export_tables as run
+    """A partitioned export of Parquet never imported, read where it lives (docs/spark.md).
 
-    return run(segments, output, **options)
+    Like `count_tables`: custom fields come from the contacts' Parquet schema; segments
+    are definition files or dicts, or saved names of `workspace`. Returns an `ExportResult`.
+    """
+    from .export.partitioned import export_tables as run
+
+    cols = columns if columns is None or isinstance(columns, str) else list(columns)
+    return run(
+        segments, output, contacts=contacts, events=events, fmt=fmt, columns=cols, raw=raw,
+        as_of=as_of, engine=engine, workspace=workspace, spark_master=spark_master,
+        progress=progress,
+    )
 
 
 def spark_session(master: str | None = None) -> Any:

@@ -139,7 +139,7 @@ class Transaction:
         `progress` reports the index refresh, which can take minutes on a large import.
         """
         # The engagement index is refreshed first, so its files are made durable and
-        # published with the data they describe: an index is never stale (store/index.py).
+        # published with the data they describe: an index is never stale (store/index/).
         from .index import refresh_index  # lazy: numpy/pyroaring only for writers
 
         refresh_index(self, progress)
