@@ -196,7 +196,8 @@ def index_is_current(ws: Any) -> bool:
     except IndexUnavailable:
         return False
     built = (Path(ws.path) / snapshot.manifest["index"]["path"]).stat().st_mtime
-    return built >= Path(index.__file__).stat().st_mtime
+    code = max(p.stat().st_mtime for p in Path(index.__file__).parent.glob("*.py"))
+    return built >= code
 
 
 def extra_events(job: Job) -> dict[str, Any]:

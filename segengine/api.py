@@ -12,7 +12,6 @@ directly::
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -21,37 +20,32 @@ from typing import Any
 
 import polars as pl
 
-from .definition.nodes import Group, Segment, today_utc
-from .definition.parse import load_definition, parse_definition
-from .definition.rewrite import find_cycle, inline_references, references, to_dict
-from .engines import ENGINES, get_engine
+from .definition.nodes import Group, Segment
 from .engines.base import Engine
-from .errors import DefinitionError, InputError, Problem, SegmentNotFound
-from .fields import STATUSES, Schema
+from .export.options import PARTITIONED_NEEDS_SPARK
+from .fields import STATUSES
 from .progress import Progress
+from .session import (
+    SegmentArg,
+    Session,
+    count_result,
+    parse_as_of,
+    roots_in_place,
+    segments_in_place,
+)
 from .store.imports import ImportSummary, import_contacts, import_events, parse_types_option
 from .store.workspace import Snapshot, Store
 
-SegmentArg = str | os.PathLike[str] | Mapping[str, Any] | Segment
-DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def parse_as_of(value: str | dt.date | None) -> dt.date:
-    """`as_of` as a date: default today (UTC); text must be YYYY-MM-DD."""
-    if value is None:
-        return today_utc()
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise InputError(f"--as-of: {value!r} is not a date: use YYYY-MM-DD") from None
-
-
-#: How many parsed definition files a Workspace keeps.
-FILE_CACHE_SIZE = 64
+__all__ = [
+    "PARTITIONED_NEEDS_SPARK",
+    "SegmentArg",
+    "Workspace",
+    "count_tables",
+    "export_tables",
+    "open",
+    "parse_as_of",
+    "spark_session",
+]
 
 
 class Workspace:
@@ -59,10 +53,8 @@ class Workspace:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.store = Store(path)
-        self._engines: dict[tuple[str, int], Engine] = {}
-        #: parsed definition files by (path, mtime, size, schema): reading YAML costs
-        #: milliseconds, more than an indexed count, in a process that counts repeatedly
-        self._files: dict[tuple[Any, ...], Segment] = {}
+        #: segments, engines and as_of for every operation (segengine.session)
+        self.session = Session(self.store)
 
     @property
     def path(self) -> Path:
@@ -128,77 +120,21 @@ class Workspace:
         return {**snap.manifest["index"], "seconds": round(time.perf_counter() - started, 3)}
 
     def _after_write(self) -> None:
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        self.session.after_write()
 
     # --- segments --------------------------------------------------------------------
 
     def load_segment(self, arg: SegmentArg, snapshot: Snapshot | None = None) -> Segment:
         """A segment from a saved name, a definition file, a dict or a `Segment`."""
-        snap = snapshot or self.snapshot()
-        if isinstance(arg, Segment):
-            return arg
-        if isinstance(arg, Mapping):
-            return parse_definition(dict(arg), snap.schema)
-        text = os.fspath(arg)
-        if text in snap.segments:
-            return parse_definition(snap.segments[text], snap.schema)
-        path = Path(text)
-        if path.suffix.lower() in DEFINITION_SUFFIXES or path.is_file():
-            if not path.is_file():
-                raise SegmentNotFound(f"segment file {text} does not exist")
-            return self._load_file(path, text, snap)
-        hint = difflib.get_close_matches(text, list(snap.segments), n=1)
-        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise SegmentNotFound(
-            f"no saved segment {text!r}{did_you_mean}: give a saved name "
-            "(see `segengine segment list`) or a .json/.yaml file"
-        )
-
-    def _load_file(self, path: Path, origin: str, snap: Snapshot) -> Segment:
-        """A definition file, parsed again only when it (or the schema) changed."""
-        stat = path.stat()
-        key = (path.resolve(), stat.st_mtime_ns, stat.st_size, stat.st_ino, origin, snap.schema)
-        segment = self._files.get(key)
-        if segment is None:
-            segment = load_definition(path, snap.schema, origin=origin)
-            if len(self._files) >= FILE_CACHE_SIZE:
-                del self._files[next(iter(self._files))]
-            self._files[key] = segment
-        return segment
+        return self.session.load_segment(arg, snapshot)
 
     def resolve(self, segment: Segment, snapshot: Snapshot | None = None) -> Group:
         """The segment's rule tree with every reference inlined (cycles are errors)."""
-        snap = snapshot or self.snapshot()
-
-        def lookup(name: str) -> Segment:
-            if name == segment.name and name not in snap.segments:
-                return segment
-            return parse_definition(snap.segments[name], snap.schema)
-
-        return inline_references(segment.root, lookup, name=segment.name)
-
-    def _roots(self, segments: Iterable[SegmentArg], snap: Snapshot) -> list[Group]:
-        loaded = [self.load_segment(s, snap) for s in segments]
-        if not loaded:
-            raise InputError("name at least one segment")
-        return [self.resolve(s, snap) for s in loaded]
+        return self.session.resolve(segment, snapshot)
 
     def engine(self, name: str = "auto", snapshot: Snapshot | None = None) -> Engine:
         """An engine over `snapshot` (default: the current state), cached while it is current."""
-        snap = snapshot or self.snapshot()
-        key = (name, snap.version)
-        if key not in self._engines:
-            if name not in ENGINES:
-                hint = difflib.get_close_matches(name, list(ENGINES), n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise InputError(f"unknown engine {name!r}{extra}: use one of {', '.join(ENGINES)}")
-            stale = [k for k in self._engines if k[1] != snap.version]
-            for k in stale:
-                self._engines.pop(k).close()
-            self._engines[key] = get_engine(name, snap)
-        return self._engines[key]
+        return self.session.engine(name, snapshot)
 
     def count(
         self,
@@ -207,10 +143,7 @@ class Workspace:
         engine: str = "auto",
     ) -> dict[str, Any]:
         """Contacts matching any of `segments`: total, by status and sendable."""
-        day = parse_as_of(as_of)
-        snap = self.snapshot()
-        roots = self._roots(segments, snap)
-        return count_result(self.engine(engine, snap).count(roots, day), day)
+        return self.session.count(segments, as_of=as_of, engine=engine)
 
     def contact_ids(
         self,
@@ -220,8 +153,7 @@ class Workspace:
         snapshot: Snapshot | None = None,
     ):
         """Sorted contact ids (numpy int64) of the union of `segments`."""
-        snap = snapshot or self.snapshot()
-        return self.engine(engine, snap).contact_ids(self._roots(segments, snap), parse_as_of(as_of))
+        return self.session.contact_ids(segments, as_of=as_of, engine=engine, snapshot=snapshot)
 
     def members(
         self,
@@ -243,7 +175,7 @@ class Workspace:
         from .engines.sql import to_sql
 
         snap = self.snapshot()
-        (root,) = self._roots([segment], snap)
+        (root,) = self.session.roots([segment], snap)
         return to_sql(root, snap.schema, parse_as_of(as_of), dialect)
 
     def explain(
@@ -265,82 +197,33 @@ class Workspace:
 
     def save_segment(self, source: SegmentArg) -> Segment:
         """Validate and save a definition; an existing name is replaced unless that makes a cycle."""
-        with self.store.transaction() as tx:
-            snap = tx.base
-            if isinstance(source, Mapping):
-                segment = parse_definition(dict(source), snap.schema)
-            elif isinstance(source, Segment):
-                segment = source
-            else:
-                segment = load_definition(Path(source), snap.schema, origin=os.fspath(source))
-            graph = {
-                name: references(parse_definition(doc, snap.schema).root)
-                for name, doc in snap.segments.items()
-            }
-            graph[segment.name] = references(segment.root)
-            missing = sorted(r for r in graph[segment.name] if r not in graph)
-            if missing:
-                raise SegmentNotFound(
-                    [Problem("rules", f"segment {segment.name!r} references {m!r}, which is not saved: "
-                             f"save {m!r} first") for m in missing]
-                )
-            cycle = find_cycle(segment.name, graph)
-            if cycle:
-                from .errors import ReferenceCycle
-
-                raise ReferenceCycle(
-                    f"saving {segment.name!r} would make a reference cycle: {' -> '.join(cycle)}"
-                )
-            tx.manifest["segments"][segment.name] = to_dict(segment)
-            tx.commit()
-        self._after_write()
-        return segment
+        return self.session.save_segment(source)
 
     def segments(self) -> dict[str, Segment]:
-        snap = self.snapshot()
-        return {name: parse_definition(doc, snap.schema) for name, doc in sorted(snap.segments.items())}
+        """The saved segments by name, parsed against the current fields."""
+        return self.session.saved_segments()
 
     def delete_segment(self, name: str) -> None:
-        with self.store.transaction() as tx:
-            saved = tx.base.segments
-            if name not in saved:
-                raise SegmentNotFound(f"no saved segment {name!r}")
-            users = sorted(
-                other for other, doc in saved.items()
-                if other != name and name in references(parse_definition(doc, tx.base.schema).root)
-            )
-            if users:
-                raise DefinitionError(
-                    f"segment {name!r} is referenced by {', '.join(users)}: "
-                    "change or delete those segments first"
-                )
-            del tx.manifest["segments"][name]
-            tx.commit()
-        self._after_write()
+        """Delete a saved segment that no other saved segment references."""
+        self.session.delete_segment(name)
 
     # --- describing ------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """What the workspace holds: contacts by status, events by type, fields, campaigns."""
-        from .engines.duckdb import connect, create_views
-
         snap = self.snapshot()
-        con = connect()
-        create_views(con, snap.tables)
-        try:
-            by_status = dict(con.execute("SELECT status, count(*) FROM contacts GROUP BY status").fetchall())
-            by_type = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
-            campaigns = con.execute(
-                "SELECT campaign, min(timestamp) FILTER (WHERE type = 'sent') AS send_time, "
-                "count(*) FILTER (WHERE type = 'sent') AS sent, count(*) FILTER (WHERE type = 'open') AS opens, "
-                "count(*) FILTER (WHERE type = 'click') AS clicks FROM events GROUP BY campaign "
-                "ORDER BY send_time DESC NULLS LAST, campaign DESC"
-            ).fetchall()
-            lists = con.execute(
-                "SELECT l, count(*) FROM (SELECT unnest(lists) AS l FROM contacts) GROUP BY l ORDER BY l"
-            ).fetchall()
-        finally:
-            con.close()
+        con = self.session.connection(snap)
+        by_status = dict(con.execute("SELECT status, count(*) FROM contacts GROUP BY status").fetchall())
+        by_type = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+        campaigns = con.execute(
+            "SELECT campaign, min(timestamp) FILTER (WHERE type = 'sent') AS send_time, "
+            "count(*) FILTER (WHERE type = 'sent') AS sent, count(*) FILTER (WHERE type = 'open') AS opens, "
+            "count(*) FILTER (WHERE type = 'click') AS clicks FROM events GROUP BY campaign "
+            "ORDER BY send_time DESC NULLS LAST, campaign DESC"
+        ).fetchall()
+        lists = con.execute(
+            "SELECT l, count(*) FROM (SELECT unnest(lists) AS l FROM contacts) GROUP BY l ORDER BY l"
+        ).fetchall()
         return {
             "workspace": str(self.path),
             "version": snap.version,
@@ -384,7 +267,7 @@ class Workspace:
 
         cols = columns if columns is None or isinstance(columns, str) else list(columns)
         return export_contacts(
-            self, segments, output, fmt=format, columns=cols, raw=raw, as_of=as_of,
+            self.session, segments, output, fmt=format, columns=cols, raw=raw, as_of=as_of,
             engine=engine, partitioned=partitioned, progress=progress,
         )
 
@@ -405,7 +288,7 @@ class Workspace:
         from .unsubscribe import unsubscribe
 
         result = unsubscribe(
-            self, segments=segments, emails=emails, dry_run=dry_run, as_of=as_of,
+            self.session, segments=segments, emails=emails, dry_run=dry_run, as_of=as_of,
             report=report, engine=engine, progress=progress,
         )
         self._after_write()
@@ -425,7 +308,7 @@ class Workspace:
         from .unsubscribe import resubscribe
 
         result = resubscribe(
-            self, emails, reason=reason, include_bounced=include_bounced, dry_run=dry_run,
+            self.session, emails, reason=reason, include_bounced=include_bounced, dry_run=dry_run,
             report=report, progress=progress,
         )
         self._after_write()
@@ -435,7 +318,7 @@ class Workspace:
         """The contact's fields, status changes and events: a `ContactHistory`."""
         from .history import contact_history
 
-        return contact_history(self, email)
+        return contact_history(self.session, email)
 
     # --- sending -----------------------------------------------------------------------
 
@@ -470,20 +353,9 @@ class Workspace:
             connections=connections, unsubscribe_url=unsubscribe_url, dry_run=dry_run,
             retry_uncertain=retry_uncertain, as_of=as_of, **tuning,
         )
-        result = send_campaign(self, campaign, segments, options, progress=progress)
+        result = send_campaign(self.session, campaign, segments, options, progress=progress)
         self._after_write()
         return result
-
-
-def count_result(by_status: Mapping[str, int], as_of: dt.date) -> dict[str, Any]:
-    """The document `count --json` prints: every status, zeros included, and `sendable`."""
-    counts = {s: int(by_status.get(s, 0)) for s in STATUSES}
-    return {
-        "total": sum(counts.values()),
-        "by_status": counts,
-        "sendable": counts["active"],
-        "as_of": as_of.isoformat(),
-    }
 
 
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:
@@ -534,47 +406,39 @@ def count_tables(
     return count_result(by_status, day)
 
 
-def segments_in_place(
-    segments: SegmentArg | Iterable[SegmentArg], engine: str
-) -> list[SegmentArg]:
-    """The segments of a count or export over data never imported, as a list; only the
-    Spark engine reads data in place."""
-    if engine != "spark":
-        raise InputError(
-            f"engine {engine!r} cannot read data in place: use engine='spark' (--engine spark), "
-            "or import the data into a workspace"
-        )
-    single = isinstance(segments, (str, os.PathLike, Mapping, Segment))
-    args = [segments] if single else list(segments)
-    if not args:
-        raise InputError("name at least one segment")
-    return args
+def export_tables(
+    segments: SegmentArg | Iterable[SegmentArg],
+    output: str | os.PathLike[str],
+    *,
+    contacts: str | os.PathLike[str] | Iterable[str],
+    events: str | os.PathLike[str] | Iterable[str] = (),
+    fmt: str | None = None,
+    columns: str | Iterable[str] | None = None,
+    raw: bool = False,
+    as_of: str | dt.date | None = None,
+    engine: str = "spark",
+    workspace: str | os.PathLike[str] | None = None,
+    spark_master: str | None = None,
+    progress: Progress | None = None,
+):
+    """A partitioned export of Parquet never imported, read where it lives (docs/spark.md).
 
-
-def roots_in_place(
-    args: Iterable[SegmentArg], schema: Schema, workspace: str | os.PathLike[str] | None = None
-) -> list[Group]:
-    """The resolved trees of segments over data never imported, whose fields are `schema`.
-
-    Segments are definition files, dicts or `Segment`s, or saved names of `workspace`
-    when one is given (only its definitions are used, not its data).
+    Like `count_tables`: custom fields come from the contacts' Parquet schema; segments
+    are definition files or dicts, or saved names of `workspace`. Returns an `ExportResult`.
     """
-    saved = Workspace(workspace).snapshot().segments if workspace is not None else {}
+    from .export.partitioned import export_tables as run
 
-    def load(arg: SegmentArg) -> Segment:
-        if isinstance(arg, Segment):
-            return arg
-        if isinstance(arg, Mapping):
-            return parse_definition(dict(arg), schema)
-        text = os.fspath(arg)
-        if text in saved:
-            return parse_definition(saved[text], schema)
-        if not Path(text).is_file():
-            where = "a saved segment of the workspace or " if workspace is not None else ""
-            raise SegmentNotFound(f"segment {text!r} is not {where}a definition file")
-        return load_definition(Path(text), schema, origin=text)
+    cols = columns if columns is None or isinstance(columns, str) else list(columns)
+    return run(
+        segments, output, contacts=contacts, events=events, fmt=fmt, columns=cols, raw=raw,
+        as_of=as_of, engine=engine, workspace=workspace, spark_master=spark_master,
+        progress=progress,
+    )
 
-    def lookup(name: str) -> Segment:  # a KeyError becomes a SegmentNotFound naming both
-        return parse_definition(saved[name], schema)
 
-    return [inline_references(seg.root, lookup, name=seg.name) for seg in map(load, args)]
+def spark_session(master: str | None = None) -> Any:
+    """The running SparkSession, or a new one on `master` ($SPARK_MASTER, else local[*]),
+    which the spark engine then uses (`segengine.engines.spark.spark_session`)."""
+    from .engines.spark import spark_session as start
+
+    return start(master)

@@ -390,7 +390,7 @@ def start_spark(engine: str, master: str | None) -> None:
 
     if engine != "spark":
         raise InputError("--spark-master goes with --engine spark")
-    from .engines.spark import spark_session
+    from .api import spark_session
 
     spark_session(master)
 
@@ -525,7 +525,7 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
     from .errors import InputError
 
     if partitioned and engine != "spark":
-        from .export import PARTITIONED_NEEDS_SPARK
+        from .api import PARTITIONED_NEEDS_SPARK
 
         raise InputError(PARTITIONED_NEEDS_SPARK)
     if contacts_at or events_at:
@@ -547,8 +547,8 @@ def export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine, par
     """`export --contacts/--events`: data never imported, written by Spark as part files."""
     from click.core import ParameterSource
 
+    from .api import export_tables
     from .errors import InputError
-    from .export import export_tables
 
     if not contacts:
         raise InputError("--events goes with --contacts (the contacts to export)")

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from .errors import InputError
-from .store.imports import file_list, q
+from .store.duck import file_list, q
 from .store.status import status_log_files
 
 if TYPE_CHECKING:
-    from .api import Workspace
+    from .session import Session
 
 
 class UnknownContact(InputError):
@@ -100,11 +100,11 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[d
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
-def contact_history(ws: Workspace, email: str) -> ContactHistory:
+def contact_history(session: Session, email: str) -> ContactHistory:
     """The audit trail of the contact with address `email` (normalised as on import)."""
     wanted = normalise_email(email)
-    snap = ws.snapshot()
-    con = ws.engine("duckdb", snap).connection
+    snap = session.snapshot()
+    con = session.connection(snap)
     schema = snap.schema
     columns = ", ".join(
         "substr(email, strpos(email, '@') + 1) AS email_domain" if name == "email_domain"

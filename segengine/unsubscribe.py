@@ -33,13 +33,15 @@ import numpy as np
 from .definition.nodes import Segment
 from .errors import InputError
 from .progress import NullProgress, Progress
-from .store.imports import connect, email_expr, file_list, lit, q
+from .store.duck import connect_writer as connect
+from .store.duck import file_list, lit, q, quiet
+from .store.imports import email_expr
 from .store.staging import LINE, file_format, stage_csv
-from .store.status import StatusChange, change_status, quiet, utc_naive
+from .store.status import StatusChange, change_status, utc_naive
 from .store.workspace import Snapshot
 
 if TYPE_CHECKING:
-    from .api import SegmentArg, Workspace
+    from .session import SegmentArg, Session
 
 #: The campaign id of the events a bulk unsubscribe records (SPEC section 7).
 BULK_CAMPAIGN = "bulk-unsubscribe"
@@ -195,7 +197,7 @@ def _result(change: StatusChange, unknown: int, report: str | os.PathLike[str] |
 
 
 def unsubscribe(
-    ws: Workspace,
+    session: Session,
     *,
     segments: Sequence[SegmentArg] = (),
     emails: str | os.PathLike[str] | None = None,
@@ -214,18 +216,18 @@ def unsubscribe(
         raise InputError("--as-of evaluates segments: use it with --segment, not --emails")
     progress = progress or NullProgress()
     at = utc_naive(None)  # the command's time, on every event and status-log row
-    snap = ws.snapshot()
+    snap = session.snapshot()
     if emails is not None:
         with progress.task("reading emails"):
             found = match_emails(emails, snap, report)
         ids, unknown, reason = found.ids, found.unknown, f"emails file {os.fspath(emails)}"
     else:
         with progress.task("matching segments"):
-            ids = ws.contact_ids(*segments, as_of=as_of, engine=engine, snapshot=snap)
+            ids = session.contact_ids(segments, as_of=as_of, engine=engine, snapshot=snap)
         unknown = 0
         reason = "segments " + ", ".join(_segment_label(s) for s in segments)
     change = change_status(
-        ws.store, ids, "unsubscribed", allowed_from=("active",), event_type="unsubscribe",
+        session.store, ids, "unsubscribed", allowed_from=("active",), event_type="unsubscribe",
         campaign=BULK_CAMPAIGN, reason=reason, command="unsubscribe", at=at,
         progress=progress, dry_run=dry_run,
     )
@@ -233,7 +235,7 @@ def unsubscribe(
 
 
 def resubscribe(
-    ws: Workspace,
+    session: Session,
     emails: str | os.PathLike[str],
     *,
     reason: str | None,
@@ -253,10 +255,10 @@ def resubscribe(
     progress = progress or NullProgress()
     at = utc_naive(None)
     with progress.task("reading emails"):
-        found = match_emails(emails, ws.snapshot(), report)
+        found = match_emails(emails, session.snapshot(), report)
     allowed = ("unsubscribed", "bounced") if include_bounced else ("unsubscribed",)
     change = change_status(
-        ws.store, found.ids, "active", allowed_from=allowed, reason=reason,
+        session.store, found.ids, "active", allowed_from=allowed, reason=reason,
         command="resubscribe", at=at, progress=progress, dry_run=dry_run,
     )
     return _result(change, found.unknown, report)

@@ -93,7 +93,7 @@ def test_index_matches_reference_and_duckdb(ws, data, value_bitmaps, build, tmp_
     tables = write_workspace(ws, directory / "data")
     with pytest.MonkeyPatch.context() as patch:
         if not value_bitmaps:
-            patch.setattr(store_index, "VALUE_BITMAPS_MAX", 0)
+            patch.setattr(store_index.contacts, "VALUE_BITMAPS_MAX", 0)
         if build == "full" or not tables.events:
             engine = index_engine(tables, directory / "index")
         else:
@@ -196,7 +196,7 @@ def fixed(request, tmp_path_factory):
     minimal = request.param == "minimal"
     with pytest.MonkeyPatch.context() as patch:
         if minimal:
-            patch.setattr(store_index, "VALUE_BITMAPS_MAX", 0)
+            patch.setattr(store_index.contacts, "VALUE_BITMAPS_MAX", 0)
         engine = index_engine(tables, directory / "index")
     if minimal:
         meta_path = directory / "index" / "meta.json"
@@ -604,20 +604,20 @@ def answers(tables, index, roots, as_of) -> list[list[int]]:
     return [IndexEngine(tables, index).contact_ids([root], as_of).tolist() for root in roots]
 
 
-def test_small_chunks_and_segments_build_the_same_index(sample_ws, tmp_path, monkeypatch):
-    """Many chunks and segments (as at 200M events) give the same arrays, bitmaps and
-    answers as one of each; every segment's events of a type are sorted by day."""
-    import segengine.store.index as store_index
+def test_small_chunks_and_blocks_build_the_same_index(sample_ws, tmp_path, monkeypatch):
+    """Many chunks and event-store blocks (as at 200M events) give the same arrays, bitmaps
+    and answers as one of each; every block's events of a type are sorted by day."""
+    import segengine.store.index.events as store_index
 
     ws, _ = sample_ws
     snap = ws.snapshot()
     args = (snap.files("contacts"), snap.files("events"), snap.schema)
     build_index(*args, tmp_path / "one")
     monkeypatch.setattr(store_index, "BATCH_ROWS", 300)
-    monkeypatch.setattr(store_index, "SEGMENT_ROWS", 1000)
+    monkeypatch.setattr(store_index, "BLOCK_ROWS", 1000)
     build_index(*args, tmp_path / "many")
     one, many = IndexData.open(tmp_path / "one"), IndexData.open(tmp_path / "many")
-    assert len(one.segments()) == 1 and len(many.segments()) > 3
+    assert len(one.blocks()) == 1 and len(many.blocks()) > 3
     for name in ("count", "first", "last", "recent"):
         assert np.array_equal(getattr(one, name), getattr(many, name)), name
     assert one.send_us == many.send_us
@@ -625,8 +625,8 @@ def test_small_chunks_and_segments_build_the_same_index(sample_ws, tmp_path, mon
     assert any(key.startswith("u/") for key in one.bitmaps.entries)
     for key in one.bitmaps.entries:
         assert one.bitmaps.get(key) == many.bitmaps.get(key), key
-    for segment in many.segments():
-        for etype, cols in segment.columns.items():
+    for block in many.blocks():
+        for etype, cols in block.columns.items():
             if "day" in cols:
                 assert (np.diff(np.asarray(cols["day"])) >= 0).all(), etype
     as_of = dt.date.fromisoformat(SAMPLE_AS_OF)

@@ -416,7 +416,7 @@ def test_printed_sql_is_the_executed_sql(spark, tmp_path, ws):
     recording = RecordingSession(spark)
     engine = SparkEngine(ws.snapshot().tables, session=recording)
     try:
-        found = engine.contact_ids(ws._roots([segment], ws.snapshot()), D(2026, 1, 1))
+        found = engine.contact_ids(ws.session.roots([segment], ws.snapshot()), D(2026, 1, 1))
         (executed,) = recording.statements
         on_views = engine.on_views(sqlglot.parse_one(printed, read="spark"))
         assert sqlglot.parse_one(executed, read="spark") == on_views
@@ -581,7 +581,8 @@ def test_partitioned_export_of_no_rows_and_of_a_union(spark, awkward, tmp_path):
 
 @pytest.mark.spark
 def test_a_failed_spark_job_leaves_no_directory(spark, awkward, tmp_path, monkeypatch):
-    from segengine.engines import spark as spark_module
+    from segengine.export import cells as spark_module
+    from segengine.export.partitioned import WriteFailed
     from segengine.fields import FieldType
 
     # a task fails in the middle of the job, after other tasks may have written
@@ -590,11 +591,11 @@ def test_a_failed_spark_job_leaves_no_directory(spark, awkward, tmp_path, monkey
     cells[FieldType.TEXT] = lambda col, tag: spark_module.SparkCell(failing.format(col=col))
     monkeypatch.setattr(spark_module, "SPARK_CSV_CELLS", cells)
     out = tmp_path / "failed"
-    with pytest.raises(spark_module.WriteFailed, match="Spark could not write"):
+    with pytest.raises(WriteFailed, match="Spark could not write"):
         awkward.export(EVERYONE, output=out, columns="email,note", engine="spark", partitioned=True)
     assert list(tmp_path.iterdir()) == []
     # an unwritable destination (even for root): the job cannot create its directory
-    with pytest.raises(spark_module.WriteFailed):
+    with pytest.raises(WriteFailed):
         awkward.export(EVERYONE, output="/proc/segengine-export", engine="spark", partitioned=True)
     assert not os.path.exists("/proc/segengine-export")
 

@@ -18,7 +18,8 @@ import numpy as np
 from ..definition.nodes import Group
 from ..errors import EngineError
 from ..store.index import IndexData, contact_rows, load_index
-from .base import Engine, Tables
+from ..store.manifest import Tables
+from .base import Engine
 from .duckdb import DuckDBEngine
 from .index import Evaluator, contact_ids_of, count_by_status
 

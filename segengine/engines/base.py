@@ -18,23 +18,12 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..definition.nodes import Group
-from ..fields import STATUSES, Schema
-
-
-@dataclass(frozen=True)
-class Tables:
-    """Where a consistent snapshot of the data lives: Parquet files and the schema."""
-
-    contacts: tuple[str, ...]
-    events: tuple[str, ...]
-    schema: Schema = field(default_factory=Schema)
-    #: identifies the snapshot (the workspace version); caches key on it
-    version: int = 0
+from ..fields import STATUSES
+from ..store.manifest import Tables
 
 
 class Engine(ABC):

@@ -11,8 +11,6 @@ but no file holds yet read as typed NULLs, and zero files give an empty typed ta
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from collections.abc import Sequence
 
 import duckdb
@@ -21,7 +19,9 @@ from sqlglot import exp
 
 from ..definition.nodes import Group
 from ..fields import FieldType, Schema
-from .base import Engine, Tables, empty_by_status
+from ..store.duck import connect_reader as connect
+from ..store.manifest import Tables
+from .base import Engine, empty_by_status
 from .sql import CONTACTS, EVENTS, compile_segments
 
 #: DuckDB column types of the contract (engines/base.py), built-ins first.
@@ -47,46 +47,12 @@ CUSTOM_TYPES: dict[FieldType, str] = {
     FieldType.BOOLEAN: "BOOLEAN",
 }
 
-#: Share of physical memory DuckDB may use; the rest is for Python, Polars and the OS.
-MEMORY_SHARE = 0.6
-
 
 def contact_columns(schema: Schema) -> dict[str, str]:
     columns = dict(CONTACT_COLUMNS)
     for name, ftype in schema.custom:
         columns[name] = CUSTOM_TYPES[ftype]
     return columns
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _memory_limit() -> str:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return "80%"  # DuckDB's own default, as a share it understands
-    return f"{max(1, int(total * MEMORY_SHARE) // 2**20)}MiB"
-
-
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory connection using every core and a bounded share of memory."""
-    spill = os.path.join(tempfile.gettempdir(), f"segengine-duckdb-{os.getpid()}")
-    con = duckdb.connect(
-        ":memory:",
-        config={
-            "threads": _cpu_count(),
-            "memory_limit": _memory_limit(),
-            "temp_directory": spill,
-        },
-    )
-    # the command line draws its own progress; DuckDB's would garble the terminal
-    con.execute("SET enable_progress_bar = false")
-    return con
 
 
 def _read_parquet(files: Sequence[str]) -> exp.Expression:

@@ -39,19 +39,12 @@ from ..definition.nodes import (
 )
 from ..errors import EngineError
 from ..fields import EVENT_TYPES, STATUSES, FieldType
-from ..store.index import (
-    DAY_US,
-    RECENT,
-    FieldColumn,
-    IndexData,
-    bitmap_rows,
-    day_number,
-    load_index,
-    runs,
-    to_bitmap,
-    value_bitmap_name,
-)
-from .base import Engine, Tables, empty_by_status
+from ..store.aggregates import RECENT
+from ..store.index.bitmaps import bitmap_rows, runs, to_bitmap
+from ..store.index.layout import DAY_US, BitmapKeys, day_number
+from ..store.index.read import FieldColumn, IndexData, load_index
+from ..store.manifest import Tables
+from .base import Engine, empty_by_status
 
 Rows = BitMap | np.ndarray
 
@@ -366,7 +359,7 @@ class Evaluator:
         return union_all([self.value_bitmap(column, int(day)) for day in days[lo:hi]])
 
     def value_bitmap(self, column: FieldColumn, code: int) -> BitMap:
-        return self.index.contact_bitmaps.get(value_bitmap_name(column.name, code))
+        return self.index.contact_bitmaps.get(BitmapKeys.field_value(column.name, code))
 
     def positive(self, column: FieldColumn, op: str, value: Any) -> Rows:
         """A positive operator's test (callers AND it with `present`)."""
@@ -413,7 +406,7 @@ class Evaluator:
             raise Unsupported(f"{rule.op!r} is not an operator for status")
         wanted = {v.lower() for v in _as_tuple(rule.value)}
         store = self.index.contact_bitmaps
-        matched = union_all([store.get(f"s/{s}") for s in STATUSES if s in wanted])
+        matched = union_all([store.get(BitmapKeys.status(s)) for s in STATUSES if s in wanted])
         return complement(matched, self.n) if positive_op != rule.op else matched
 
     def lists_rule(self, rule: FieldRule) -> Rows:
@@ -422,7 +415,7 @@ class Evaluator:
             return complement(store.get("ln"), self.n)
         if rule.op == "is_not_empty":
             return BitMap(store.get("ln"))
-        names = [store.get(f"l/{v.lower()}") for v in dict.fromkeys(_as_tuple(rule.value))]
+        names = [store.get(BitmapKeys.list_name(v.lower())) for v in dict.fromkeys(_as_tuple(rule.value))]
         if rule.op in ("includes", "excludes"):
             matched = union_all(names)
             return complement(matched, self.n) if rule.op == "excludes" else matched
@@ -508,8 +501,8 @@ class Evaluator:
         low, high = window
         if low is None and high is None:
             if campaigns is None:
-                return BitMap(bitmaps.get(f"e/{etype}"))
-            return union_all([bitmaps.get(f"c/{etype}/{c}") for c in campaigns])
+                return BitMap(bitmaps.get(BitmapKeys.event_type(etype)))
+            return union_all([bitmaps.get(BitmapKeys.campaign(etype, c)) for c in campaigns])
         if campaigns is not None:
             return self.campaigns_in_window(etype, campaigns, window)
         days = self.index.bitmap_days(etype)
@@ -517,7 +510,7 @@ class Evaluator:
         hi = len(days) if high is None else np.searchsorted(days, high, side="right")
         selected = days[lo:hi]
         if len(selected) == len(days):
-            return BitMap(bitmaps.get(f"e/{etype}"))
+            return BitMap(bitmaps.get(BitmapKeys.event_type(etype)))
         if len(selected) == 0:
             return BitMap()
         if len(selected) > MAX_DAY_UNION:
@@ -526,7 +519,7 @@ class Evaluator:
                 return np.asarray(self.index.last[t]) >= low
             if lo == 0:  # every event of this type is on or after `low`
                 return np.asarray(self.index.first[t]) <= high
-        return union_all([bitmaps.get(f"d/{etype}/{int(d)}") for d in selected])
+        return union_all([bitmaps.get(BitmapKeys.day(etype, int(d))) for d in selected])
 
     def campaigns_in_window(
         self, etype: str, campaigns: np.ndarray, window: tuple[int | None, int | None]
@@ -553,7 +546,7 @@ class Evaluator:
             outside |= last < low
         if high is not None:
             outside |= first > high
-        parts = [self.index.bitmaps.get(f"c/{etype}/{int(c)}") for c in campaigns[inside]]
+        parts = [self.index.bitmaps.get(BitmapKeys.campaign(etype, int(c))) for c in campaigns[inside]]
         straddling = campaigns[~inside & ~outside]
         if len(straddling):
             rows = self.matching_rows(etype, straddling, window, None)
@@ -597,7 +590,7 @@ class Evaluator:
         if campaigns is not None or window != (None, None):
             return None
         codes = np.flatnonzero(self.url_hits(url_contains))
-        return union_all([self.index.bitmaps.get(f"u/{int(code)}") for code in codes])
+        return union_all([self.index.bitmaps.get(BitmapKeys.click_url(int(code))) for code in codes])
 
     def url_hits(self, url_contains: str) -> np.ndarray:
         """Per URL code, whether it contains `url_contains` (tested on the dictionary)."""
@@ -642,7 +635,7 @@ class Evaluator:
         """Per segment, its columns of `etype` and the [lo, hi) slice of the window's days."""
         low, high = window
         slices = []
-        for segment in self.index.segments():
+        for segment in self.index.blocks():
             cols = segment.columns[etype]
             if "rows" not in cols or len(cols["rows"]) == 0:
                 continue
@@ -696,7 +689,7 @@ class Evaluator:
             return np.asarray(self.index.recent[self.type_code(etype)][k - 1]) >= day32(low)
         start = int(np.searchsorted(days, low, side="left"))
         return union_all(
-            [self.index.bitmaps.get(f"k/{etype}/{k}/{int(day)}") for day in days[start:]]
+            [self.index.bitmaps.get(BitmapKeys.recent(etype, k, int(day))) for day in days[start:]]
         )
 
     def counts_outside_window(self, etype: str, window: tuple) -> np.ndarray | None:
@@ -740,7 +733,7 @@ def count_by_status(index: IndexData, rows: Rows) -> dict[str, int]:
     counts = empty_by_status()
     if isinstance(rows, BitMap):
         for s in STATUSES:
-            counts[s] = rows.intersection_cardinality(index.contact_bitmaps.get(f"s/{s}"))
+            counts[s] = rows.intersection_cardinality(index.contact_bitmaps.get(BitmapKeys.status(s)))
         return counts
     # One popcount of the mask, then gathers of the (few) rows of the other statuses:
     # ~2.5x faster than an AND and a popcount per status over all contacts.

@@ -36,7 +36,8 @@ from ..definition.nodes import (
 )
 from ..errors import EngineError
 from ..fields import STATUSES, FieldType, Schema
-from .base import Engine, Tables, empty_by_status
+from ..store.manifest import Tables
+from .base import Engine, empty_by_status
 
 #: Polars type of each field type as the engine reads it (SPEC section 9 layout).
 #: Timestamps are read as naive UTC microseconds whatever unit or zone the file uses.

@@ -47,7 +47,7 @@ from .smtp import Connection, Delivery, Outcome, RateLimiter, parse_server, prob
 from .tokens import token, workspace_secret
 
 if TYPE_CHECKING:
-    from ..api import SegmentArg, Workspace
+    from ..session import SegmentArg, Session
 
 #: the command name recorded in the status log for hard bounces
 COMMAND = "send"
@@ -486,7 +486,7 @@ def lock_campaign(path) -> int:
 
 
 def send_campaign(
-    ws: Workspace,
+    session: Session,
     campaign: str,
     segments: tuple[SegmentArg, ...],
     options: SendOptions,
@@ -495,26 +495,26 @@ def send_campaign(
     """Send `campaign` to the active contacts of the union of `segments` (SPEC section 8)."""
     if not segments:
         raise InputError("name at least one segment with --segment")
-    store = ws.store
+    store = session.store
     progress = progress or NullProgress()
     plan = Plan.check(campaign, options, store.snapshot())
     path = journal_path(store.root, campaign)
     if options.dry_run:
-        return _preview(ws, plan, options, segments, read_state(path))
+        return _preview(session, plan, options, segments, read_state(path))
     campaign_lock = lock_campaign(path)
     try:
         state = read_state(path)
         with progress.task("recording the previous run"):
             recover(store, campaign, state)
-        return _send(ws, plan, options, segments, state, progress)
+        return _send(session, plan, options, segments, state, progress)
     finally:
         os.close(campaign_lock)
 
 
-def _select(ws: Workspace, plan: Plan, options: SendOptions, segments, state: JournalState):
+def _select(session: Session, plan: Plan, options: SendOptions, segments, state: JournalState):
     """(snapshot, audience frame, frame of contacts to send to, skipped, uncertain emails)."""
-    snap = ws.store.snapshot()
-    ids = ws.contact_ids(*segments, as_of=options.as_of, snapshot=snap)
+    snap = session.store.snapshot()
+    ids = session.contact_ids(segments, as_of=options.as_of, snapshot=snap)
     audience = audience_frame(snap, np.asarray(ids, dtype=np.int64), plan.fields)
     ids = audience["contact_id"].to_numpy()
     before = np.union1d(sent_ids(snap, plan.campaign), state.done)
@@ -526,21 +526,21 @@ def _select(ws: Workspace, plan: Plan, options: SendOptions, segments, state: Jo
     return snap, audience, todo, int(already.sum()), emails
 
 
-def _preview(ws, plan: Plan, options: SendOptions, segments, state: JournalState) -> Preview:
-    snap, audience, todo, skipped, uncertain = _select(ws, plan, options, segments, state)
+def _preview(session, plan: Plan, options: SendOptions, segments, state: JournalState) -> Preview:
+    snap, audience, todo, skipped, uncertain = _select(session, plan, options, segments, state)
     sample_from = todo if todo.height else audience
     to = sample = None
     if sample_from.height:
-        secret = workspace_secret(ws.store.root)
+        secret = workspace_secret(session.store.root)
         (item,) = Renderer(plan, snap, secret).render(sample_from.head(1))
         to, sample = item.email, item.data.decode()
     return Preview(plan.campaign, audience.height, todo.height, skipped, uncertain, to, sample)
 
 
-def _send(ws, plan: Plan, options: SendOptions, segments, state: JournalState,
+def _send(session, plan: Plan, options: SendOptions, segments, state: JournalState,
           progress: Progress) -> SendSummary:
-    store = ws.store
-    snap, audience, todo, skipped, uncertain = _select(ws, plan, options, segments, state)
+    store = session.store
+    snap, audience, todo, skipped, uncertain = _select(session, plan, options, segments, state)
     summary = SendSummary(plan.campaign, audience.height, skipped=skipped, uncertain=uncertain)
     if todo.height == 0:
         return summary

@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 from ..errors import ImportRejected, InputError
 from ..fields import CUSTOM_TYPES, EVENT_TYPES, FIELD_NAME_RE, RESERVED_NAMES, STATUSES, FieldType
 from ..progress import NullProgress, Progress
+from .duck import connect_writer as connect
+from .duck import file_list, lit, q
 from .staging import LINE, file_format, stage_csv
 from .workspace import REJECTS_DIR, Store, Transaction
 
@@ -38,16 +40,6 @@ EDGE_WS_RE = f"^[{WS_CHARS}]|[{WS_CHARS}]$"
 REJECT_SAMPLE = 3
 
 
-def q(name: str) -> str:
-    """Quote an SQL identifier (column names come from files, so always quote)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def lit(value: str) -> str:
-    """Quote an SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 @dataclass
 class ImportSummary:
     kind: str
@@ -63,29 +55,6 @@ class ImportSummary:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def connect(staging: Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection for import work: UTC, spilling to the staging directory."""
-    con = duckdb.connect(config={"threads": os.cpu_count() or 2})
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET temp_directory = {lit(str(staging / 'spill'))}")
-    con.execute("SET preserve_insertion_order = false")
-    con.execute("SET enable_progress_bar = false")  # ours is drawn on stderr instead
-    # Big imports spill to disk rather than grow past a share of the machine's memory.
-    con.execute(f"SET memory_limit = '{memory_limit_mb()}MB'")
-    return con
-
-
-def memory_limit_mb() -> int:
-    """A quarter of the physical memory, at most 4 GB (SEGENGINE_MEMORY_LIMIT_MB overrides).
-
-    DuckDB spills past it; the rest is for the index build in the same process.
-    """
-    if "SEGENGINE_MEMORY_LIMIT_MB" in os.environ:
-        return int(os.environ["SEGENGINE_MEMORY_LIMIT_MB"])
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return max(512, min(4096, total // 4))
 
 
 # --- reading the source -----------------------------------------------------------
@@ -550,10 +519,6 @@ def log_status_changes(con, tx: Transaction, path: Path, at: dt.datetime, writte
     out = tx.new_file(STATUS_LOG)
     con.execute(f"COPY ({changes} ORDER BY 1) TO {lit(str(out))} (FORMAT parquet, COMPRESSION zstd)")
     tx.manifest[STATUS_LOG] = [*tx.manifest.get(STATUS_LOG, []), tx.relative(out)]
-
-
-def file_list(files: tuple[str, ...] | list[str]) -> str:
-    return "[" + ", ".join(lit(f) for f in files) + "]"
 
 
 # --- events -----------------------------------------------------------------------

@@ -35,7 +35,8 @@ import pyarrow as pa
 from ..errors import InputError, WorkspaceBusy
 from ..fields import EVENT_TYPES, STATUSES
 from ..progress import NullProgress, Progress
-from .imports import connect, file_list, lit
+from .duck import connect_writer as connect
+from .duck import file_list, ids_table, lit, quiet
 from .workspace import Snapshot, Store, Transaction, crash_point
 
 #: Manifest key of the status-log files (a list, like ``events``).
@@ -69,15 +70,6 @@ def utc_naive(at: dt.datetime | None) -> dt.datetime:
     return at
 
 
-def ids_table(contact_ids: Iterable[int] | np.ndarray | pa.Array) -> pa.Table:
-    """The ids as a one-column Arrow table DuckDB can join against without copying rows."""
-    if isinstance(contact_ids, pa.ChunkedArray | pa.Array):
-        array = contact_ids.cast(pa.int64())
-    else:
-        array = pa.array(np.asarray(contact_ids, dtype=np.int64).reshape(-1), pa.int64())
-    return pa.table({"contact_id": array})
-
-
 def _check_request(to: str, allowed_from: Iterable[str], event_type: str | None,
                    campaign: str | None, command: str) -> tuple[str, ...]:
     """Refuse a malformed request before any work: these are programming or input errors."""
@@ -93,15 +85,6 @@ def _check_request(to: str, allowed_from: Iterable[str], event_type: str | None,
     if not command:
         raise InputError("a status change needs the name of the command making it")
     return allowed
-
-
-def quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """Stop DuckDB printing its own progress bar to stdout, which would corrupt ``--json``.
-
-    The bar stays enabled, so `query_progress()` still reports how far a query is.
-    """
-    con.execute("SET enable_progress_bar_print = false")
-    return con
 
 
 def _plan(con: duckdb.DuckDBPyConnection, contacts: tuple[str, ...], ids: pa.Table,

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engines.base import Tables
 from ..errors import WorkspaceBusy, WorkspaceError
 from ..fields import Schema
 from ..progress import Progress
+from .manifest import Manifest, Tables, empty_manifest, schema_of
 
 FORMAT_NAME = "segengine-workspace"
 FORMAT_VERSION = 1
@@ -79,26 +79,12 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
-def empty_manifest() -> dict[str, Any]:
-    return {
-        "version": 0,
-        "committed_at": None,
-        "contacts": [],
-        "events": [],
-        "fields": [],
-        "segments": {},
-        "next_contact_id": 1,
-        "index": None,
-        "counts": {"contacts": 0, "events": 0},
-    }
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """One committed state of a workspace, read once; its files never change."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def version(self) -> int:
@@ -106,7 +92,7 @@ class Snapshot:
 
     @property
     def schema(self) -> Schema:
-        return Schema.from_pairs(tuple(pair) for pair in self.manifest["fields"])
+        return schema_of(self.manifest)
 
     @property
     def segments(self) -> dict[str, Any]:
@@ -131,7 +117,7 @@ class Transaction:
 
     root: Path
     base: Snapshot
-    manifest: dict[str, Any]
+    manifest: Manifest
     staging: Path
     new_files: list[Path] = field(default_factory=list)
     committed: bool = False
@@ -153,7 +139,7 @@ class Transaction:
         `progress` reports the index refresh, which can take minutes on a large import.
         """
         # The engagement index is refreshed first, so its files are made durable and
-        # published with the data they describe: an index is never stale (store/index.py).
+        # published with the data they describe: an index is never stale (store/index/).
         from .index import refresh_index  # lazy: numpy/pyroaring only for writers
 
         refresh_index(self, progress)

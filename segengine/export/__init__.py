@@ -1,0 +1,76 @@
+"""Exporting the active contacts of segments to CSV or Parquet (SPEC section 6).
+
+- `cells.py`: how a stored value becomes a cell, one set of rules rendered for every
+  writer (formula guard, list joining, dates, numbers, ``email_domain``);
+- `options.py`: the columns, format and target of an export, checked first;
+- `file.py`: one file written by DuckDB, published by an atomic rename;
+- `partitioned.py`: a directory of part files written by Spark (``--partitioned``),
+  also for data never imported (`export_tables`).
+
+Operations take a `segengine.session.Session`; `segengine.api.Workspace.export` is
+the public entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .options import PARTITIONED_NEEDS_SPARK, ExportResult, UnknownColumn, parse_columns
+
+if TYPE_CHECKING:
+    from ..progress import Progress
+    from ..session import SegmentArg, Session
+
+__all__ = [
+    "PARTITIONED_NEEDS_SPARK",
+    "ExportResult",
+    "UnknownColumn",
+    "export_contacts",
+    "export_tables",
+    "parse_columns",
+    "run_with_progress",
+]
+
+
+def export_contacts(
+    session: Session,
+    segments: Sequence[SegmentArg],
+    output: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    columns: str | Sequence[str] | None = None,
+    raw: bool = False,
+    as_of: str | dt.date | None = None,
+    engine: str = "auto",
+    partitioned: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write the active contacts of the union of `segments` to `output`, ordered by email.
+
+    `partitioned` writes a directory of part files through Spark instead.
+    """
+    if partitioned:
+        from .partitioned import export_partitioned
+
+        return export_partitioned(session, segments, output, fmt=fmt, columns=columns, raw=raw,
+                                  as_of=as_of, engine=engine, progress=progress)
+    from .file import export_file
+
+    return export_file(session, segments, output, fmt=fmt, columns=columns, raw=raw,
+                       as_of=as_of, engine=engine, progress=progress)
+
+
+def __getattr__(name: str) -> Any:
+    """The writers' modules load DuckDB, sqlglot and Spark's glue: only when first used."""
+    if name in ("run_with_progress", "export_file"):
+        from . import file
+
+        return getattr(file, name)
+    if name in ("export_tables", "export_partitioned"):
+        from . import partitioned
+
+        return getattr(partitioned, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,179 @@
+"""Bitmaps of contact rows: building them from arrays, and a store of named bitmaps."""
+
+from __future__ import annotations
+
+import array
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyroaring import BitMap
+
+if TYPE_CHECKING:
+    pass
+from .layout import (
+    DAY_US,
+)
+
+# --- small helpers ---------------------------------------------------------------
+
+
+def to_bitmap(rows: np.ndarray) -> BitMap:
+    """A bitmap of sorted uint32 rows (array('I') is ~6x faster to ingest than numpy)."""
+    return BitMap(array.array("I", np.ascontiguousarray(rows, dtype=np.uint32).tobytes()))
+
+
+def bitmap_rows(bitmap: BitMap) -> np.ndarray:
+    return np.frombuffer(bitmap.to_array(), dtype=np.uint32)
+
+
+def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (table columns and some kernels give chunked ones)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def python_lower(values: pa.Array) -> pa.Array:
+    """Lower-case text exactly as Python's ``str.lower`` (SPEC section 4).
+
+    Arrow's ``utf8_lower`` agrees with Python on ASCII; only the non-ASCII values are
+    lower-cased in Python (İ and the final sigma differ), one call per distinct value.
+    """
+    values = flat(values).cast(pa.string())
+    lowered = pc.utf8_lower(values)
+    non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(values), True))
+    if not pc.any(non_ascii).as_py():
+        return lowered
+    exact = [None if v is None else v.lower() for v in values.filter(non_ascii).to_pylist()]
+    return pc.replace_with_mask(lowered, non_ascii, pa.array(exact, pa.string()))
+
+
+def timestamp_micros(column: pa.Array) -> pa.Array:
+    """Timestamps (any unit, any zone) as int64 UTC microseconds; dates at midnight."""
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.timestamp("us"))
+    column = column.cast(pa.timestamp("us", tz=column.type.tz))
+    return column.cast(pa.int64())
+
+
+def days_of(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTC day numbers int32, present mask) of a date or timestamp column."""
+    present = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    if pa.types.is_date32(column.type):
+        days = column.view(pa.int32()).to_numpy(zero_copy_only=False)
+    else:
+        micros = timestamp_micros(column).to_numpy(zero_copy_only=False)
+        days = np.floor_divide(micros, DAY_US)
+    days = np.where(present, days, 0).astype(np.int32)
+    return days, present
+
+
+# --- bitmap families ---------------------------------------------------------------
+
+
+@dataclass
+class BitmapStore:
+    """Named bitmaps serialized into layer files; ``entries`` maps name -> (file, offset, size).
+
+    An update writes a new layer holding only the bitmaps it changed and points their
+    names at it; the older layers stay (hard-linked) for the names it did not touch.
+    """
+
+    directory: Path
+    entries: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    _maps: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, BitMap] = field(default_factory=dict)
+
+    def get(self, name: str) -> BitMap:
+        """The named bitmap (empty when absent); callers must not modify it."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        entry = self.entries.get(name)
+        if entry is None:
+            return BitMap()
+        file, offset, size = entry
+        data = self._maps.get(file)
+        if data is None:
+            data = self._maps[file] = np.memmap(self.directory / file, dtype=np.uint8, mode="r")
+        bitmap = BitMap.deserialize(data[offset : offset + size].tobytes())
+        self._cache[name] = bitmap
+        return bitmap
+
+    def names(self, prefix: str) -> Iterator[str]:
+        return (name for name in self.entries if name.startswith(prefix))
+
+    def write_layer(self, bitmaps: dict[str, BitMap]) -> str | None:
+        """Write `bitmaps` as one new layer file; returns its name (None when empty)."""
+        if not bitmaps:
+            return None
+        name = f"bitmaps-{uuid.uuid4().hex[:12]}.bin"
+        offset = 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / name, "wb") as f:
+            for key, bitmap in bitmaps.items():
+                bitmap.run_optimize()
+                data = bitmap.serialize()
+                f.write(data)
+                self.entries[key] = (name, offset, len(data))
+                offset += len(data)
+        return name
+
+    def layers(self) -> set[str]:
+        return {file for file, _, _ in self.entries.values()}
+
+    def to_json(self) -> dict[str, list]:
+        return {k: list(v) for k, v in self.entries.items()}
+
+    @classmethod
+    def from_json(cls, directory: Path, entries: dict[str, list]) -> BitmapStore:
+        return cls(directory, {k: (v[0], int(v[1]), int(v[2])) for k, v in entries.items()})
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. np.unique hashes in numpy 2.x, which is ~15x slower here."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    return values[np.concatenate(([True], values[1:] != values[:-1]))]
+
+
+def runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, how often each occurs) of a sorted array, without hashing."""
+    if len(sorted_values) == 0:
+        return sorted_values, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_values[1:] != sorted_values[:-1])))
+    return sorted_values[starts], np.diff(np.append(starts, len(sorted_values)))
+
+
+def day_order(days: np.ndarray) -> np.ndarray:
+    """The stable order that sorts `days`, as a sort of packed (day, position) keys.
+
+    np.argsort is ~8x slower than np.sort on int64 (SIMD); positions fit in 32 bits
+    because a block holds far fewer than 2**32 events.
+    """
+    if len(days) == 0:
+        return np.zeros(0, np.int64)
+    offset = days.astype(np.int64) - int(days.min())
+    keys = np.sort((offset << 32) | np.arange(len(days), dtype=np.int64))
+    return keys & 0xFFFFFFFF
+
+
+def group_bitmaps(keys: np.ndarray, rows: np.ndarray) -> dict[int, BitMap]:
+    """One bitmap of rows per distinct key, vectorised: sort (key, row) pairs once."""
+    if len(rows) == 0:
+        return {}
+    packed = sorted_unique((keys.astype(np.int64) << 32) | rows.astype(np.int64))
+    key_of = packed >> 32
+    row_of = (packed & 0xFFFFFFFF).astype(np.uint32)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key_of)) + 1))
+    ends = np.append(starts[1:], len(packed))
+    return {
+        int(key_of[s]): to_bitmap(row_of[s:e]) for s, e in zip(starts, ends, strict=True)
+    }
+
+

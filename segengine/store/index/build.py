@@ -1,0 +1,146 @@
+"""Building an index from a snapshot's files, and keeping it current inside a commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ...errors import EngineError
+from ...fields import Schema
+from ...progress import NullProgress
+from ..arrays import link_or_copy, load
+from ..manifest import Manifest, covers_of, schema_of
+
+if TYPE_CHECKING:
+    from ...progress import Progress
+
+
+from .contacts import (
+    build_contacts,
+)
+from .events import (
+    EventPart,
+)
+from .layout import (
+    CONTACTS_VERSION,
+    FORMAT,
+    META,
+)
+from .read import (
+    IndexData,
+)
+
+
+class Committing(Protocol):
+    """A commit in progress, as the index build uses it (a
+    `segengine.store.workspace.Transaction`, which calls `refresh_index`)."""
+
+    root: Path
+    manifest: Manifest
+
+    def new_file(self, table: str, suffix: str = ..., directory: str = ...) -> Path: ...
+
+    def relative(self, path: Path) -> str: ...
+
+
+# --- building and refreshing -----------------------------------------------------------
+
+
+def build_index(
+    contacts: Sequence[str],
+    events: Sequence[str],
+    schema: Schema,
+    directory: Path,
+    previous: IndexData | None = None,
+    covers: dict[str, list[str]] | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Build the index of these files into `directory`, reusing `previous` where it can.
+
+    `covers` names the files as the manifest does (workspace-relative); it defaults to
+    the given paths. `progress` shows the events indexed (long builds run for minutes).
+    Returns the meta written to ``meta.json``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    covers = covers or {"contacts": list(contacts), "events": list(events)}
+    same_contacts = (
+        previous is not None
+        and previous.meta["covers"]["contacts"] == covers["contacts"]
+        and previous.meta["schema"] == _schema_json(schema)
+        and previous.meta["contacts"]["version"] == CONTACTS_VERSION
+    )
+    if same_contacts:
+        for file in sorted((previous.directory / "contacts").iterdir()):
+            link_or_copy(file, directory / "contacts" / file.name)
+        contact_meta = previous.meta["contacts"]
+    else:
+        contact_meta = build_contacts(directory, contacts, schema)
+    ids = load(directory / "contacts" / "ids.npy")
+    n = contact_meta["n"]
+    old_events = previous.meta["covers"]["events"] if previous is not None else []
+    reuse = (
+        previous is not None
+        and covers["events"][: len(old_events)] == old_events
+        and n >= previous.n
+        and np.array_equal(ids[: previous.n], previous.ids)
+        and (same_contacts or previous.meta["events"]["orphans"] == 0)
+        and previous.meta["events"]["recent_bitmaps"]
+    )
+    new_files = list(events)[len(old_events) :] if reuse else list(events)
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in new_files)
+    part = EventPart.extend(previous, n, directory, total) if reuse else EventPart.empty(n, directory)
+    reporter = progress if progress is not None and total else NullProgress()
+    with reporter.task(f"indexing {total:,} events", total=total) as task:
+        part.add_files(new_files, np.asarray(ids), bool(contact_meta["dense"]), task)
+    meta = {
+        "format": FORMAT,
+        "covers": covers,
+        "schema": _schema_json(schema),
+        "contacts": contact_meta,
+        "events": part.write(),
+        "incremental": bool(reuse),
+    }
+    (directory / META).write_text(json.dumps(meta))
+    return meta
+
+
+def _schema_json(schema: Schema) -> list[list[str]]:
+    return [[name, ftype.value] for name, ftype in schema.custom]
+
+
+def refresh_index(tx: Committing, progress: Progress | None = None) -> None:
+    """Bring the index up to date with the transaction's files (no-op when it already is).
+
+    Called by `Transaction.commit` before anything is made durable, so the index files
+    are part of the same atomic commit as the data they describe.
+    """
+    covers = covers_of(tx.manifest)
+    current = tx.manifest.get("index") or {}
+    if current.get("covers") == covers and current.get("format") == FORMAT:
+        return
+    previous = None
+    if current.get("path"):
+        try:
+            previous = IndexData.open(tx.root / current["path"])
+        except (OSError, ValueError, KeyError, EngineError):
+            previous = None  # unreadable or another format (`read.upgraded`): build from scratch
+    directory = tx.new_file("index", suffix="", directory="index")
+    schema = schema_of(tx.manifest)
+    build_index(
+        [str(tx.root / f) for f in covers["contacts"]],
+        [str(tx.root / f) for f in covers["events"]],
+        schema,
+        directory,
+        previous=previous,
+        covers=covers,
+        progress=progress,
+    )
+    tx.manifest["index"] = {"path": tx.relative(directory), "format": FORMAT, "covers": covers}
+
+

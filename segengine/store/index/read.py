@@ -1,0 +1,234 @@
+"""Reading an index: memory-mapped arrays, lazily deserialized bitmaps, format checks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from ...fields import EVENT_TYPES, STATUSES, FieldType
+from ..aggregates import Aggregates
+from ..arrays import load, load_strings
+from ..manifest import Manifest, covers_of
+
+if TYPE_CHECKING:
+    pass
+
+
+from .bitmaps import (
+    BitmapStore,
+)
+from .layout import (
+    BLOCK_FILES,
+    META,
+    NOT_FILES,
+    READABLE_FORMATS,
+    STORE_COLUMNS,
+    BitmapKeys,
+    IndexUnavailable,
+)
+
+
+class Committed(Protocol):
+    """A committed state, as the index reads it (a `segengine.store.workspace.Snapshot`).
+
+    Declared here so that the index, which the workspace's commit builds, never names
+    the workspace's types: the store's modules import one way.
+    """
+
+    root: Path
+    manifest: Manifest
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+@dataclass
+class FieldColumn:
+    """One indexed field, memory-mapped; `value_bitmaps`: a text field has per-value bitmaps."""
+
+    name: str
+    type: FieldType
+    arrays: dict[str, np.ndarray]
+    #: a text field's lower-cased dictionary, read on first use (the email dictionary
+    #: holds every contact: an import that only extends the events never needs it)
+    lower_path: Path | None = None
+    value_bitmaps: bool = False
+    #: a date field's days that have a bitmap (None: the field has none)
+    bitmap_days: np.ndarray | None = None
+    _lower: pa.Array | None = field(default=None, repr=False)
+
+    @property
+    def lower(self) -> pa.Array | None:
+        if self._lower is None and self.lower_path is not None:
+            self._lower = load_strings(self.lower_path)
+        return self._lower
+
+
+@dataclass
+class EventBlock:
+    """The events of one import, per type, memory-mapped."""
+
+    columns: dict[str, dict[str, np.ndarray]]
+
+
+
+def upgraded(meta: dict, directory: Path) -> dict:
+    """`meta` of a readable format in the current format's shape, or IndexUnavailable.
+
+    The one place that knows what older formats lack: format 3 (and format-4 indexes
+    written before these keys existed) has no aggregate delta, no per-campaign day
+    ranges, no (type, k, day) bitmaps and no contact-part version. The defaults say so,
+    and the build rebuilds what they mark as missing; files are never rewritten.
+    """
+    if meta.get("format") not in READABLE_FORMATS:
+        raise IndexUnavailable(f"index {directory} has format {meta.get('format')}")
+    meta["contacts"].setdefault("version", 1)
+    events = meta["events"]
+    events.setdefault("aggregates", None)
+    events.setdefault("campaign_days", None)
+    events.setdefault("recent_bitmaps", False)
+    return meta
+
+
+class IndexData:
+    """A loaded index: memory-mapped arrays and lazily deserialized bitmaps."""
+
+    def __init__(self, directory: Path, meta: dict):
+        self.directory = Path(directory)
+        self.meta = meta
+        contacts = meta["contacts"]
+        self.n = int(contacts["n"])
+        part = self.directory / "contacts"
+        self.ids = np.asarray(load(part / "ids.npy"))
+        self.status = load(part / "status.npy")
+        self.contact_bitmaps = BitmapStore.from_json(part, contacts["bitmaps"])
+        self.fields = {
+            name: self._field(part, name, spec) for name, spec in contacts["fields"].items()
+        }
+        events = meta["events"]
+        self.aggregates = Aggregates.open(self.directory, self.n, events["aggregates"])
+        #: count[t], first[t], last[t] (days), recent[t] (RECENT, rows): full arrays per
+        #: event type, the delta applied on first use
+        self.count = self.aggregates.view("count")
+        self.first = self.aggregates.view("first")
+        self.last = self.aggregates.view("last")
+        self.recent = self.aggregates.view("recent")
+        self.campaigns: list[str] = events["campaigns"]
+        self.campaign_codes = {c: i for i, c in enumerate(self.campaigns)}
+        self.send_us: list[int | None] = events["send_us"]
+        self.bitmaps = BitmapStore.from_json(self.directory, events["bitmaps"])
+        self.day_range = events["day_range"]
+        days = events["campaign_days"]
+        self.campaign_days = (
+            None if days is None
+            else np.array(days, np.int64).reshape(len(EVENT_TYPES), len(self.campaigns), 2)
+        )
+        self._urls: pa.Array | None = None
+        self._blocks: list[EventBlock] | None = None
+        self._days: dict[str, np.ndarray] = {}
+        self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
+
+    @classmethod
+    def open(cls, directory: Path) -> IndexData:
+        meta = json.loads((Path(directory) / META).read_text())
+        return cls(directory, upgraded(meta, directory))
+
+    @staticmethod
+    def _field(part: Path, name: str, spec: dict) -> FieldColumn:
+        ftype = FieldType(spec["type"])
+        arrays = {k: load(part / v) for k, v in spec.items() if k not in NOT_FILES}
+        lower = part / spec["lower"] if "lower" in spec else None
+        days = spec.get("bitmap_days")
+        return FieldColumn(
+            name, ftype, arrays, lower, bool(spec.get("value_bitmaps")),
+            None if days is None else np.array(days, np.int64),
+        )
+
+    def urls(self) -> pa.Array:
+        if self._urls is None:
+            self._urls = load_strings(self.directory / self.meta["events"]["urls"])
+        return self._urls
+
+    def blocks(self) -> list[EventBlock]:
+        """The event store, memory-mapped on first use."""
+        if self._blocks is None:
+            self._blocks = [self._block(s) for s in self.meta["events"][BLOCK_FILES]]
+        return self._blocks
+
+    def _block(self, spec: dict) -> EventBlock:
+        columns: dict[str, dict[str, np.ndarray]] = {}
+        for etype in EVENT_TYPES:
+            n = int(spec["lengths"][etype])
+            cols = {}
+            for key, dtype in STORE_COLUMNS.items():
+                name = spec["files"].get(f"{etype}.{key}")
+                if name is None:
+                    continue
+                path = self.directory / "events" / name
+                cols[key] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else (
+                    np.zeros(0, dtype)
+                )
+            columns[etype] = cols
+        return EventBlock(columns)
+
+    def status_rows(self) -> tuple[str, dict[str, np.ndarray]]:
+        """(the most common status, the rows of every other status code).
+
+        Computed once per loaded index. Code 255 (no known status) is a group of its own
+        under the key "", so the most common status is the total minus all the others.
+        """
+        if self._status_rows is None:
+            codes = np.asarray(self.status)
+            groups = {s: np.flatnonzero(codes == i) for i, s in enumerate(STATUSES)}
+            groups[""] = np.flatnonzero(codes == 255)
+            largest = max(STATUSES, key=lambda s: len(groups[s]))
+            del groups[largest]
+            self._status_rows = (largest, groups)
+        return self._status_rows
+
+    def bitmap_days(self, etype: str) -> np.ndarray:
+        """The sorted days that have a (type, day) bitmap."""
+        return self._named_days(BitmapKeys.day_prefix(etype))
+
+    def recent_days(self, etype: str, k: int) -> np.ndarray | None:
+        """The sorted days that have a (type, k-th latest, day) bitmap (None: not built)."""
+        if not self.meta["events"]["recent_bitmaps"]:
+            return None
+        return self._named_days(BitmapKeys.recent_prefix(etype, k))
+
+    def _named_days(self, prefix: str) -> np.ndarray:
+        if prefix not in self._days:
+            days = [BitmapKeys.day_of(prefix, name) for name in self.bitmaps.names(prefix)]
+            self._days[prefix] = np.array(sorted(days), dtype=np.int64)
+        return self._days[prefix]
+
+
+def load_index(snapshot: Committed) -> IndexData:
+    """The snapshot's index, refusing any that does not cover exactly its files."""
+    entry = snapshot.manifest.get("index") or {}
+    covers = covers_of(snapshot.manifest)
+    if not entry.get("path"):
+        raise IndexUnavailable(
+            "this workspace has no engagement index yet: it is built by the next import"
+        )
+    if entry.get("covers") != covers:
+        raise IndexUnavailable(
+            "the engagement index does not cover the workspace's current files "
+            "(it is rebuilt by the next import); use --engine auto or duckdb"
+        )
+    try:
+        index = IndexData.open(snapshot.root / entry["path"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise IndexUnavailable(f"cannot read the engagement index {entry['path']}: {exc}") from None
+    if index.meta["covers"] != covers:
+        raise IndexUnavailable(
+            f"the engagement index {entry['path']} was built for other files than this "
+            "snapshot's; use --engine auto or duckdb"
+        )
+    return index
+

@@ -1,0 +1,86 @@
+"""The committed state of a workspace, as `manifest.json` holds it, and the tables it names.
+
+The manifest stays a JSON document (other tools read it, docs/architecture.md), so its
+typed form is a `TypedDict`: the same dict at run time, with every key and its type
+declared once here for the writers and readers of the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NotRequired, TypedDict
+
+from ..fields import Schema
+
+
+class Covers(TypedDict):
+    """The data files an engagement index was built from (workspace-relative)."""
+
+    contacts: list[str]
+    events: list[str]
+
+
+class IndexEntry(TypedDict):
+    """Where the engagement index of a version lives, its format, and what it covers."""
+
+    path: str
+    format: int
+    covers: Covers
+
+
+class Counts(TypedDict):
+    contacts: int
+    events: int
+
+
+class Manifest(TypedDict):
+    """``manifest.json``: one committed version of the workspace."""
+
+    version: int
+    committed_at: str | None
+    #: workspace-relative Parquet files of each table
+    contacts: list[str]
+    events: list[str]
+    #: the audit trail of status changes (store/status.py); absent until the first one
+    status_log: NotRequired[list[str]]
+    #: custom fields as [name, type] pairs in creation order
+    fields: list[list[str]]
+    #: saved segments by name, as their definition documents
+    segments: dict[str, dict]
+    next_contact_id: int
+    index: IndexEntry | None
+    counts: Counts
+
+
+def empty_manifest() -> Manifest:
+    return {
+        "version": 0,
+        "committed_at": None,
+        "contacts": [],
+        "events": [],
+        "fields": [],
+        "segments": {},
+        "next_contact_id": 1,
+        "index": None,
+        "counts": {"contacts": 0, "events": 0},
+    }
+
+
+def covers_of(manifest: Manifest) -> Covers:
+    """The files an index of `manifest` must have been built from."""
+    return {"contacts": list(manifest["contacts"]), "events": list(manifest["events"])}
+
+
+def schema_of(manifest: Manifest) -> Schema:
+    return Schema.from_pairs(tuple(pair) for pair in manifest["fields"])
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Where a consistent snapshot of the data lives: Parquet files and the schema."""
+
+    contacts: tuple[str, ...]
+    events: tuple[str, ...]
+    schema: Schema = field(default_factory=Schema)
+    #: identifies the snapshot (the workspace version); caches key on it
+    version: int = 0
