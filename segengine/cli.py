@@ -824,7 +824,7 @@ def _print_send(result, as_json: bool) -> None:
 @click.pass_context
 def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp, rate, connections,
          unsubscribe_url, dry_run, retry_uncertain, as_of, as_json) -> None:
-    """Send CAMPAIGN to the active contacts of the segments over SMTP (SPEC section 8).
+    """Send CAMPAIGN to the active contacts of the segments over SMTP.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it sends only to
     contacts who have not got the message. See docs/sending.md.

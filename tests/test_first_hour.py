@@ -115,7 +115,7 @@ def test_first_invalid_utf8_across_block_boundaries(tmp_path):
         assert first_invalid_utf8(f, block=block) == (3, 13, 0xFF)
     f.write_bytes("a\n€".encode()[:-1])  # cut at the end of the file
     assert first_invalid_utf8(f, block=2) == (2, 2, 0xE2)
-    f.write_bytes("fine\n".encode())
+    f.write_bytes(b"fine\n")
     assert first_invalid_utf8(f) is None
 
 
