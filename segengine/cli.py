@@ -173,8 +173,9 @@ def _print_import(summary, as_json: bool) -> None:
     where = f"; every reason is in {summary.rejects_path}" if summary.rejects_path else ""
     if summary.all_rejected:
         # A cron job must notice an import that did nothing: exit 1, loudly on stderr.
-        click.echo(f"error: all {summary.rejected:,} rows of {summary.file} were rejected, "
-                   f"nothing was imported{why}{where}", err=True)
+        rows = f"all {summary.rejected:,} rows" if summary.rejected > 1 else "the only row"
+        click.echo(f"error: {rows} of {summary.file} rejected, nothing was imported{why}{where}",
+                   err=True)
         sys.exit(1)
     click.echo(f"warning: {summary.rejected:,} of {summary.read:,} rows rejected{why}{where}", err=True)
 
@@ -201,7 +202,9 @@ def import_contacts(ctx, file, types, strict, rejects, as_json) -> None:
 
     Existing emails are updated: columns in the file overwrite, empty cells never
     erase, lists are merged, and an unsubscribed or bounced contact never becomes
-    active again.
+    active again. The summary counts existing contacts whose values changed as
+    updated, the others as unchanged. Column names email, status, date_added and
+    lists match in any case (Email, STATUS); custom field names are exact.
 
     Example: segengine import contacts contacts.csv --types zip=text
     """
@@ -218,6 +221,8 @@ def import_contacts(ctx, file, types, strict, rejects, as_json) -> None:
 @click.pass_context
 def import_events(ctx, file, strict, rejects, as_json) -> None:
     """Import engagement events from FILE (CSV or Parquet); duplicates are stored once.
+
+    Columns: email, campaign, type, timestamp and optionally url, in any case.
 
     Example: segengine import events events.parquet
     """
@@ -472,6 +477,7 @@ def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, as
 
     SEGMENTS are saved names or .json/.yaml definition files; several mean their
     union, each contact once. `sendable` is how many an export or send reaches.
+    The time the count took ends the table (`elapsed_ms` with --json).
     With --contacts/--events (and --engine spark) the data is read where it lives
     and SEGMENTS are definition files, or saved names of the workspace given by -w.
 

@@ -85,7 +85,7 @@ class RichProgress:
 
         columns: list = [SpinnerColumn(), TextColumn("{task.description}")]
         if total is not None:
-            columns += [BarColumn(), TaskProgressColumn()]
+            columns += [BarColumn(bar_width=20), TaskProgressColumn()]
         columns += [Count(), Rate(), TimeElapsedColumn()]
         console = self._console or Console(stderr=True)
         with Bar(*columns, console=console, transient=False) as bar:
