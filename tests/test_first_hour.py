@@ -62,6 +62,18 @@ def test_builtin_contact_columns_match_any_case_custom_fields_keep_theirs(ws, cl
     assert "first_name" not in info
 
 
+def test_builtin_columns_of_a_parquet_file_match_any_case(ws, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "c.parquet"
+    pq.write_table(pa.table({" Email ": ["A@x.io"], "STATUS": ["bounced"], "Zip": ["02134"]}), f)
+    summary = ws.import_contacts(f)
+    assert (summary.imported, summary.new_fields) == (1, {"Zip": "text"})
+    assert ws.count({"name": "b", "rules": [{"field": "status", "op": "is", "value": "bounced"}]},
+                    as_of="2026-01-01")["total"] == 1
+
+
 def test_builtin_event_columns_match_any_case(cli, tmp_path):
     cli("import", "contacts", write(tmp_path / "c.csv", "email\na@x.io\n"))
     f = write(tmp_path / "e.csv", "EMAIL,Campaign,Type,TimeStamp,URL\n"
