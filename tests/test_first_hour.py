@@ -11,7 +11,6 @@ import pytest
 from conftest import SAMPLE, SEGMENTS, Cli, write
 
 from segengine.errors import ImportRejected
-from segengine.store.staging import first_invalid_utf8
 
 
 def contact_lines(n: int) -> str:
@@ -120,6 +119,8 @@ def test_bad_byte_near_the_top_is_not_blamed_on_the_header(ws, tmp_path):
 
 
 def test_first_invalid_utf8_across_block_boundaries(tmp_path):
+    from segengine.store.staging import first_invalid_utf8
+
     f = tmp_path / "x.csv"
     # a valid 3-byte character cut by every block size, then a bad byte on line 3
     f.write_bytes("a\n€€€\n".encode() + b"b\xff\n")
