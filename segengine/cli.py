@@ -142,7 +142,7 @@ def init(directory: str, as_json: bool) -> None:
 
 @main.group(name="import", cls=Cli)
 def import_() -> None:
-    """Import contacts or events from CSV or Parquet (see docs/commands.md).
+    """Import contacts or events from CSV or Parquet (rules: docs/importing.md).
 
     Exit status: 0 when the import ran (rows it rejected, if any, are listed in the
     rejects report); 1 when every row of the file was rejected, so nothing was

@@ -118,6 +118,13 @@ def test_bad_byte_near_the_top_is_not_blamed_on_the_header(ws, tmp_path):
         ws.import_contacts(f)
 
 
+def test_utf16_file_is_named_as_such(ws, tmp_path):
+    f = tmp_path / "excel.csv"
+    f.write_bytes("email\na@x.io\n".encode("utf-16"))
+    with pytest.raises(ImportRejected, match="is UTF-16, not UTF-8.*iconv -f UTF-16 -t UTF-8"):
+        ws.import_contacts(f)
+
+
 def test_first_invalid_utf8_across_block_boundaries(tmp_path):
     from segengine.store.staging import first_invalid_utf8
 

@@ -108,6 +108,14 @@ def not_utf8(path: Path) -> ImportRejected:
     The text reader decodes ahead in blocks, so where it fails says nothing about where
     the bad byte is: the file is scanned again, as bytes.
     """
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        # What spreadsheets write as "Unicode text": every character in two bytes.
+        return ImportRejected(
+            f"{path}: the file is UTF-16, not UTF-8: save it as \"CSV UTF-8\", or convert it, "
+            f"e.g. iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        )
     found = first_invalid_utf8(path)
     if found is None:  # pragma: no cover - the reader failed, so a bad byte exists
         return ImportRejected(f"{path}: not UTF-8: re-save it as UTF-8")
