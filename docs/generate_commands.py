@@ -18,8 +18,8 @@ Tables fit the terminal; piped or redirected (`| cat`, `> file`) they print ever
 value whole on one line, for `grep`, `cut` and `less -S`. Progress goes to stderr,
 and only on a terminal.
 
-`export` writes a file only where none exists, unless `--force` replaces it (whole,
-atomically), so a mistyped name never destroys an earlier export. The format comes
+`export` replaces an existing file whole and atomically, as a job that rewrites the
+same file every night expects; `--no-clobber` refuses (exit 2) instead. The format comes
 from `--format`, else from the name (`.csv`, `.parquet`, `.pq`; no extension means
 CSV); a name whose extension says another format (`-o audience.xlsx`, or `-o a.csv
 --format parquet`) is refused rather than written as something it is not.

@@ -562,8 +562,8 @@ def sql(ctx, segment_arg, dialect, as_of, as_json) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]),
               help="Default: from the file name, parquet for .parquet/.pq, csv for .csv "
               "or no extension; another extension needs --format.")
-@click.option("--force", is_flag=True,
-              help="Replace the output file if it exists (default: refuse, exit 2).")
+@click.option("--no-clobber", is_flag=True,
+              help="Refuse (exit 2) if the output file exists, instead of replacing it.")
 @click.option("--columns", metavar="A,B,...",
               help="Fields to write (default: email, then the custom fields).")
 @click.option("--raw", is_flag=True,
@@ -580,12 +580,12 @@ def sql(ctx, segment_arg, dialect, as_of, as_json) -> None:
 @json_option
 @click.pass_context
 def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned, contacts_at,
-           events_at, spark_master, force, as_json) -> None:
+           events_at, spark_master, no_clobber, as_json) -> None:
     """Write the active contacts of the union of SEGMENTS to a file, ordered by email.
 
-    Each contact appears once. The file appears complete or not at all. An existing
-    file is kept unless --force says to replace it, so a mistyped name never destroys
-    an earlier export. With --engine spark --partitioned, Spark writes a directory of
+    Each contact appears once. The file appears complete or not at all: an existing
+    file is replaced atomically, as a nightly job that rewrites it expects
+    (--no-clobber refuses instead). With --engine spark --partitioned, Spark writes a directory of
     part files instead (a new or empty one): in name order they hold the same rows in
     the same order (each CSV part starts with the header).
 
@@ -601,8 +601,9 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
         raise InputError(PARTITIONED_NEEDS_SPARK)
     if not partitioned:
         fmt = export_format(output, fmt)
-        if not force and Path(output).expanduser().is_file():
-            raise InputError(f"-o {output}: the file exists; pass --force to replace it")
+        if no_clobber and Path(output).expanduser().is_file():
+            raise InputError(f"-o {output}: the file exists (--no-clobber): choose another "
+                             "name, or drop --no-clobber to replace it")
     if contacts_at or events_at:
         result = export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine,
                                  partitioned, contacts_at, events_at, spark_master)

@@ -231,14 +231,13 @@ def test_cli_export_json_and_exit_codes(filled, tmp_path):
     out = tmp_path / "cli.csv"
     data = cli.json("export", seg, "-o", out, "--columns", "email")
     assert data == {"rows": len(active_emails(filled)), "path": str(out)}
-    # `out` exists now: --force, so that each call below fails for its own reason
-    assert "wrote" in cli("export", seg, "-o", out, "--force").stdout
-    bad = cli("export", seg, "-o", out, "--force", "--columns", "emial", code=2)
+    assert "wrote" in cli("export", seg, "-o", out).stdout
+    bad = cli("export", seg, "-o", out, "--columns", "emial", code=2)
     assert "did you mean 'email'" in bad.stderr
-    cli("export", "missing-segment", "-o", out, "--force", code=2)
+    cli("export", "missing-segment", "-o", out, code=2)
     cli("export", seg, "-o", tmp_path / "no" / "dir.csv", code=2)
-    cli("export", seg, "-o", out, "--force", "--format", "xlsx", code=2)
-    cli("export", seg, "-o", out, "--force", "--as-of", "June", code=2)
+    cli("export", seg, "-o", out, "--format", "xlsx", code=2)
+    cli("export", seg, "-o", out, "--as-of", "June", code=2)
 
 
 class RecordingTask:

@@ -251,13 +251,13 @@ def sample(cli):
     return cli
 
 
-def test_export_keeps_an_existing_file_unless_forced(sample, tmp_path):
+def test_export_replaces_an_existing_file_unless_no_clobber(sample, tmp_path):
     out = tmp_path / "a.csv"
     out.write_text("precious\n")
-    refused = sample("export", "never-opened", "-o", out, code=2)
-    assert "exists; pass --force" in refused.stderr
+    refused = sample("export", "never-opened", "-o", out, "--no-clobber", code=2)
+    assert "the file exists (--no-clobber)" in refused.stderr
     assert out.read_text() == "precious\n"
-    sample("export", "never-opened", "-o", out, "--force")
+    sample("export", "never-opened", "-o", out)
     assert out.read_text().startswith("email")
 
 
