@@ -171,7 +171,7 @@ class Workspace:
         return frame.sort("email").collect()
 
     def sql(self, segment: SegmentArg, *, dialect: str = "duckdb", as_of: str | dt.date | None = None) -> str:
-        """One self-contained SELECT of the segment's contact_id values (SPEC section 9)."""
+        """One self-contained SELECT of the segment's contact_id values (docs/architecture.md: the tables)."""
         from .engines.sql import to_sql
 
         snap = self.snapshot()
@@ -257,7 +257,7 @@ class Workspace:
         partitioned: bool = False,
         progress: Progress | None = None,
     ):
-        """Write the active contacts of the union of `segments` to `output` (SPEC section 6).
+        """Write the active contacts of the union of `segments` to `output`.
 
         Returns an `ExportResult` (``.as_dict()`` is ``{"rows": N, "path": ...}``). With
         `partitioned` (and ``engine="spark"``) `output` is a directory of part files that
@@ -281,7 +281,7 @@ class Workspace:
         engine: str = "auto",
         progress: Progress | None = None,
     ):
-        """Unsubscribe the active contacts of `segments` or of an `emails` file (SPEC section 7).
+        """Unsubscribe the active contacts of `segments` or of an `emails` file.
 
         Returns a `SubscriptionResult` (``.as_dict()``: matched, changed, unknown).
         """
@@ -340,7 +340,7 @@ class Workspace:
         progress: Progress | None = None,
         **tuning: Any,
     ):
-        """Send `campaign` to the active contacts of the union of `segments` (SPEC section 8).
+        """Send `campaign` to the active contacts of the union of `segments`.
 
         `html` and `text` are template texts (not paths). Returns a `SendSummary`
         (``.as_dict()`` is the ``--json`` document) or, with `dry_run`, a `Preview`.

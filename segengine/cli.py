@@ -47,15 +47,33 @@ def emit(data: Any, as_json: bool, human: Any = None) -> None:
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a table: fitted to a terminal; with whole values when piped or redirected.
+
+    The first column and columns of text are left-aligned, columns of numbers right.
+    """
+    import io
+
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title, show_edge=False, header_style="bold")
+    if title:
+        # Above the table, not centred over it: a long file name stays on one line.
+        click.echo(title)
+    t = Table(show_edge=False, header_style="bold")
     for i, name in enumerate(columns):
-        t.add_column(name, justify="left" if i == 0 else "right")
+        numbers = all(isinstance(r[i], int | float) or r[i] in ("-", None) for r in rows)
+        t.add_column(name, justify="right" if i and numbers and rows else "left")
     for row in rows:
-        t.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in row])
-    Console(soft_wrap=True).print(t)
+        t.add_row(*[f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in row])
+    if sys.stdout.isatty():
+        Console(soft_wrap=True).print(t)
+        return
+    # A program or file reading the output wants every value whole, never cut or
+    # wrapped to an imagined 80-column screen.
+    out = io.StringIO()
+    Console(file=out, width=1_000_000, no_color=True, highlight=False).print(t)
+    for line in out.getvalue().splitlines():
+        click.echo(line.rstrip())
 
 
 def progress():
@@ -110,7 +128,8 @@ def main(ctx: click.Context, workspace_dir: str) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-def init(directory: str) -> None:
+@json_option
+def init(directory: str, as_json: bool) -> None:
     """Create an empty workspace in DIRECTORY (new or empty).
 
     Example: segengine init ./ws
@@ -118,12 +137,17 @@ def init(directory: str) -> None:
     from .api import Workspace
 
     ws = Workspace.init(directory)
-    click.echo(f"initialised workspace {ws.path}")
+    emit({"workspace": str(ws.path)}, as_json, f"initialised workspace {ws.path}")
 
 
 @main.group(name="import", cls=Cli)
 def import_() -> None:
-    """Import contacts or events from CSV or Parquet (SPEC section 3)."""
+    """Import contacts or events from CSV or Parquet (rules: docs/importing.md).
+
+    Exit status: 0 when the import ran (rows it rejected, if any, are listed in the
+    rejects report); 1 when every row of the file was rejected, so nothing was
+    imported; 2 when the file cannot be read or, with --strict, has a bad row.
+    """
 
 
 def _print_import(summary, as_json: bool) -> None:
@@ -132,7 +156,7 @@ def _print_import(summary, as_json: bool) -> None:
     def human() -> None:
         rows = [["rows read", summary.read], ["imported", summary.imported]]
         if summary.kind == "contacts":
-            rows.append(["updated", summary.updated])
+            rows += [["updated", summary.updated], ["unchanged", summary.unchanged]]
         rows += [["rejected", summary.rejected], ["duplicates", summary.duplicates]]
         table(f"import {summary.kind}: {summary.file}", ["", "rows"], rows)
         if summary.new_fields:
@@ -142,6 +166,18 @@ def _print_import(summary, as_json: bool) -> None:
             click.echo(f"rejected rows and reasons: {summary.rejects_path}")
 
     emit(data, as_json, human)
+    if not summary.rejected:
+        return
+    first = summary.first_rejects[0] if summary.first_rejects else None
+    why = f" (first: line {first['line']}: {first['reason']})" if first else ""
+    where = f"; every reason is in {summary.rejects_path}" if summary.rejects_path else ""
+    if summary.all_rejected:
+        # A cron job must notice an import that did nothing: exit 1, loudly on stderr.
+        rows = f"all {summary.rejected:,} rows" if summary.rejected > 1 else "the only row"
+        click.echo(f"error: {rows} of {summary.file} rejected, nothing was imported{why}{where}",
+                   err=True)
+        sys.exit(1)
+    click.echo(f"warning: {summary.rejected:,} of {summary.read:,} rows rejected{why}{where}", err=True)
 
 
 rejects_option = click.option(
@@ -166,7 +202,9 @@ def import_contacts(ctx, file, types, strict, rejects, as_json) -> None:
 
     Existing emails are updated: columns in the file overwrite, empty cells never
     erase, lists are merged, and an unsubscribed or bounced contact never becomes
-    active again.
+    active again. The summary counts existing contacts whose values changed as
+    updated, the others as unchanged. Column names email, status, date_added and
+    lists match in any case (Email, STATUS); custom field names are exact.
 
     Example: segengine import contacts contacts.csv --types zip=text
     """
@@ -183,6 +221,8 @@ def import_contacts(ctx, file, types, strict, rejects, as_json) -> None:
 @click.pass_context
 def import_events(ctx, file, strict, rejects, as_json) -> None:
     """Import engagement events from FILE (CSV or Parquet); duplicates are stored once.
+
+    Columns: email, campaign, type, timestamp and optionally url, in any case.
 
     Example: segengine import events events.parquet
     """
@@ -245,6 +285,10 @@ def reindex(ctx, as_json: bool) -> None:
 def generate(n_contacts, n_events, seed, output, fmt, as_json) -> None:
     """Write a realistic synthetic data set (contacts and events) in the import format.
 
+    The data ends on a fixed date whatever the day you run it (the same seed gives
+    the same data), so count it with the --as-of date it prints: rules such as
+    "opened in the last 30 days" count back from --as-of, which defaults to today.
+
     Example: segengine generate --contacts 1000000 --events 20000000 --seed 1 -o data/1m
     """
     from .synth import generate as run
@@ -255,7 +299,9 @@ def generate(n_contacts, n_events, seed, output, fmt, as_json) -> None:
                      progress=lambda done, total: task.update(done))
     emit(result, as_json, lambda: click.echo(
         f"wrote {result['contacts']:,} contacts to {result['contacts_path']} and "
-        f"{result['events']:,} events to {result['events_path']}"))
+        f"{result['events']:,} events to {result['events_path']}\n"
+        f"the data ends on {result['as_of']}: count it with --as-of {result['as_of']} "
+        "(relative rules such as in_last_days count back from --as-of, default today)"))
 
 
 @main.command()
@@ -297,14 +343,15 @@ def segment() -> None:
 
 @segment.command(name="save")
 @click.argument("file", type=click.Path(dir_okay=False))
+@json_option
 @click.pass_context
-def segment_save(ctx, file: str) -> None:
+def segment_save(ctx, file: str, as_json: bool) -> None:
     """Validate the definition in FILE (.json/.yaml) and save it under its name.
 
     Example: segengine segment save never-opened.yaml
     """
     seg = workspace(ctx).save_segment(file)
-    click.echo(f"saved segment {seg.name}")
+    emit({"saved": seg.name, "file": file}, as_json, f"saved segment {seg.name}")
 
 
 @segment.command(name="list")
@@ -356,11 +403,12 @@ def segment_show(ctx, name: str, as_json: bool) -> None:
 
 @segment.command(name="delete")
 @click.argument("name")
+@json_option
 @click.pass_context
-def segment_delete(ctx, name: str) -> None:
+def segment_delete(ctx, name: str, as_json: bool) -> None:
     """Delete a saved segment (refused while another segment references it)."""
     workspace(ctx).delete_segment(name)
-    click.echo(f"deleted segment {name}")
+    emit({"deleted": name}, as_json, f"deleted segment {name}")
 
 
 # --- evaluating --------------------------------------------------------------------
@@ -371,6 +419,8 @@ def print_count(result: dict[str, Any], as_json: bool, title: str) -> None:
         rows = [[status, n] for status, n in result["by_status"].items()]
         rows += [["total", result["total"]], ["sendable", result["sendable"]]]
         table(f"{title} (as of {result['as_of']})", ["status", "contacts"], rows)
+        if "elapsed_ms" in result:
+            click.echo(f"counted in {result['elapsed_ms']:,.1f} ms")
 
     emit(result, as_json, human)
 
@@ -427,6 +477,7 @@ def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, as
 
     SEGMENTS are saved names or .json/.yaml definition files; several mean their
     union, each contact once. `sendable` is how many an export or send reaches.
+    The time the count took ends the table (`elapsed_ms` with --json).
     With --contacts/--events (and --engine spark) the data is read where it lives
     and SEGMENTS are definition files, or saved names of the workspace given by -w.
 
@@ -435,11 +486,17 @@ def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, as
     Example: segengine count never-opened.yaml --engine spark \\
                --contacts s3a://crm/contacts/ --events s3a://crm/events/
     """
+    import time
+
     if contacts_at or events_at:
+        started = time.perf_counter()
         result = count_in_place(ctx, segments, as_of, engine, contacts_at, events_at, spark_master)
     else:
         start_spark(engine, spark_master)
-        result = workspace(ctx).count(*segments, as_of=as_of, engine=engine)
+        ws = workspace(ctx)
+        started = time.perf_counter()
+        result = ws.count(*segments, as_of=as_of, engine=engine)
+    result = {**result, "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
     print_count(result, as_json, " + ".join(segments))
 
 
@@ -477,13 +534,22 @@ def explain(ctx, segment_arg, as_of, engine, as_json) -> None:
 @click.option("--dialect", default="duckdb", show_default=True,
               help="duckdb | spark | postgres | snowflake | bigquery.")
 @as_of_option
+@json_option
 @click.pass_context
-def sql(ctx, segment_arg, dialect, as_of) -> None:
+def sql(ctx, segment_arg, dialect, as_of, as_json) -> None:
     """Print one self-contained SELECT returning the segment's contact_id values.
+
+    The query reads two tables, contacts and events, laid out as the workspace stores
+    them (docs/architecture.md); relative dates are fixed at --as-of.
 
     Example: segengine sql never-opened --dialect spark
     """
-    click.echo(workspace(ctx).sql(segment_arg, dialect=dialect, as_of=as_of))
+    from .api import parse_as_of
+
+    day = parse_as_of(as_of)
+    text = workspace(ctx).sql(segment_arg, dialect=dialect, as_of=day)
+    emit({"segment": segment_arg, "dialect": dialect, "as_of": day.isoformat(), "sql": text},
+         as_json, text)
 
 
 # --- export, unsubscribe, resubscribe, history -------------------------------------
@@ -494,7 +560,10 @@ def sql(ctx, segment_arg, dialect, as_of) -> None:
 @click.option("-o", "--output", type=click.Path(), required=True,
               help="The file to write (with --partitioned: a new or empty directory, or a URI).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]),
-              help="Default: parquet for a .parquet/.pq file name, else csv.")
+              help="Default: from the file name, parquet for .parquet/.pq, csv for .csv "
+              "or no extension; another extension needs --format.")
+@click.option("--no-clobber", is_flag=True,
+              help="Refuse (exit 2) if the output file exists, instead of replacing it.")
 @click.option("--columns", metavar="A,B,...",
               help="Fields to write (default: email, then the custom fields).")
 @click.option("--raw", is_flag=True,
@@ -511,12 +580,14 @@ def sql(ctx, segment_arg, dialect, as_of) -> None:
 @json_option
 @click.pass_context
 def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned, contacts_at,
-           events_at, spark_master, as_json) -> None:
+           events_at, spark_master, no_clobber, as_json) -> None:
     """Write the active contacts of the union of SEGMENTS to a file, ordered by email.
 
-    Each contact appears once. The file appears complete or not at all. With --engine
-    spark --partitioned, Spark writes a directory of part files instead: in name order
-    they hold the same rows in the same order (each CSV part starts with the header).
+    Each contact appears once. The file appears complete or not at all: an existing
+    file is replaced atomically, as a nightly job that rewrites it expects
+    (--no-clobber refuses instead). With --engine spark --partitioned, Spark writes a directory of
+    part files instead (a new or empty one): in name order they hold the same rows in
+    the same order (each CSV part starts with the header).
 
     \b
     Example: segengine export never-opened ca-ctos -o audience.csv --columns email,first_name
@@ -528,6 +599,11 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
         from .api import PARTITIONED_NEEDS_SPARK
 
         raise InputError(PARTITIONED_NEEDS_SPARK)
+    if not partitioned:
+        fmt = export_format(output, fmt)
+        if no_clobber and Path(output).expanduser().is_file():
+            raise InputError(f"-o {output}: the file exists (--no-clobber): choose another "
+                             "name, or drop --no-clobber to replace it")
     if contacts_at or events_at:
         result = export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine,
                                  partitioned, contacts_at, events_at, spark_master)
@@ -540,6 +616,32 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
     parts = f" in {result.files:,} part files" if result.files is not None else ""
     emit(result.as_dict(), as_json,
          lambda: click.echo(f"wrote {result.rows:,} contacts to {result.path}{parts}"))
+
+
+#: file name extensions that say which format an export writes
+EXPORT_EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def export_format(output: str, fmt: str | None) -> str:
+    """The format to write: --format, else the file name's; refuse names that contradict it.
+
+    Writing CSV into `audience.xlsx` would give a file that says it is something else.
+    """
+    from .errors import InputError
+
+    suffix = Path(output).suffix.lower()
+    named = EXPORT_EXTENSIONS.get(suffix)
+    if fmt is None:
+        # `audience.2026-11-01` has no extension to contradict, `audience.xlsx` has.
+        if named is None and suffix[1:2].isalpha():
+            raise InputError(
+                f"-o {output}: export writes csv or parquet, not {suffix}: name the file "
+                ".csv or .parquet, or pass --format csv to write CSV under this name"
+            )
+        return named or "csv"
+    if named is not None and named != fmt:
+        raise InputError(f"-o {output} names a {named} file but --format is {fmt}: make them agree")
+    return fmt
 
 
 def export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
@@ -729,7 +831,7 @@ def _print_send(result, as_json: bool) -> None:
 @click.pass_context
 def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp, rate, connections,
          unsubscribe_url, dry_run, retry_uncertain, as_of, as_json) -> None:
-    """Send CAMPAIGN to the active contacts of the segments over SMTP (SPEC section 8).
+    """Send CAMPAIGN to the active contacts of the segments over SMTP.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it sends only to
     contacts who have not got the message. See docs/sending.md.

@@ -63,6 +63,30 @@ def _explain(engine: Engine, node: Rule, resolved: Rule, as_of: dt.date, path: s
     return Explained(path, kind, rule_to_dict(node), matches, empty)
 
 
+def yaml_value(value: Any) -> str:
+    """`value` as a user writes it in a definition: flow-style YAML on one line.
+
+    ``[newsletter, vip]`` and ``{in_last_days: 30}``, with quotes only where a YAML
+    reader would take the text for something else (``'2025-01-01'``, ``'true'``).
+    """
+    import io
+
+    from ruamel.yaml import YAML
+
+    from .definition.yaml12 import QuotingResolver
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Resolver = QuotingResolver
+    yaml.default_flow_style = True
+    yaml.allow_unicode = True
+    yaml.width = 1_000_000
+    out = io.StringIO()
+    yaml.dump(value, out)
+    text = out.getvalue().strip()
+    # A plain scalar is written as a document of its own, ended by "...".
+    return text.removesuffix("...").strip()
+
+
 def render(tree: Explained, total: int) -> list[str]:
     """Indented text lines: the count, its share of all contacts, and the rule."""
     lines: list[str] = []
@@ -73,11 +97,11 @@ def render(tree: Explained, total: int) -> list[str]:
         if node.kind == "group":
             return f"{neg}{r['match'].upper()} of {len(node.children)} rule(s)"
         if node.kind == "field":
-            value = "" if "value" not in r else f" {r['value']}"
+            value = "" if "value" not in r else f" {yaml_value(r['value'])}"
             return f"{neg}{r['field']} {r['op']}{value}"
         if node.kind == "segment":
-            return f"{neg}segment {r['segment']}"
-        extras = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("activity", "negate"))
+            return f"{neg}segment {yaml_value(r['segment'])}"
+        extras = ", ".join(f"{k}: {yaml_value(v)}" for k, v in r.items() if k not in ("activity", "negate"))
         return f"{neg}{r['activity']} {extras}".rstrip()
 
     def walk(node: Explained, depth: int) -> None:

@@ -45,23 +45,50 @@ class _RichTask:
 
 
 class RichProgress:
-    """A progress bar on stderr, one line per step."""
+    """A progress bar on stderr, one line per step (phase).
+
+    A step that counts rows without knowing how many there will be shows the rows so
+    far and rows per second; a step with a known total shows a bar, its share done,
+    done/total and the rate; every step shows its time.
+    """
+
+    def __init__(self, console=None):
+        self._console = console
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Task]:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
+            ProgressColumn,
             SpinnerColumn,
+            TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
         )
         from rich.progress import Progress as Bar
+        from rich.text import Text
 
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn()]
-        columns += [MofNCompleteColumn(), TimeElapsedColumn()]
-        with Bar(*columns, console=Console(stderr=True), transient=False) as bar:
+        class Count(ProgressColumn):
+            def render(self, task) -> Text:
+                if task.total is not None:
+                    return Text(f"{int(task.completed):,}/{int(task.total):,}")
+                return Text(f"{int(task.completed):,} rows" if task.completed else "")
+
+        class Rate(ProgressColumn):
+            def render(self, task) -> Text:
+                elapsed = task.finished_time if task.finished else task.elapsed
+                if not task.completed or not elapsed:
+                    return Text("")
+                unit = " rows" if task.total is None else ""
+                return Text(f"{task.completed / elapsed:,.0f}{unit}/s")
+
+        columns: list = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(bar_width=20), TaskProgressColumn()]
+        columns += [Count(), Rate(), TimeElapsedColumn()]
+        console = self._console or Console(stderr=True)
+        with Bar(*columns, console=console, transient=False) as bar:
             task_id = bar.add_task(description, total=total)
             yield _RichTask(bar, task_id)
             if total is not None:

@@ -892,6 +892,8 @@ def generate(
         "cadence_days": plan.cadence_days if plan else None,
         "seed": seed,
         "format": fmt,
+        # The data ends here whatever day it is generated: count it as of this date.
+        "as_of": REFERENCE_END.date().isoformat(),
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -47,11 +47,19 @@ class ImportSummary:
     read: int = 0
     imported: int = 0
     updated: int = 0
+    unchanged: int = 0
     rejected: int = 0
     duplicates: int = 0
     rejects_path: str | None = None
     new_fields: dict[str, str] | None = None
     version: int = 0
+    #: the first rejected rows as {"line", "reason"}, to show without opening the report
+    first_rejects: list[dict] = field(default_factory=list)
+
+    @property
+    def all_rejected(self) -> bool:
+        """Every row read was rejected: the import did nothing it was run for."""
+        return self.read > 0 and self.rejected == self.read
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +86,7 @@ def open_source(
         staged = tx.staging / "input.parquet"
         with progress.task(f"reading {path.name}") as task:
             header, rows = stage_csv(path, staged, progress=task.update)
+            task.update(rows)  # the last batch, and files shorter than one batch
         con.execute(f"CREATE VIEW src AS SELECT * FROM read_parquet({lit(str(staged))})")
         columns = {name: "VARCHAR" for name in header}
         return Source("csv", columns, rows, len(header))
@@ -93,6 +102,48 @@ def open_source(
     described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({lit(str(path))})").fetchall()
     columns = {row[0]: row[1] for row in described}
     return Source("parquet", columns, rows, None)
+
+
+BUILTIN_CONTACT_COLUMNS = ("email", "status", "date_added", "lists")
+
+
+def match_builtin_columns(
+    con: duckdb.DuckDBPyConnection, path: Path, source: Source, builtins: tuple[str, ...]
+) -> None:
+    """Let `Email` or ` Status ` name the built-in columns, as spreadsheets write them.
+
+    Built-in names match whatever their case and surrounding white space; custom
+    fields keep their exact (case-sensitive) names. The view `src` is redefined with
+    the built-in names spelt as the rest of the import expects them.
+    """
+    found: dict[str, list[str]] = {}
+    for name in source.columns:
+        if name in (LINE, "_width"):
+            continue
+        key = name.strip().lower()
+        if key in builtins:
+            found.setdefault(key, []).append(name)
+    clashes = [names for names in found.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(repr(n) for n in names) for names in clashes)
+        raise ImportRejected(
+            f"{path}: columns {shown} both name the built-in column {clashes[0][0].strip().lower()!r} "
+            "(built-in names ignore case): drop or rename one"
+        )
+    renames = {names[0]: key for key, names in found.items() if names[0] != key}
+    if not renames:
+        return
+    con.execute("ALTER VIEW src RENAME TO src_file")
+    old = ", ".join(q(c) for c in renames)
+    new = ", ".join(f"{q(c)} AS {q(key)}" for c, key in renames.items())
+    con.execute(f"CREATE VIEW src AS SELECT * EXCLUDE ({old}), {new} FROM src_file")
+    source.columns = {renames.get(c, c): t for c, t in source.columns.items()}
+
+
+def found_columns(source: Source) -> str:
+    """The file's columns, for an error message about a missing one."""
+    names = [c for c in source.columns if c not in (LINE, "_width")]
+    return ", ".join(repr(c) for c in names) if names else "none"
 
 
 # --- parsing values ---------------------------------------------------------------
@@ -323,9 +374,13 @@ def import_contacts(
 def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -> ImportSummary:
     source = open_source(con, path, tx, progress)
     schema = tx.base.schema
+    match_builtin_columns(con, path, source, BUILTIN_CONTACT_COLUMNS)
     cols = source.columns
     if "email" not in cols:
-        raise ImportRejected(f"{path}: no 'email' column: the header must name an email column")
+        raise ImportRejected(
+            f"{path}: no 'email' column (found {found_columns(source)}): "
+            "name the column of addresses email"
+        )
     customs = [c for c in cols if c not in ("email", "status", "date_added", "lists", LINE, "_width")]
     for c in customs:
         if c in RESERVED_NAMES:
@@ -473,11 +528,27 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
             "(FORMAT parquet, COMPRESSION zstd)"
         )
     log_status_changes(con, tx, path, now, out)
+    # An existing contact counts as updated only when one of its values changed:
+    # re-importing an unchanged file reports every row unchanged.
+    changed = [
+        "n.status IS DISTINCT FROM o.status",
+        "n.date_added IS DISTINCT FROM o.date_added",
+        "n.lists IS DISTINCT FROM list_sort(list_distinct(coalesce(o.lists, [])))",
+    ]
+    changed += [
+        f"n.{q(c)} IS NOT NULL" if c in new_fields else f"n.{q(c)} IS DISTINCT FROM o.{q(c)}"
+        for c in customs
+    ]
     created, updated, distinct, good = con.execute(
-        "SELECT count(*) FILTER (WHERE o.email IS NULL), count(*) FILTER (WHERE o.email IS NOT NULL), "
+        "SELECT count(*) FILTER (WHERE o.email IS NULL), "
+        f"count(*) FILTER (WHERE o.email IS NOT NULL AND ({' OR '.join(changed)})), "
         "count(*), (SELECT sum(n_rows) FROM incoming) "
-        "FROM incoming i LEFT JOIN old o ON o.email = i.email"
+        "FROM incoming i LEFT JOIN old o ON o.email = i.email "
+        f"LEFT JOIN read_parquet({lit(str(out))}) n ON n.email = i.email"
     ).fetchone()
+    existing_rows = con.execute(
+        "SELECT count(*) FROM incoming i JOIN old o ON o.email = i.email"
+    ).fetchone()[0]
     total = con.execute(f"SELECT count(*) FROM read_parquet({lit(str(out))})").fetchone()[0]
     tx.manifest["contacts"] = [tx.relative(out)]
     tx.manifest["fields"] = [[n, t.value] for n, t in new_schema.custom]
@@ -489,10 +560,12 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         read=source.rows,
         imported=int(created),
         updated=int(updated),
+        unchanged=int(existing_rows) - int(updated),
         rejected=int(rejected),
         duplicates=int(good or 0) - int(distinct),
         rejects_path=report,
         new_fields={n: t.value for n, t in new_fields.items()} or None,
+        first_rejects=[{"line": line, "reason": reason} for line, reason in sample],
     )
 
 
@@ -552,16 +625,20 @@ def import_events(
 
 def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportSummary:
     source = open_source(con, path, tx, progress)
+    match_builtin_columns(con, path, source, EVENT_COLUMNS)
     cols = source.columns
     missing = [c for c in ("email", "campaign", "type", "timestamp") if c not in cols]
     if missing:
         raise ImportRejected(
-            f"{path}: missing column(s) {', '.join(missing)}: events need "
-            "email, campaign, type, timestamp and optionally url"
+            f"{path}: missing column(s) {', '.join(missing)} (found {found_columns(source)}): "
+            "events need email, campaign, type, timestamp and optionally url"
         )
     extra = [c for c in cols if c not in EVENT_COLUMNS and c not in (LINE, "_width")]
     if extra:
-        raise ImportRejected(f"{path}: unknown event column(s) {', '.join(extra)}: drop them")
+        raise ImportRejected(
+            f"{path}: unknown event column(s) {', '.join(extra)}: drop them "
+            "(events have email, campaign, type, timestamp and url)"
+        )
     contacts = tx.base.files("contacts")
     if not contacts:
         raise ImportRejected("the workspace has no contacts yet: import contacts before events")
@@ -609,9 +686,9 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
                 f"SELECT line, reason FROM rejects ORDER BY line LIMIT {REJECT_SAMPLE}"
             ).fetchall()
             raise strict_failure(path, total, sample)
-        rejected, report = 0, None
+        rejected, report, sample = 0, None, []
     else:
-        rejected, report, _ = write_rejects(con, ws.root, path, rejects_path)
+        rejected, report, sample = write_rejects(con, ws.root, path, rejects_path)
     good = source.rows - rejected
     new_rows = "SELECT contact_id, campaign, type, timestamp, url FROM checked WHERE reason = ''"
     old_files = tx.base.files("events")
@@ -651,4 +728,5 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         rejected=int(rejected),
         duplicates=int(good - imported),
         rejects_path=report,
+        first_rejects=[{"line": line, "reason": reason} for line, reason in sample],
     )

@@ -55,7 +55,9 @@ def stage_csv(
             header = next(reader)
         except StopIteration:
             raise ImportRejected(f"{path}: the file is empty: a header row is needed") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+        except csv.Error as exc:
             raise ImportRejected(f"{path}: cannot read the header row: {exc}") from None
         header = [h.strip() for h in header]
         if len(set(header)) != len(header):
@@ -76,11 +78,8 @@ def stage_csv(
                     record = next(reader)
                 except StopIteration:
                     break
-                except UnicodeDecodeError as exc:
-                    raise ImportRejected(
-                        f"{path}: not UTF-8 near line {last_line + 1}: {exc.reason}; "
-                        "save the file as UTF-8"
-                    ) from None
+                except UnicodeDecodeError:
+                    raise not_utf8(path) from None
                 except csv.Error as exc:
                     raise ImportRejected(f"{path}: line {last_line + 1}: {exc}") from None
                 start = last_line + 1
@@ -101,6 +100,60 @@ def stage_csv(
         finally:
             writer.close()
     return header, rows
+
+
+def not_utf8(path: Path) -> ImportRejected:
+    """The error for a file that is not UTF-8, naming its first bad byte and line.
+
+    The text reader decodes ahead in blocks, so where it fails says nothing about where
+    the bad byte is: the file is scanned again, as bytes.
+    """
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        # What spreadsheets write as "Unicode text": every character in two bytes.
+        return ImportRejected(
+            f"{path}: the file is UTF-16, not UTF-8: save it as \"CSV UTF-8\", or convert it, "
+            f"e.g. iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        )
+    found = first_invalid_utf8(path)
+    if found is None:  # pragma: no cover - the reader failed, so a bad byte exists
+        return ImportRejected(f"{path}: not UTF-8: re-save it as UTF-8")
+    line, offset, byte = found
+    return ImportRejected(
+        f"{path}: line {line} is not UTF-8 (byte 0x{byte:02x} at byte offset {offset}): "
+        f"re-save the file as UTF-8, or convert it, e.g. "
+        f"iconv -f WINDOWS-1252 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}"
+    )
+
+
+def first_invalid_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int, int] | None:
+    """(line, byte offset, byte value) of the first byte that is not UTF-8, or None.
+
+    Lines count from 1 and end at a line feed, as the rejects report counts them; the
+    offset counts bytes from 0, as ``xxd -s`` and ``dd skip=`` take it.
+    """
+    line, base, carry = 1, 0, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(block)
+            data = carry + chunk
+            if not data:
+                return None
+            try:
+                data.decode("utf-8")
+                good, carry = len(data), b""
+            except UnicodeDecodeError as exc:
+                # A character cut by the block's end is completed by the next block.
+                if chunk and exc.reason == "unexpected end of data":
+                    good, carry = exc.start, data[exc.start:]
+                else:
+                    bad = exc.start
+                    return line + data.count(b"\n", 0, bad), base + bad, data[bad]
+            line += data.count(b"\n", 0, good)
+            base += good
+            if not chunk:
+                return None
 
 
 def _flush(writer, names, columns, lines, widths) -> None:
