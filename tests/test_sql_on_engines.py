@@ -14,7 +14,7 @@ return exactly the contacts the DuckDB engine (the path `count` takes) returns:
   (``spark.sql.session.timeZone``).
 
 Snowflake and BigQuery cannot run here: their text is parsed back by sqlglot, and the
-functions it uses are checked against the list reviewed in docs/commands.md.
+functions it uses are checked against the list reviewed in docs/sql.md.
 
 The rows are the hand-made ones of test_sql_compiler plus rows on either side of UTC
 midnight (the last microsecond of a day, the first of the next, 10:00 and 12:00 UTC
@@ -562,7 +562,7 @@ def test_spark_segments_cover_every_kind_of_day_rule():
 # --- Snowflake and BigQuery: parsed back, functions reviewed --------------------------------
 
 #: Every function each warehouse's statements call, as reviewed against its docs (see
-#: docs/commands.md). A function not listed here fails the test until it is reviewed.
+#: docs/sql.md). A function not listed here fails the test until it is reviewed.
 REVIEWED_FUNCTIONS = {
     "snowflake": {
         "ARRAY_SIZE", "CAST", "CHARINDEX", "COALESCE", "COUNT", "DATEADD", "DATE_PART",
