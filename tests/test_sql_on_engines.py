@@ -609,3 +609,74 @@ def test_warehouse_days_come_from_epoch_or_utc_text():
     bigquery = to_sql(root, SCHEMA, AS_OF, "bigquery")
     assert "SAFE_CAST(SUBSTRING(TO_JSON_STRING(`events`.`timestamp`), 2, 10) AS DATE)" in bigquery
     assert "CAST(`events`.`timestamp` AS DATE)" not in bigquery.replace("SAFE_CAST", "")
+
+
+# --- a workspace: saved segments referencing day-rule segments, as a user prints them ---
+
+WORKSPACE_CONTACTS = (
+    "email,date_added,lists\n"
+    "a@x.io,2026-06-29T23:59:59.999999Z,news\n"
+    "b@x.io,2026-06-30T00:00:00Z,news\n"
+    "c@x.io,2026-06-30T10:30:00Z,news\n"
+    "d@x.io,2026-06-30T23:59:59Z,\n"
+    "e@x.io,2026-07-01T00:00:00Z,news\n"
+)
+WORKSPACE_EVENTS = (
+    "email,campaign,type,timestamp\n"
+    "a@x.io,k1,sent,2026-06-29T11:00:00Z\n"
+    "b@x.io,k2,sent,2026-06-30T23:59:59.999999Z\n"
+    "c@x.io,k2,sent,2026-06-30T23:59:59.999999Z\n"
+    "e@x.io,k3,sent,2026-07-01T00:00:00Z\n"
+    "a@x.io,k1,open,2026-06-30T00:00:00Z\n"
+    "b@x.io,k2,open,2026-06-30T13:00:00Z\n"
+    "d@x.io,k2,open,2026-06-29T23:59:59Z\n"
+)
+WORKSPACE_SEGMENTS = [
+    {"name": "joined-on-as-of", "rules": [{"field": "date_added", "op": "in_last_days", "value": 0}]},
+    {"name": "opened-on-as-of", "rules": [{"activity": "opened", "when": {"on": "2026-06-30"}}]},
+    {"name": "last-campaign", "rules": [{"activity": "sent", "campaigns": {"last": 1}}]},
+    {"name": "new-or-opened", "match": "any",
+     "rules": [{"segment": "joined-on-as-of"}, {"segment": "opened-on-as-of"}]},
+    {"name": "news-not-new", "rules": [{"field": "lists", "op": "includes", "value": "news"},
+                                       {"segment": "new-or-opened", "negate": True},
+                                       {"segment": "last-campaign", "negate": True}]},
+]  # fmt: skip
+
+
+def test_saved_references_print_sql_that_agrees_with_count(ws, tmp_path):
+    """`segengine sql` of saved segments that reference day-rule segments, run over the
+    workspace's own rows loaded as TIMESTAMPTZ in a UTC+14 DuckDB session."""
+    (tmp_path / "c.csv").write_text(WORKSPACE_CONTACTS)
+    (tmp_path / "e.csv").write_text(WORKSPACE_EVENTS)
+    ws.import_contacts(tmp_path / "c.csv")
+    ws.import_events(tmp_path / "e.csv")
+    for definition in WORKSPACE_SEGMENTS:
+        ws.save_segment(definition)
+    snap = ws.snapshot()
+    con = duckdb.connect()
+    try:
+        for table in ("contacts", "events"):
+            files = ", ".join(f"'{f}'" for f in snap.files(table))
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet([{files}], "
+                        "union_by_name = true)")
+            for name, sql_type in con.sql(f"SELECT column_name, data_type FROM "
+                                          f"information_schema.columns WHERE table_name = "
+                                          f"'{table}'").fetchall():
+                if sql_type.startswith("TIMESTAMP"):
+                    con.execute(f'ALTER TABLE {table} ALTER "{name}" TYPE TIMESTAMPTZ '
+                                f"USING timezone('UTC', \"{name}\")")
+        con.execute("SET TimeZone = 'Pacific/Kiritimati'")
+        answers = {}
+        for definition in WORKSPACE_SEGMENTS:
+            name = definition["name"]
+            counted = ws.contact_ids(name, as_of="2026-06-30").tolist()
+            printed = sorted(r[0] for r in con.sql(
+                ws.sql(name, dialect="duckdb", as_of="2026-06-30")).fetchall())
+            assert printed == counted, name
+            answers[name] = len(counted)
+    finally:
+        con.close()
+    # b, c, d joined on June 30 (UTC); a and b opened then; k2 is the last campaign;
+    # of the news list only e is neither new, nor an opener, nor sent k2
+    assert answers == {"joined-on-as-of": 3, "opened-on-as-of": 2, "last-campaign": 2,
+                       "new-or-opened": 4, "news-not-new": 1}
