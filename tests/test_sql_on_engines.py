@@ -393,6 +393,7 @@ def pg(postgres):
     con.close()
 
 
+@pytest.mark.xdist_group("postgres")  # one worker, so one server per test run
 @pytest.mark.parametrize("zone", ZONES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_postgres(pg, kind, zone, expected):
@@ -411,6 +412,7 @@ def test_postgres(pg, kind, zone, expected):
     assert not wrong, f"{len(wrong)} of {len(SEGMENTS)} differ ({kind}, {zone}):\n" + "\n".join(wrong)
 
 
+@pytest.mark.xdist_group("postgres")
 def test_postgres_fixture_reaches_a_real_server(pg):
     version = pg.execute("SHOW server_version_num").fetchone()[0]
     assert int(version) >= 110000  # starts_with needs 11+
