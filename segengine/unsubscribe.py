@@ -213,7 +213,11 @@ def unsubscribe(
     if report is not None and emails is None:
         raise InputError("--report lists the unknown addresses of --emails FILE: use it with --emails")
     if as_of is not None and emails is not None:
-        raise InputError("--as-of evaluates segments: use it with --segment, not --emails")
+        from .api import parse_as_of
+
+        # batch jobs pass --as-of always; with --emails it selects nothing, but a typo
+        # in it is still an error
+        parse_as_of(as_of)
     progress = progress or NullProgress()
     at = utc_naive(None)  # the command's time, on every event and status-log row
     snap = session.snapshot()

@@ -11,15 +11,14 @@ is superlinear in the plan's size), so the random tests use few examples.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import os
-import shutil
 import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SESSION_TIME_ZONE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_by_status, reference_contact_ids
@@ -41,44 +40,9 @@ from segengine.errors import EngineError, InputError
 
 D = dt.date
 T = dt.datetime
-JVM_OPTIONS = "-Duser.timezone=America/Los_Angeles -Duser.language=tr -Duser.country=TR"
-SESSION_TIME_ZONE = "Pacific/Kiritimati"  # UTC+14: any day computed in it is a day late
-
 
 # one worker runs every Spark test, so a test run starts one shared session
 pytestmark = pytest.mark.xdist_group("spark")
-
-def _why_no_spark() -> str | None:
-    if importlib.util.find_spec("pyspark") is None:
-        return "PySpark is not installed: pip install -e '.[spark]'"
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        return "Java 17+ is not installed (apt-get install openjdk-17-jre-headless)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def spark():
-    """The run's one SparkSession, in a non-UTC JVM with a Turkish default locale."""
-    reason = _why_no_spark()
-    if reason:
-        pytest.skip(reason)
-    from segengine.engines.spark import pyspark_sql
-
-    session = (
-        pyspark_sql().SparkSession.builder.master("local[2]")
-        .appName("segengine-tests")
-        .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
-        .config("spark.sql.session.timeZone", SESSION_TIME_ZONE)
-        .config("spark.sql.shuffle.partitions", "2")
-        # tiny data: compiling Java for each query costs more than it saves (-40% time)
-        .config("spark.sql.codegen.wholeStage", "false")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

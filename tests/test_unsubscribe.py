@@ -360,3 +360,17 @@ def test_crash_points_of_a_status_change(crash_base, tmp_path, point, survives):
     run_to_completion(work, ["unsubscribe", "--emails", str(emails)])
     assert state(work) != before
     assert not (work / ".staging").exists()
+
+
+def test_emails_accept_as_of_and_ignore_it(filled, tmp_path):
+    """Batch jobs pass --as-of to every command: with --emails it changes nothing."""
+    cli = Cli(filled.path)
+    emails = write(tmp_path / "e.csv", "email\nann@example.com\ncat@example.com\nzed@x.io\n")
+    assert cli.json("unsubscribe", "--emails", emails, "--as-of", "2026-01-01", "--dry-run") == {
+        "matched": 2, "changed": 1, "unknown": 1}
+    assert statuses(filled)["ann@example.com"] == "active"
+    assert cli.json("unsubscribe", "--emails", emails, "--as-of", "1999-12-31") == {
+        "matched": 2, "changed": 1, "unknown": 1}
+    assert statuses(filled)["ann@example.com"] == "unsubscribed"
+    bad = cli("unsubscribe", "--emails", emails, "--as-of", "yesterday", code=2)
+    assert "--as-of: 'yesterday' is not a date" in bad.stderr

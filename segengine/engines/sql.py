@@ -17,8 +17,10 @@ Why the predicates look the way they do:
   column expression emulates Python only when the value contains a character those
   differences could touch, so the common case stays a plain ``LOWER``.
 * ``email_domain`` is the part after the *last* ``@``, as the other engines derive it.
-* Dates are compared as ``CAST(col AS DATE)`` against date literals, which does not
-  depend on the session time zone for time-zone-less timestamps.
+* Dates are compared as DATE values against date literals. A timestamp's day is its
+  UTC day (`utc_day`), for naive (UTC) and absolute timestamp columns alike, whatever
+  the session time zone: never ``CAST(ts AS DATE)``, which takes an instant's day in
+  the session's zone.
 * Activity rules become ``contact_id IN (SELECT contact_id FROM events WHERE ...)``,
   grouped and filtered by ``HAVING COUNT(*)`` unless the condition is "at least one";
   a count condition that zero events satisfy becomes ``NOT IN`` of the complement,
@@ -27,8 +29,8 @@ Why the predicates look the way they do:
 Dialect notes (`to_sql`): the "last N campaigns" tie-break orders campaign ids by
 code point. DuckDB, Spark, BigQuery and Snowflake (without a column collation) compare
 strings by their UTF-8 bytes, which is code point order; PostgreSQL gets ``COLLATE "C"``.
-Spark must read timestamps as ``TIMESTAMP_NTZ`` (or run with session time zone UTC)
-and Snowflake as ``TIMESTAMP_NTZ``; BigQuery ``TIMESTAMP`` casts to its UTC date.
+Timestamp columns may be naive or absolute in every dialect (`utc_day` says how each
+takes the UTC day); PostgreSQL has no ``ENDS_WITH`` and compares a ``RIGHT`` instead.
 Identifiers are always quoted, so in Snowflake the tables and columns must carry
 their lower-case (case-sensitive) names. The final-sigma emulation is DuckDB only
 (it uses RE2 character classes); Spark's ``LOWER`` already follows Java's, which
@@ -256,9 +258,18 @@ def _text_starts_with(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Ex
     return exp.StartsWith(this=lower_text(col, [v], c.dialect), expression=_string(v))
 
 
+#: dialects without an ``ENDS_WITH`` function (PostgreSQL has only ``starts_with``)
+_NO_ENDS_WITH_DIALECTS = frozenset({"postgres"})
+
+
 def _text_ends_with(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
     v = value.lower()
-    return exp.EndsWith(this=lower_text(col, [v], c.dialect), expression=_string(v))
+    text = lower_text(col, [v], c.dialect)
+    if c.dialect in _NO_ENDS_WITH_DIALECTS:
+        # RIGHT counts characters (code points in UTF-8), as Python's len does
+        suffix = exp.Right(this=text, expression=_int(len(v)))
+        return exp.EQ(this=suffix, expression=_string(v))
+    return exp.EndsWith(this=text, expression=_string(v))
 
 
 def _text_in(c: SqlCompiler, col: exp.Expression, value: Sequence[str]) -> exp.Expression:
@@ -409,8 +420,91 @@ def _event_column(name: str) -> exp.Column:
     return _column(name, EVENTS)
 
 
-def _ts_day(col: exp.Expression) -> exp.Expression:
-    return exp.cast(col, exp.DataType.Type.DATE)
+# --- the UTC day of a timestamp -----------------------------------------------------
+# A warehouse's timestamp column is either naive (holding UTC) or absolute (an instant),
+# and ``CAST(ts AS DATE)`` takes an instant's day in the *session* time zone. Each
+# dialect below gets a day that is the UTC day for both kinds under any session time
+# zone, from functions that read both kinds the same way (checked on DuckDB, PostgreSQL
+# and Spark by tests/test_sql_on_engines.py; Snowflake and BigQuery from their docs).
+
+_DATE = exp.DataType.Type.DATE
+EPOCH_DAY = dt.date(1970, 1, 1)
+SECONDS_PER_DAY = 86_400
+MICROS_PER_DAY = 86_400_000_000
+
+
+def _call(name: str, *args: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def _floor_div(numerator: exp.Expression, denominator: int) -> exp.Expression:
+    """``FLOOR(n / d)``: days before 1970 round down, not towards zero."""
+    return exp.Floor(this=exp.Div(this=numerator, expression=_int(denominator), typed=True))
+
+
+def _duckdb_day(ts: exp.Expression) -> exp.Expression:
+    # epoch_us reads TIMESTAMP as UTC and TIMESTAMPTZ as its instant (any precision);
+    # make_timestamp(µs) is the naive UTC timestamp, whose date needs no time zone
+    return exp.cast(_call("MAKE_TIMESTAMP", _call("EPOCH_US", ts)), _DATE)
+
+
+def _postgres_day(ts: exp.Expression) -> exp.Expression:
+    # extract(epoch) reads timestamp as UTC and timestamptz as its instant (exact numeric)
+    seconds = exp.Extract(this=exp.var("EPOCH"), expression=ts)
+    days = exp.cast(_floor_div(seconds, SECONDS_PER_DAY), exp.DataType.Type.INT)
+    return exp.Add(this=_date(EPOCH_DAY), expression=days)
+
+
+def _spark_day(ts: exp.Expression) -> exp.Expression:
+    # TIMESTAMP_NTZ's date needs no time zone; a TIMESTAMP's UTC day comes from its
+    # seconds since the epoch. unix_seconds takes only TIMESTAMP before Spark 4.3, so
+    # the other branch casts (never evaluated for NTZ: typeof folds to a constant).
+    utc_days = _floor_div(_call("UNIX_SECONDS", exp.cast(ts.copy(), exp.DataType.Type.TIMESTAMP)),
+                          SECONDS_PER_DAY)
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.EQ(this=_call("TYPEOF", ts.copy()), expression=_string("timestamp_ntz")),
+                true=exp.cast(ts.copy(), _DATE),
+            )
+        ],
+        default=_call("DATE_FROM_UNIX_DATE", exp.cast(utc_days, exp.DataType.Type.INT)),
+    )
+
+
+def _snowflake_day(ts: exp.Expression) -> exp.Expression:
+    # DATE_PART(EPOCH_MICROSECOND) reads TIMESTAMP_NTZ as UTC and TIMESTAMP_LTZ/TZ as
+    # their instant; NUMBER division is exact
+    micros = exp.Extract(this=exp.var("EPOCH_MICROSECOND"), expression=ts)
+    return exp.DateAdd(
+        this=_date(EPOCH_DAY), expression=_floor_div(micros, MICROS_PER_DAY), unit=exp.var("DAY")
+    )
+
+
+def _bigquery_day(ts: exp.Expression) -> exp.Expression:
+    # DATE(ts) and CAST(ts AS DATE) follow @@time_zone for TIMESTAMP, and the functions
+    # taking a zone refuse DATETIME. TO_JSON_STRING writes a DATETIME as it is and a
+    # TIMESTAMP in UTC ("...Z"), both as a quoted ISO 8601 text starting with the date;
+    # SAFE_CAST gives NULL for NULL (whose JSON is `null`).
+    text = exp.Substring(
+        this=_call("TO_JSON_STRING", ts), start=_int(2), length=_int(len("YYYY-MM-DD"))
+    )
+    return exp.TryCast(this=text, to=exp.DataType.build("DATE"))
+
+
+#: The UTC day of a timestamp column of either kind, per dialect (see `utc_day`).
+_UTC_DAY: dict[str, Callable[[exp.Expression], exp.Expression]] = {
+    "duckdb": _duckdb_day,
+    "postgres": _postgres_day,
+    "spark": _spark_day,
+    "snowflake": _snowflake_day,
+    "bigquery": _bigquery_day,
+}
+
+
+def utc_day(ts: exp.Expression, dialect: str) -> exp.Expression:
+    """The UTC date of timestamp `ts`, naive (UTC) or absolute, in any session time zone."""
+    return _UTC_DAY[dialect](ts)
 
 
 def email_domain() -> exp.Expression:
@@ -485,7 +579,7 @@ class SqlCompiler:
             return email_domain()
         column = _column(name, CONTACTS)
         if self.field_type(name) is FieldType.DATETIME:
-            return _ts_day(column)
+            return utc_day(column, self.dialect)
         return column
 
     def field_type(self, name: str) -> FieldType:
@@ -587,7 +681,7 @@ class SqlCompiler:
         raise EngineError(f"unknown campaigns selector {campaigns!r}")
 
     def window_filter(self, when: Window) -> exp.Expression:
-        day = _ts_day(_event_column("timestamp"))
+        day = utc_day(_event_column("timestamp"), self.dialect)
         return _day_filter(day, when.op, when.value, self.as_of)
 
     def url_filter(self, text: str) -> exp.Expression:
@@ -627,7 +721,9 @@ class SqlCompiler:
                 exp.Not(this=exp.Is(this=campaign.copy(), expression=exp.null())),
             )
             .group_by(campaign.copy())
-            .having(exp.LTE(this=_ts_day(send_time.copy()), expression=_date(self.as_of)))
+            .having(
+                exp.LTE(this=utc_day(send_time.copy(), self.dialect), expression=_date(self.as_of))
+            )
         )
 
     # statements

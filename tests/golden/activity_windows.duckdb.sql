@@ -9,7 +9,7 @@ WHERE
     WHERE
       "events"."type" = 'open'
       AND NOT "events"."contact_id" IS NULL
-      AND CAST("events"."timestamp" AS DATE) BETWEEN CAST('2026-01-01' AS DATE) AND CAST('2026-03-31' AS DATE)
+      AND CAST(MAKE_TIMESTAMP(EPOCH_US("events"."timestamp")) AS DATE) BETWEEN CAST('2026-01-01' AS DATE) AND CAST('2026-03-31' AS DATE)
   )
   OR "contacts"."contact_id" IN (
     SELECT
@@ -18,7 +18,7 @@ WHERE
     WHERE
       "events"."type" = 'click'
       AND NOT "events"."contact_id" IS NULL
-      AND CAST("events"."timestamp" AS DATE) BETWEEN CAST('2026-06-23' AS DATE) AND CAST('2026-06-30' AS DATE)
+      AND CAST(MAKE_TIMESTAMP(EPOCH_US("events"."timestamp")) AS DATE) BETWEEN CAST('2026-06-23' AS DATE) AND CAST('2026-06-30' AS DATE)
       AND (
         NOT "events"."url" IS NULL
         AND STRPOS(LOWER(REPLACE("events"."url", 'İ', 'i̇')), 'pricing') > 0

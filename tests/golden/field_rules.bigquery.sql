@@ -36,8 +36,8 @@ WHERE
     AND `contacts`.`birthday` BETWEEN CAST('2026-05-31' AS DATE) AND CAST('2026-06-30' AS DATE)
   )
   AND NOT (
-    NOT CAST(`contacts`.`last_seen` AS DATE) IS NULL
-    AND CAST(`contacts`.`last_seen` AS DATE) = CAST('2026-06-30' AS DATE)
+    NOT SAFE_CAST(SUBSTRING(TO_JSON_STRING(`contacts`.`last_seen`), 2, 10) AS DATE) IS NULL
+    AND SAFE_CAST(SUBSTRING(TO_JSON_STRING(`contacts`.`last_seen`), 2, 10) AS DATE) = CAST('2026-06-30' AS DATE)
   )
   AND (
     NOT `contacts`.`vip` IS NULL AND `contacts`.`vip` = TRUE

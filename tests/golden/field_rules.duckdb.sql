@@ -36,8 +36,8 @@ WHERE
     AND "contacts"."birthday" BETWEEN CAST('2026-05-31' AS DATE) AND CAST('2026-06-30' AS DATE)
   )
   AND NOT (
-    NOT CAST("contacts"."last_seen" AS DATE) IS NULL
-    AND CAST("contacts"."last_seen" AS DATE) = CAST('2026-06-30' AS DATE)
+    NOT CAST(MAKE_TIMESTAMP(EPOCH_US("contacts"."last_seen")) AS DATE) IS NULL
+    AND CAST(MAKE_TIMESTAMP(EPOCH_US("contacts"."last_seen")) AS DATE) = CAST('2026-06-30' AS DATE)
   )
   AND (
     NOT "contacts"."vip" IS NULL AND "contacts"."vip" = TRUE

@@ -8,12 +8,12 @@ WHERE
   )
   AND (
     NOT SUBSTRING("contacts"."email" FROM LENGTH("contacts"."email") - POSITION('@' IN REVERSE("contacts"."email")) + 2) IS NULL
-    AND ENDS_WITH(
+    AND RIGHT(
       LOWER(
         SUBSTRING("contacts"."email" FROM LENGTH("contacts"."email") - POSITION('@' IN REVERSE("contacts"."email")) + 2)
       ),
-      'example.com'
-    )
+      11
+    ) = 'example.com'
   )
   AND (
     NOT "contacts"."from" IS NULL
@@ -30,8 +30,8 @@ WHERE
     AND "contacts"."birthday" BETWEEN CAST('2026-05-31' AS DATE) AND CAST('2026-06-30' AS DATE)
   )
   AND NOT (
-    NOT CAST("contacts"."last_seen" AS DATE) IS NULL
-    AND CAST("contacts"."last_seen" AS DATE) = CAST('2026-06-30' AS DATE)
+    NOT CAST('1970-01-01' AS DATE) + CAST(FLOOR(EXTRACT(EPOCH FROM "contacts"."last_seen") / 86400) AS INT) IS NULL
+    AND CAST('1970-01-01' AS DATE) + CAST(FLOOR(EXTRACT(EPOCH FROM "contacts"."last_seen") / 86400) AS INT) = CAST('2026-06-30' AS DATE)
   )
   AND (
     NOT "contacts"."vip" IS NULL AND "contacts"."vip" = TRUE

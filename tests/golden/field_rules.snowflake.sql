@@ -36,8 +36,16 @@ WHERE
     AND "contacts"."birthday" BETWEEN CAST('2026-05-31' AS DATE) AND CAST('2026-06-30' AS DATE)
   )
   AND NOT (
-    NOT CAST("contacts"."last_seen" AS DATE) IS NULL
-    AND CAST("contacts"."last_seen" AS DATE) = CAST('2026-06-30' AS DATE)
+    NOT DATEADD(
+      DAY,
+      FLOOR(DATE_PART(EPOCH_MICROSECOND, "contacts"."last_seen") / 86400000000),
+      CAST('1970-01-01' AS DATE)
+    ) IS NULL
+    AND DATEADD(
+      DAY,
+      FLOOR(DATE_PART(EPOCH_MICROSECOND, "contacts"."last_seen") / 86400000000),
+      CAST('1970-01-01' AS DATE)
+    ) = CAST('2026-06-30' AS DATE)
   )
   AND (
     NOT "contacts"."vip" IS NULL AND "contacts"."vip" = TRUE

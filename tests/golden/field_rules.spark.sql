@@ -40,8 +40,20 @@ WHERE
     AND `contacts`.`birthday` BETWEEN CAST('2026-05-31' AS DATE) AND CAST('2026-06-30' AS DATE)
   )
   AND NOT (
-    NOT CAST(`contacts`.`last_seen` AS DATE) IS NULL
-    AND CAST(`contacts`.`last_seen` AS DATE) = CAST('2026-06-30' AS DATE)
+    NOT CASE
+      WHEN TYPEOF(`contacts`.`last_seen`) = 'timestamp_ntz'
+      THEN CAST(`contacts`.`last_seen` AS DATE)
+      ELSE DATE_FROM_UNIX_DATE(
+        CAST(FLOOR(UNIX_SECONDS(CAST(`contacts`.`last_seen` AS TIMESTAMP)) / 86400) AS INT)
+      )
+    END IS NULL
+    AND CASE
+      WHEN TYPEOF(`contacts`.`last_seen`) = 'timestamp_ntz'
+      THEN CAST(`contacts`.`last_seen` AS DATE)
+      ELSE DATE_FROM_UNIX_DATE(
+        CAST(FLOOR(UNIX_SECONDS(CAST(`contacts`.`last_seen` AS TIMESTAMP)) / 86400) AS INT)
+      )
+    END = CAST('2026-06-30' AS DATE)
   )
   AND (
     NOT `contacts`.`vip` IS NULL AND `contacts`.`vip` = TRUE

@@ -8,7 +8,7 @@ WITH `recent_campaigns` AS (
   GROUP BY
     `events`.`campaign`
   HAVING
-    CAST(MIN(`events`.`timestamp`) AS DATE) <= CAST('2026-06-30' AS DATE)
+    SAFE_CAST(SUBSTRING(TO_JSON_STRING(MIN(`events`.`timestamp`)), 2, 10) AS DATE) <= CAST('2026-06-30' AS DATE)
 )
 SELECT
   `contacts`.`contact_id`

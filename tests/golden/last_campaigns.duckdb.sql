@@ -8,7 +8,7 @@ WITH "recent_campaigns" AS (
   GROUP BY
     "events"."campaign"
   HAVING
-    CAST(MIN("events"."timestamp") AS DATE) <= CAST('2026-06-30' AS DATE)
+    CAST(MAKE_TIMESTAMP(EPOCH_US(MIN("events"."timestamp"))) AS DATE) <= CAST('2026-06-30' AS DATE)
 )
 SELECT
   "contacts"."contact_id"

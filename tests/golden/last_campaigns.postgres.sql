@@ -10,7 +10,7 @@ WITH "recent_campaigns" AS (
   GROUP BY
     "events"."campaign"
   HAVING
-    CAST(MIN("events"."timestamp") AS DATE) <= CAST('2026-06-30' AS DATE)
+    CAST('1970-01-01' AS DATE) + CAST(FLOOR(EXTRACT(EPOCH FROM MIN("events"."timestamp")) / 86400) AS INT) <= CAST('2026-06-30' AS DATE)
 )
 SELECT
   "contacts"."contact_id"

@@ -10,7 +10,11 @@ WITH "recent_campaigns" AS (
   GROUP BY
     "events"."campaign"
   HAVING
-    CAST(MIN("events"."timestamp") AS DATE) <= CAST('2026-06-30' AS DATE)
+    DATEADD(
+      DAY,
+      FLOOR(DATE_PART(EPOCH_MICROSECOND, MIN("events"."timestamp")) / 86400000000),
+      CAST('1970-01-01' AS DATE)
+    ) <= CAST('2026-06-30' AS DATE)
 )
 SELECT
   "contacts"."contact_id"

@@ -8,7 +8,13 @@ WITH `recent_campaigns` AS (
   GROUP BY
     `events`.`campaign`
   HAVING
-    CAST(MIN(`events`.`timestamp`) AS DATE) <= CAST('2026-06-30' AS DATE)
+    CASE
+      WHEN TYPEOF(MIN(`events`.`timestamp`)) = 'timestamp_ntz'
+      THEN CAST(MIN(`events`.`timestamp`) AS DATE)
+      ELSE DATE_FROM_UNIX_DATE(
+        CAST(FLOOR(UNIX_SECONDS(CAST(MIN(`events`.`timestamp`) AS TIMESTAMP)) / 86400) AS INT)
+      )
+    END <= CAST('2026-06-30' AS DATE)
 )
 SELECT
   `contacts`.`contact_id`
