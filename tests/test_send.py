@@ -85,6 +85,7 @@ def smtp():
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
     mailbox.address = f"127.0.0.1:{port}"
+    mailbox.tls = "none"  # a plain server: no STARTTLS
     yield mailbox
     controller.stop()
 
@@ -123,7 +124,8 @@ def sent_events(ws: segengine.Workspace, campaign: str, kind: str = "sent") -> p
 
 def send(ws: segengine.Workspace, smtp: Mailbox, campaign: str = "spring", **kw):
     options = {"subject": "Hi {{first_name}}", "html": HTML, "from_addr": "news@example.com",
-               "smtp": smtp.address, "record_every": 0.2, "backoff": 0.01}
+               "smtp": smtp.address, "record_every": 0.2, "backoff": 0.01,
+               "tls": smtp.tls}
     options.update(kw)
     return ws.send(campaign, "everyone", **options)
 
@@ -304,7 +306,7 @@ def test_rate_caps_the_whole_send(big, smtp):
     n = big.count(segment)["sendable"]
     start = time.monotonic()
     result = big.send("rated", segment, subject="x", html="x", from_addr="a@example.com",
-                      smtp=smtp.address, rate=100, connections=4)
+                      smtp=smtp.address, rate=100, connections=4, tls="none")
     elapsed = time.monotonic() - start
     assert result.sent == n > 100
     assert elapsed >= (n - 4) / 100 * 0.95
@@ -347,9 +349,10 @@ def test_unsubscribe_while_sending_stops_their_messages(big, smtp, tmp_path):
 
 def send_cmd(ws: Path, address: str, html: Path, *extra: str,
              segment: str = "everyone") -> list[str]:
+    tls = [] if "--tls" in extra else ["--tls", "none"]
     return [sys.executable, "-m", "segengine", "-w", str(ws), "send", "spring", "--segment",
             segment, "--subject", "Hi {{first_name}}", "--html", str(html), "--from",
-            "news@example.com", "--smtp", address, "--json", *extra]
+            "news@example.com", "--smtp", address, "--json", *tls, *extra]
 
 
 def run_send(ws: Path, address: str, html: Path, *extra: str, env=None,

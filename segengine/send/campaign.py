@@ -43,7 +43,7 @@ from ..store.workspace import MANIFEST, Snapshot, Store
 from . import templates as tpl
 from .journal import Journal, JournalState, journal_path, read_state
 from .message import Sender
-from .smtp import Connection, Delivery, Outcome, RateLimiter, parse_server, probe
+from .smtp import Connection, Delivery, Outcome, RateLimiter, Relay, parse_server, probe
 from .tokens import token, workspace_secret
 
 if TYPE_CHECKING:
@@ -87,6 +87,11 @@ class SendOptions:
     timeout: float = 30.0  # SMTP socket timeout
     record_every: float = 2.0  # seconds between recording transactions
     record_batch: int = 5_000  # or this many deliveries, whichever comes first
+    tls: str = "starttls"  # starttls | ssl | none
+    ca_file: str | None = None  # PEM file of a private CA to trust instead of the system's
+    user: str | None = None  # SMTP login (AUTH PLAIN or LOGIN, after TLS)
+    #: the login's password; None: read from $SEGENGINE_SMTP_PASSWORD when `user` is set
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -149,7 +154,7 @@ class Plan:
     templates: dict[str, tpl.Template]  # subject, html, text
     url: tpl.Template
     sender: Sender
-    server: tuple[str, int]
+    relay: Relay
     fields: list[str]
 
     @classmethod
@@ -163,7 +168,10 @@ class Plan:
         if options.rate is not None and options.rate <= 0:
             raise InputError("--rate must be a positive number of messages per second")
         sender = Sender.parse(options.from_addr)
-        server = parse_server(options.smtp)
+        relay = Relay.check(
+            *parse_server(options.smtp), tls=options.tls, ca_file=options.ca_file,
+            user=options.user, password=options.password, timeout=options.timeout,
+        )
         text = options.text if options.text is not None else tpl.text_of_html(options.html)
         templates = {
             "subject": tpl.Template.parse(options.subject, "--subject", "subject"),
@@ -179,7 +187,7 @@ class Plan:
             template.check(snap.schema)
         fields = tpl.fields_used((*templates.values(), url))
         fields = ["email", *[f for f in fields if f != "email"]]
-        return cls(campaign, templates, url, sender, server, fields)
+        return cls(campaign, templates, url, sender, relay, fields)
 
 
 # --- the audience ----------------------------------------------------------------------
@@ -440,8 +448,9 @@ class Renderer:
 
         url = self.plan.url
         columns = [
-            tokens if tag == tpl.TOKEN else [quote(v, safe="") for v in values[tag].to_list()]
-            for tag in url.tags
+            tokens if tag == tpl.TOKEN
+            else [quote(v, safe="") if v else url.fallback(i) for v in values[tag].to_list()]
+            for i, tag in enumerate(url.tags)
         ]
         out = []
         for i in range(len(tokens)):
@@ -544,7 +553,7 @@ def _send(ws, plan: Plan, options: SendOptions, segments, state: JournalState,
     summary = SendSummary(plan.campaign, audience.height, skipped=skipped, uncertain=uncertain)
     if todo.height == 0:
         return summary
-    probe(*plan.server, options.timeout)
+    probe(plan.relay)
     renderer = Renderer(plan, snap, workspace_secret(store.root))
     guard = Guard(store, snap, todo["contact_id"].to_numpy())
     journal = Journal(journal_path(store.root, plan.campaign), plan.campaign)
@@ -581,9 +590,8 @@ def _send(ws, plan: Plan, options: SendOptions, segments, state: JournalState,
                             return
 
     def deliver_all() -> None:
-        host, port = plan.server
-        conn = Connection(host, port, plan.sender.address, timeout=options.timeout,
-                          retries=options.retries, backoff=options.backoff)
+        conn = Connection(plan.relay, plan.sender.address, retries=options.retries,
+                          backoff=options.backoff)
         try:
             while not stop.is_set():
                 try:
