@@ -236,8 +236,14 @@ def test_templates_never_run_code():
         template.check(Schema.from_pairs([("first_name", "text")]))
     with pytest.raises(InputError, match="malformed merge tag"):
         Template.parse("{{ a.b }}", "--html", "html")
+    # After a bar comes fallback text, never a filter: "upper" is rendered as it is
+    # where the value is empty, and nothing is applied to a value that is there.
+    filtered = Template.parse("{{ first_name | upper }}", "--html", "html")
+    assert (filtered.tags, filtered.fallbacks) == (("first_name",), ("upper",))
+    frame = pl.DataFrame({"first_name": ["ann", ""]})
+    assert frame.select(filtered.expr()).to_series().to_list() == ["ann", "upper"]
     with pytest.raises(InputError, match="malformed merge tag"):
-        Template.parse("{{ first_name | upper }}", "--html", "html")
+        Template.parse("{{ first_name | {{x}} }}", "--html", "html")
     assert text_of_html("<style>p{}</style><p>A &amp; B</p><a href='u'>x</a>") == "A & B\nx (u)\n"
 
 
