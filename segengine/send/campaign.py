@@ -85,7 +85,7 @@ class SendOptions:
     retries: int = 3  # extra attempts after a temporary failure
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     timeout: float = 30.0  # SMTP socket timeout
-    record_every: float = 2.0  # seconds between recording transactions
+    record_every: float = 10.0  # seconds between recording transactions
     record_batch: int = 5_000  # or this many deliveries, whichever comes first
     tls: str = "starttls"  # starttls | ssl | none
     ca_file: str | None = None  # PEM file of a private CA to trust instead of the system's
@@ -276,8 +276,10 @@ def recover(store: Store, campaign: str, state: JournalState) -> None:
 class Recorder:
     """Collects deliveries from the workers and records them in short transactions."""
 
-    def __init__(self, store: Store, campaign: str, options: SendOptions, guard: Guard):
+    def __init__(self, store: Store, campaign: str, options: SendOptions, guard: Guard,
+                 journal: Journal):
         self.store, self.campaign, self.options, self.guard = store, campaign, options, guard
+        self.journal = journal
         self._lock = threading.Lock()
         self._sent: list[tuple[int, int]] = []
         self._bounced: list[int] = []
@@ -316,6 +318,10 @@ class Recorder:
         with self._lock:
             sent, self._sent = self._sent, []
             bounced, self._bounced = self._bounced, []
+        if sent or bounced:
+            # The journal holds every delivery before its event does, so a crash while
+            # recording leaves nothing uncertain that was recorded.
+            self.journal.write_kept()
         try:
             if sent:
                 ids, at = np.array(sent, dtype=np.int64).T
@@ -420,10 +426,15 @@ class Renderer:
 
     def __init__(self, plan: Plan, snap: Snapshot, secret: bytes):
         self.plan, self.schema, self.secret = plan, snap.schema, secret
+        # Compiled once per send: the expressions every batch is rendered with.
+        self._values = [pl.col("contact_id"), *tpl.value_columns(plan.fields, self.schema)]
+        self._rendered = [
+            pl.col("contact_id"), *(t.expr().alias(name) for name, t in plan.templates.items())
+        ]
 
     def render(self, batch: pl.DataFrame) -> list[Delivery]:
         plan = self.plan
-        values = batch.select("contact_id", *tpl.value_columns(batch, plan.fields, self.schema))
+        values = batch.select(self._values)
         emails = values["email"].to_list()
         tokens = [token(self.secret, plan.campaign, e) for e in emails]
         urls = self._urls(values, tokens)
@@ -431,10 +442,7 @@ class Renderer:
             pl.Series(tpl.TOKEN, tokens, pl.String),
             pl.Series(tpl.UNSUBSCRIBE_URL, urls, pl.String),
         )
-        rendered = values.select(
-            pl.col("contact_id"),
-            *(t.expr().alias(name) for name, t in plan.templates.items()),
-        )
+        rendered = values.select(self._rendered)
         out = []
         rows = zip(rendered.iter_rows(), emails, urls, strict=True)
         for (cid, subject, html, text), to, url in rows:
@@ -557,7 +565,7 @@ def _send(ws, plan: Plan, options: SendOptions, segments, state: JournalState,
     renderer = Renderer(plan, snap, workspace_secret(store.root))
     guard = Guard(store, snap, todo["contact_id"].to_numpy())
     journal = Journal(journal_path(store.root, plan.campaign), plan.campaign)
-    recorder = Recorder(store, plan.campaign, options, guard)
+    recorder = Recorder(store, plan.campaign, options, guard, journal)
     counters = Counters()
     work: queue.Queue[Delivery | None] = queue.Queue(maxsize=4 * RENDER_BATCH)
     stop = threading.Event()

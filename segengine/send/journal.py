@@ -16,7 +16,12 @@ onto a new line or, completed, name another contact.
 
 Syncing is grouped: writers append and then wait until a syncer thread's next
 `fdatasync` covers their line, so N connections share one disk flush instead of
-paying one each. ``done`` lines are not waited for; the next flush takes them along.
+paying one each. ``done``, ``bounce`` and ``fail`` lines are not waited for, nor even
+written at once: they are kept (`settle`) and written together with the next
+``intent`` (one `write` for both), before a recording transaction, and at the end. A
+crash loses at most the settled lines kept since a connection's last ``intent``,
+which leaves that one contact uncertain, so there is still at most one uncertain
+delivery per connection.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class Journal:
         self._written = 0  # sequence number of the last appended line
         self._synced = 0
         self._closed = False
+        self._kept: list[bytes] = []  # settled lines not written yet
         if created:
             os.write(self.fd, f"# segengine send journal of campaign {campaign!r}\n".encode())
             os.fsync(self.fd)
@@ -120,14 +126,32 @@ class Journal:
         self._syncer.start()
 
     def append(self, line: str) -> int:
-        """Append one line; returns its sequence number for `wait_synced`."""
+        """Append one line (after any kept ones); returns its sequence number for `wait_synced`."""
         data = (line + "\n").encode()
         with self._cond:
-            os.write(self.fd, data)  # O_APPEND: one write() per line, never interleaved
+            if self._kept:
+                data = b"".join((*self._kept, data))
+                self._kept.clear()
+            os.write(self.fd, data)  # O_APPEND: one write() per call, never interleaved
             self._written += 1
             seq = self._written
             self._cond.notify_all()
         return seq
+
+    def settle(self, line: str) -> None:
+        """Keep a line that settles a delivery; it is written with the next `append`."""
+        data = (line + "\n").encode()
+        with self._cond:
+            self._kept.append(data)
+
+    def write_kept(self) -> None:
+        """Write the kept lines now (before deliveries are recorded, and at the end)."""
+        with self._cond:
+            if self._kept:
+                os.write(self.fd, b"".join(self._kept))
+                self._kept.clear()
+                self._written += 1
+                self._cond.notify_all()
 
     def wait_synced(self, seq: int) -> None:
         """Block until the line `seq` (and every earlier one) is on stable storage."""
@@ -138,6 +162,7 @@ class Journal:
                 self._cond.wait()
 
     def sync(self) -> None:
+        self.write_kept()
         with self._cond:
             target = self._written
         self.wait_synced(target)

@@ -271,10 +271,15 @@ class Connection:
         self.relay, self.sender = relay, sender
         self.retries, self.backoff = retries, backoff
         self.smtp: smtplib.SMTP | None = None
+        self._mail = f"MAIL FROM:<{sender}>\r\n".encode()
+        self._pipelining = False
+        self._ascii_sender = sender.isascii()
 
     def _open(self) -> smtplib.SMTP:
         if self.smtp is None:
-            self.smtp = self.relay.connect()
+            smtp = self.relay.connect()
+            self._pipelining = smtp.has_extn("pipelining")
+            self.smtp = smtp
         return self.smtp
 
     def _drop(self) -> None:
@@ -313,7 +318,7 @@ class Connection:
             try:
                 self._attempt(item, journal, seq)
                 at = now_us()
-                journal.append(f"done {item.contact_id} {at}")
+                journal.settle(f"done {item.contact_id} {at}")
                 return Result(Outcome.DELIVERED, at)
             except _Temporary as exc:
                 detail = str(exc)
@@ -330,19 +335,37 @@ class Connection:
         return Result(Outcome.FAILED, now_us(), detail)
 
     def _attempt(self, item: Delivery, journal: Journal, seq: int) -> None:
+        # The commands are written and the answers read here rather than through
+        # smtplib's mail()/rcpt()/getreply(): those parse both addresses again with
+        # email.utils for every message, which cost more CPU than everything else.
+        if not item.email.isprintable() or any(c in item.email for c in "<> "):
+            raise _Final(Outcome.FAILED, "the address has characters SMTP cannot carry")
         try:
             smtp = self._open()
-            options = ["SMTPUTF8"] if not item.email.isascii() else []
-            if options and not smtp.has_extn("smtputf8"):
-                raise _Final(Outcome.FAILED, "the server does not accept non-ASCII addresses")
-            self._expect(smtp.mail(self.sender, options), "MAIL FROM", Outcome.FAILED)
-            self._expect(smtp.rcpt(item.email), "RCPT TO", Outcome.BOUNCED)
+            mail = self._mail
+            if not (item.email.isascii() and self._ascii_sender):
+                if not smtp.has_extn("smtputf8"):
+                    raise _Final(Outcome.FAILED, "the server does not accept non-ASCII addresses")
+                mail = mail[:-2] + b" SMTPUTF8\r\n"
+            rcpt = b"RCPT TO:<" + item.email.encode() + b">\r\n"
+            sock = smtp.sock
+            if self._pipelining:  # RFC 2920: both commands in one packet, one round trip
+                sock.sendall(mail + rcpt)
+                mailed, rcpted = read_reply(smtp), read_reply(smtp)
+                self._expect(mailed, "MAIL FROM", Outcome.FAILED)
+                self._expect(rcpted, "RCPT TO", Outcome.BOUNCED)
+            else:
+                sock.sendall(mail)
+                self._expect(read_reply(smtp), "MAIL FROM", Outcome.FAILED)
+                sock.sendall(rcpt)
+                self._expect(read_reply(smtp), "RCPT TO", Outcome.BOUNCED)
             journal.wait_synced(seq)
             crash_point("send:before-data")
-            code, reply = smtp.docmd("data")
+            sock.sendall(b"DATA\r\n")
+            code, reply = read_reply(smtp)
             if code != 354:
                 self._expect((code, reply), "DATA", Outcome.FAILED)
-            smtp.send(PERIOD_RE.sub(b"..", item.data) + b".\r\n")
+            sock.sendall(PERIOD_RE.sub(b"..", item.data) + b".\r\n")
         except (_Temporary, _Final):
             raise
         except NETWORK_ERRORS as exc:
@@ -350,7 +373,7 @@ class Connection:
             self._drop()
             raise _Temporary(f"connection: {exc}") from None
         try:
-            answer = smtp.getreply()
+            answer = read_reply(smtp)
         except NETWORK_ERRORS as exc:
             self._drop()
             raise _Final(Outcome.UNCERTAIN, f"no answer after the content: {exc}") from None
@@ -373,6 +396,30 @@ class Connection:
         if 500 <= code < 600:
             raise _Final(permanent, text)
         raise _Temporary(text)
+
+
+def read_reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:
+    """One (possibly multi-line) answer, as smtplib's getreply() reads it, for less CPU."""
+    file = smtp.file
+    if file is None:
+        file = smtp.file = smtp.sock.makefile("rb")
+    lines = []
+    while True:
+        line = file.readline(smtplib._MAXLINE + 1)
+        if not line:
+            smtp.close()
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        if len(line) > smtplib._MAXLINE:
+            smtp.close()
+            raise smtplib.SMTPResponseException(500, "Line too long.")
+        lines.append(line[4:].strip(b" \t\r\n"))
+        if line[3:4] != b"-":
+            break
+    try:
+        code = int(line[:3])
+    except ValueError:
+        code = -1
+    return code, b"\n".join(lines)
 
 
 def probe(relay: Relay) -> None:

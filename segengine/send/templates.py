@@ -158,7 +158,7 @@ TEXT_OF: dict[FieldType, object] = {
 }
 
 
-def value_columns(frame: pl.DataFrame, fields: Iterable[str], schema: Schema) -> list[pl.Expr]:
+def value_columns(fields: Iterable[str], schema: Schema) -> list[pl.Expr]:
     """Expressions turning contact columns into text (empty -> "") under their own names."""
     exprs = []
     for name in fields:
