@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
 import ssl
 import subprocess
 import time
@@ -46,6 +47,12 @@ class Relay(Mailbox):
     def __init__(self) -> None:
         super().__init__()
         self.logins: list[tuple[str, str, bool]] = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # Offer PIPELINING (aiosmtpd handles pipelined commands but does not say so), so
+        # these tests take the pipelined path and test_send.py the one command at a time.
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         assert isinstance(auth_data, LoginPassword)
@@ -137,6 +144,23 @@ def test_tls_and_login_deliver(small, relay, ca, tls, mechanism, monkeypatch):
     assert b"Hi Ann" in bodies["ann@example.com"] and b"Hi there" in bodies["bob@example.com"]
     assert PASSWORD.encode() not in (small.path / "sends").joinpath(
         journal_path(small.path, "c").name).read_bytes()
+
+
+def test_pipelined_rejections_bounce_and_fail(small, relay, ca):
+    box = relay("ssl", login=False)
+    probe = smtplib.SMTP_SSL(*box.address.split(":"),
+                             context=ssl.create_default_context(cafile=str(ca[1])))
+    assert probe.ehlo()[0] == 250 and probe.has_extn("pipelining")  # the path under test
+    probe.quit()
+    box.answers["ann@example.com"] = "550 5.1.1 no such user"
+    result = small.send("c", "everyone", subject="x", html="x", from_addr="news@example.com",
+                        smtp=box.address, tls="ssl", ca_file=str(ca[1]), connections=1)
+    assert (result.sent, result.bounced, result.failed) == (1, 1, 0)
+    assert list(box.counts()) == ["bob@example.com"]
+    box.answers["bob@example.com"] = "451 4.7.1 later"
+    again = small.send("d", "everyone", subject="x", html="x", from_addr="news@example.com",
+                       smtp=box.address, tls="ssl", ca_file=str(ca[1]), retries=1, backoff=0.01)
+    assert (again.sent, again.failed) == (0, 1) and box.attempts["bob@example.com"] == 3
 
 
 def test_a_wrong_password_exits_1_before_anything_is_sent(small, relay, ca, monkeypatch):

@@ -354,8 +354,8 @@ class Recorder:
 # --- suppression while sending ---------------------------------------------------------
 
 
-def manifest_key(store: Store) -> tuple[int, int, int]:
-    st = os.stat(store.root / MANIFEST)
+def manifest_key(store: Store, path: str | None = None) -> tuple[int, int, int]:
+    st = os.stat(path or store.root / MANIFEST)
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
@@ -370,6 +370,7 @@ class Guard:
 
     def __init__(self, store: Store, snap: Snapshot, audience: np.ndarray):
         self.store = store
+        self._manifest = str(store.root / MANIFEST)  # joined once: checked per message
         self.audience = pl.Series("contact_id", audience)
         self._lock = threading.Lock()
         self._version = snap.version
@@ -378,7 +379,7 @@ class Guard:
         self.reloads = 0
 
     def allowed(self, contact_id: int) -> bool:
-        if manifest_key(self.store) != self._key:
+        if manifest_key(self.store, self._manifest) != self._key:
             with self._lock:
                 self._refresh()
         return contact_id not in self._dropped
