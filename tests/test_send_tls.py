@@ -206,6 +206,13 @@ def test_login_over_plain_smtp_only_when_asked(small, relay, monkeypatch):
     assert '"sent": 2' in run.stdout and box.logins[0][2]
 
 
+def test_a_relay_that_wants_a_login_is_named_before_sending(small, relay, ca):
+    box = relay("starttls")
+    run = cli_send(small, box, "--ca-file", str(ca[1]), code=1)
+    assert "requires a login" in run.stderr and "--user" in run.stderr
+    assert box.handed == []
+
+
 def test_user_without_password_exits_2(small, relay, ca, monkeypatch):
     box = relay("starttls")
     run = cli_send(small, box, "--ca-file", str(ca[1]), "--user", USER, code=2,

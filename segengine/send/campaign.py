@@ -562,7 +562,7 @@ def _send(ws, plan: Plan, options: SendOptions, segments, state: JournalState,
     summary = SendSummary(plan.campaign, audience.height, skipped=skipped, uncertain=uncertain)
     if todo.height == 0:
         return summary
-    probe(plan.relay)
+    probe(plan.relay, plan.sender.address)
     renderer = Renderer(plan, snap, workspace_secret(store.root))
     guard = Guard(store, snap, todo["contact_id"].to_numpy())
     journal = Journal(journal_path(store.root, plan.campaign), plan.campaign)

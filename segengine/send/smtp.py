@@ -1,9 +1,15 @@
 """Delivering one message over one SMTP connection, with the journal steps around it.
 
-A delivery is ``MAIL FROM``, ``RCPT TO``, ``DATA`` and the content. The ``intent``
-line is appended to the journal before ``MAIL FROM`` and its fsync is awaited just
-before the content is sent, so the disk flush overlaps two network round trips. What
-each answer means:
+A connection is opened by a `Relay`: TLS (STARTTLS by default, implicit TLS, or none
+when asked for) with the certificate verified, then the login (AUTH PLAIN or LOGIN).
+`probe` does that once before a send, so a bad certificate or login stops the send
+before any message, naming the step.
+
+A delivery is ``MAIL FROM``, ``RCPT TO``, ``DATA`` and the content; the three commands
+go out in one packet when the server offers PIPELINING. The ``intent`` line is
+appended to the journal before ``MAIL FROM`` and its fsync is awaited just before the
+content is sent, so the disk flush overlaps the network round trips. What each answer
+means:
 
 =========================  ==========================================================
 answer                     outcome
@@ -160,15 +166,13 @@ class Relay:
         if tls != "none":
             # Certificates and host names are always verified: a relay that cannot be
             # verified could be anybody, and it would receive the login and every message.
-            context = ssl.create_default_context()
-            if ca_file is not None:
-                try:
-                    context = ssl.create_default_context(cafile=ca_file)
-                except (OSError, ssl.SSLError) as exc:
-                    raise InputError(
-                        f"--ca-file: cannot load CA certificates from {ca_file}: {exc}; "
-                        "give a PEM file of the CA that signed the relay's certificate"
-                    ) from None
+            try:
+                context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise InputError(
+                    f"--ca-file: cannot load CA certificates from {ca_file}: {exc}; "
+                    "give a PEM file of the CA that signed the relay's certificate"
+                ) from None
         return cls(host, port, tls, ca_file, user, password if user else None, timeout, context)
 
     @property
@@ -457,7 +461,7 @@ class Replies:
         return code, b"\n".join(lines)
 
 
-def probe(relay: Relay) -> None:
+def probe(relay: Relay, sender: str) -> None:
     """Connect, encrypt and log in once before a send starts, so a wrong --smtp, --tls,
     --ca-file or login fails at once, clearly, and before any message is sent."""
     try:
@@ -467,6 +471,14 @@ def probe(relay: Relay) -> None:
             f"--smtp: cannot talk to the SMTP server {relay.address}: {relay._scrub(str(exc))}"
         ) from None
     try:
+        # A relay that wants a login says so only at MAIL FROM: ask once, not per message.
+        code = smtp.docmd("MAIL", f"FROM:<{sender}>")[0] if sender.isascii() else 0
+        if code == 530 and relay.user is None:
+            raise LoginFailed(
+                f"the SMTP server {relay.address} requires a login, so nothing was sent: "
+                f"give --user NAME and the password in ${PASSWORD_ENV}"
+            )
+        smtp.rset()
         smtp.quit()
     except NETWORK_ERRORS:
-        pass
+        _close(smtp)
