@@ -304,7 +304,16 @@ def table(rows: list[dict], contacts: int, rounds: int) -> str:
         lines.append(f"| {r['sender']} | {transport} | {r['connections']} | "
                      f"{r['cpu'] / r['sent'] * 1e3:.3f} | {per_message(r):.3f} | "
                      f"{r['fixed']:.2f} | {r['sent'] / r['wall']:,.0f} |")
-    lines.append("")
+    lines += [
+        "",
+        "- CPU is the sender process's own (all threads, user + system) over the whole "
+        "`Workspace.send` call; \"without the fixed cost\" takes off the CPU of the same "
+        "send to a one-contact segment (engine imports, audience, probe, final recording) "
+        "and divides by the other messages.",
+    ]
+    if any(r["sender"].endswith("(base)") for r in rows):
+        lines.append("- `segengine (base)`: the installation given with `--base` (the code "
+                     "before TLS and the CPU work), measured on plain SMTP only.")
     plain, tls = find("segengine", "none", 4), find("segengine", "starttls", 4)
     if plain and tls:
         ratio = (plain["sent"] / plain["wall"]) / (tls["sent"] / tls["wall"])
