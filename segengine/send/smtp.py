@@ -7,9 +7,9 @@ before any message, naming the step.
 
 A delivery is ``MAIL FROM``, ``RCPT TO``, ``DATA`` and the content; the three commands
 go out in one packet when the server offers PIPELINING. The ``intent`` line is
-appended to the journal before ``MAIL FROM`` and its fsync is awaited just before the
-content is sent, so the disk flush overlaps the network round trips. What each answer
-means:
+appended to the journal before ``MAIL FROM`` and its flush is awaited (done by this
+connection or shared with another's) just before the content is sent. What each
+answer means:
 
 =========================  ==========================================================
 answer                     outcome
@@ -225,16 +225,18 @@ class Relay:
             permanent = isinstance(exc, ssl.SSLCertVerificationError) or (
                 isinstance(exc, smtplib.SMTPAuthenticationError) and 500 <= exc.smtp_code < 600
             )
+            # Before the send (strict) nothing has gone out; during it, the send stops.
+            outcome = "so nothing was sent" if strict else "so the send stopped"
             if stage == "tls" and (strict or permanent):
                 hint = "" if self.ca_file else " (a relay with a private CA: --ca-file CA.pem)"
                 raise HandshakeFailed(
-                    f"--tls {self.tls}: the TLS handshake with {self.address} failed, so nothing "
-                    f"was sent: {detail}{hint}"
+                    f"--tls {self.tls}: the TLS handshake with {self.address} failed, "
+                    f"{outcome}: {detail}{hint}"
                 ) from None
             if stage == "login" and (strict or permanent):
                 raise LoginFailed(
-                    f"--user {self.user}: the SMTP server {self.address} refused the login, so "
-                    f"nothing was sent: {detail}"
+                    f"--user {self.user}: the SMTP server {self.address} refused the login, "
+                    f"{outcome}: {detail}"
                 ) from None
             raise
 
