@@ -653,5 +653,18 @@ def write_runs(runs: list[Run], results: Path = RESULTS, chart_path: Path = CHAR
         charted.notes.append("ratios.png not drawn: matplotlib is not installed "
                              "(`pip install -e .[bench]`).")
         charted = None
-    results.write_text(markdown(runs, charted))
+    results.write_text(_keep_sending(markdown(runs, charted), results))
     return [r.options.scale.name for r in runs]
+
+
+def _keep_sending(text: str, results: Path) -> str:
+    """`text` with the Sending section of the current file (benchmarks.send writes it)."""
+    from .send import BEGIN, END
+
+    current = results.read_text() if results.exists() else ""
+    if BEGIN not in current or END not in current:
+        return text
+    block = BEGIN + current.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n\n"
+    marker = "## How it is measured"
+    head, sep, tail = text.partition(marker)
+    return head + block + sep + tail if sep else text + "\n" + block

@@ -817,6 +817,15 @@ def _print_send(result, as_json: bool) -> None:
               help="Text body template file (default: derived from the HTML).")
 @click.option("--from", "from_addr", required=True, metavar="ADDR", help="Sender address.")
 @click.option("--smtp", required=True, metavar="HOST:PORT", help="SMTP server.")
+@click.option("--tls", type=click.Choice(["starttls", "ssl", "none"]), default="starttls",
+              show_default=True,
+              help="starttls: upgrade the connection (refused if the server cannot); ssl: "
+                   "implicit TLS (port 465); none: unencrypted, only when you ask for it.")
+@click.option("--ca-file", type=click.Path(dir_okay=False), metavar="PEM",
+              help="Trust this CA (PEM) for the server's certificate instead of the system's.")
+@click.option("--user", metavar="NAME",
+              help="Log in as NAME (AUTH PLAIN/LOGIN); the password comes from "
+                   "$SEGENGINE_SMTP_PASSWORD only.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True),
               help="At most this many messages per second (whole send).")
 @click.option("--connections", type=click.IntRange(min=1), default=4, show_default=True,
@@ -829,8 +838,8 @@ def _print_send(result, as_json: bool) -> None:
 @as_of_option
 @json_option
 @click.pass_context
-def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp, rate, connections,
-         unsubscribe_url, dry_run, retry_uncertain, as_of, as_json) -> None:
+def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp, tls, ca_file, user,
+         rate, connections, unsubscribe_url, dry_run, retry_uncertain, as_of, as_json) -> None:
     """Send CAMPAIGN to the active contacts of the segments over SMTP.
 
     Interrupted (Ctrl-C, crash, kill)? Run the same command again: it sends only to
@@ -843,7 +852,8 @@ def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp
         campaign, *segments, subject=subject, html=_read_template(html_file, "--html"),
         text=_read_template(text_file, "--text"), from_addr=from_addr, smtp=smtp, rate=rate,
         connections=connections, unsubscribe_url=unsubscribe_url, dry_run=dry_run,
-        retry_uncertain=retry_uncertain, as_of=as_of, progress=progress(),
+        retry_uncertain=retry_uncertain, as_of=as_of, progress=progress(), tls=tls,
+        ca_file=ca_file, user=user,
     )
     _print_send(result, as_json)
 

@@ -85,6 +85,7 @@ def smtp():
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
     mailbox.address = f"127.0.0.1:{port}"
+    mailbox.tls = "none"  # a plain server: no STARTTLS
     yield mailbox
     controller.stop()
 
@@ -123,7 +124,8 @@ def sent_events(ws: segengine.Workspace, campaign: str, kind: str = "sent") -> p
 
 def send(ws: segengine.Workspace, smtp: Mailbox, campaign: str = "spring", **kw):
     options = {"subject": "Hi {{first_name}}", "html": HTML, "from_addr": "news@example.com",
-               "smtp": smtp.address, "record_every": 0.2, "backoff": 0.01}
+               "smtp": smtp.address, "record_every": 0.2, "backoff": 0.01,
+               "tls": smtp.tls}
     options.update(kw)
     return ws.send(campaign, "everyone", **options)
 
@@ -234,8 +236,14 @@ def test_templates_never_run_code():
         template.check(Schema.from_pairs([("first_name", "text")]))
     with pytest.raises(InputError, match="malformed merge tag"):
         Template.parse("{{ a.b }}", "--html", "html")
+    # After a bar comes fallback text, never a filter: "upper" is rendered as it is
+    # where the value is empty, and nothing is applied to a value that is there.
+    filtered = Template.parse("{{ first_name | upper }}", "--html", "html")
+    assert (filtered.tags, filtered.fallbacks) == (("first_name",), ("upper",))
+    frame = pl.DataFrame({"first_name": ["ann", ""]})
+    assert frame.select(filtered.expr()).to_series().to_list() == ["ann", "upper"]
     with pytest.raises(InputError, match="malformed merge tag"):
-        Template.parse("{{ first_name | upper }}", "--html", "html")
+        Template.parse("{{ first_name | {{x}} }}", "--html", "html")
     assert text_of_html("<style>p{}</style><p>A &amp; B</p><a href='u'>x</a>") == "A & B\nx (u)\n"
 
 
@@ -304,7 +312,7 @@ def test_rate_caps_the_whole_send(big, smtp):
     n = big.count(segment)["sendable"]
     start = time.monotonic()
     result = big.send("rated", segment, subject="x", html="x", from_addr="a@example.com",
-                      smtp=smtp.address, rate=100, connections=4)
+                      smtp=smtp.address, rate=100, connections=4, tls="none")
     elapsed = time.monotonic() - start
     assert result.sent == n > 100
     assert elapsed >= (n - 4) / 100 * 0.95
@@ -347,9 +355,10 @@ def test_unsubscribe_while_sending_stops_their_messages(big, smtp, tmp_path):
 
 def send_cmd(ws: Path, address: str, html: Path, *extra: str,
              segment: str = "everyone") -> list[str]:
+    tls = [] if "--tls" in extra else ["--tls", "none"]
     return [sys.executable, "-m", "segengine", "-w", str(ws), "send", "spring", "--segment",
             segment, "--subject", "Hi {{first_name}}", "--html", str(html), "--from",
-            "news@example.com", "--smtp", address, "--json", *extra]
+            "news@example.com", "--smtp", address, "--json", *tls, *extra]
 
 
 def run_send(ws: Path, address: str, html: Path, *extra: str, env=None,

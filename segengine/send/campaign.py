@@ -43,7 +43,7 @@ from ..store.workspace import MANIFEST, Snapshot, Store
 from . import templates as tpl
 from .journal import Journal, JournalState, journal_path, read_state
 from .message import Sender
-from .smtp import Connection, Delivery, Outcome, RateLimiter, parse_server, probe
+from .smtp import Connection, Delivery, Outcome, RateLimiter, Relay, parse_server, probe
 from .tokens import token, workspace_secret
 
 if TYPE_CHECKING:
@@ -85,8 +85,13 @@ class SendOptions:
     retries: int = 3  # extra attempts after a temporary failure
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     timeout: float = 30.0  # SMTP socket timeout
-    record_every: float = 2.0  # seconds between recording transactions
+    record_every: float = 10.0  # seconds between recording transactions
     record_batch: int = 5_000  # or this many deliveries, whichever comes first
+    tls: str = "starttls"  # starttls | ssl | none
+    ca_file: str | None = None  # PEM file of a private CA to trust instead of the system's
+    user: str | None = None  # SMTP login (AUTH PLAIN or LOGIN, after TLS)
+    #: the login's password; None: read from $SEGENGINE_SMTP_PASSWORD when `user` is set
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -149,7 +154,7 @@ class Plan:
     templates: dict[str, tpl.Template]  # subject, html, text
     url: tpl.Template
     sender: Sender
-    server: tuple[str, int]
+    relay: Relay
     fields: list[str]
 
     @classmethod
@@ -163,7 +168,10 @@ class Plan:
         if options.rate is not None and options.rate <= 0:
             raise InputError("--rate must be a positive number of messages per second")
         sender = Sender.parse(options.from_addr)
-        server = parse_server(options.smtp)
+        relay = Relay.check(
+            *parse_server(options.smtp), tls=options.tls, ca_file=options.ca_file,
+            user=options.user, password=options.password, timeout=options.timeout,
+        )
         text = options.text if options.text is not None else tpl.text_of_html(options.html)
         templates = {
             "subject": tpl.Template.parse(options.subject, "--subject", "subject"),
@@ -179,7 +187,7 @@ class Plan:
             template.check(snap.schema)
         fields = tpl.fields_used((*templates.values(), url))
         fields = ["email", *[f for f in fields if f != "email"]]
-        return cls(campaign, templates, url, sender, server, fields)
+        return cls(campaign, templates, url, sender, relay, fields)
 
 
 # --- the audience ----------------------------------------------------------------------
@@ -268,8 +276,10 @@ def recover(store: Store, campaign: str, state: JournalState) -> None:
 class Recorder:
     """Collects deliveries from the workers and records them in short transactions."""
 
-    def __init__(self, store: Store, campaign: str, options: SendOptions, guard: Guard):
+    def __init__(self, store: Store, campaign: str, options: SendOptions, guard: Guard,
+                 journal: Journal):
         self.store, self.campaign, self.options, self.guard = store, campaign, options, guard
+        self.journal = journal
         self._lock = threading.Lock()
         self._sent: list[tuple[int, int]] = []
         self._bounced: list[int] = []
@@ -308,6 +318,10 @@ class Recorder:
         with self._lock:
             sent, self._sent = self._sent, []
             bounced, self._bounced = self._bounced, []
+        if sent or bounced:
+            # The journal holds every delivery before its event does, so a crash while
+            # recording leaves nothing uncertain that was recorded.
+            self.journal.write_kept()
         try:
             if sent:
                 ids, at = np.array(sent, dtype=np.int64).T
@@ -340,8 +354,8 @@ class Recorder:
 # --- suppression while sending ---------------------------------------------------------
 
 
-def manifest_key(store: Store) -> tuple[int, int, int]:
-    st = os.stat(store.root / MANIFEST)
+def manifest_key(store: Store, path: str | None = None) -> tuple[int, int, int]:
+    st = os.stat(path or store.root / MANIFEST)
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
@@ -356,6 +370,7 @@ class Guard:
 
     def __init__(self, store: Store, snap: Snapshot, audience: np.ndarray):
         self.store = store
+        self._manifest = str(store.root / MANIFEST)  # joined once: checked per message
         self.audience = pl.Series("contact_id", audience)
         self._lock = threading.Lock()
         self._version = snap.version
@@ -364,7 +379,7 @@ class Guard:
         self.reloads = 0
 
     def allowed(self, contact_id: int) -> bool:
-        if manifest_key(self.store) != self._key:
+        if manifest_key(self.store, self._manifest) != self._key:
             with self._lock:
                 self._refresh()
         return contact_id not in self._dropped
@@ -412,10 +427,15 @@ class Renderer:
 
     def __init__(self, plan: Plan, snap: Snapshot, secret: bytes):
         self.plan, self.schema, self.secret = plan, snap.schema, secret
+        # Compiled once per send: the expressions every batch is rendered with.
+        self._values = [pl.col("contact_id"), *tpl.value_columns(plan.fields, self.schema)]
+        self._rendered = [
+            pl.col("contact_id"), *(t.expr().alias(name) for name, t in plan.templates.items())
+        ]
 
     def render(self, batch: pl.DataFrame) -> list[Delivery]:
         plan = self.plan
-        values = batch.select("contact_id", *tpl.value_columns(batch, plan.fields, self.schema))
+        values = batch.select(self._values)
         emails = values["email"].to_list()
         tokens = [token(self.secret, plan.campaign, e) for e in emails]
         urls = self._urls(values, tokens)
@@ -423,10 +443,7 @@ class Renderer:
             pl.Series(tpl.TOKEN, tokens, pl.String),
             pl.Series(tpl.UNSUBSCRIBE_URL, urls, pl.String),
         )
-        rendered = values.select(
-            pl.col("contact_id"),
-            *(t.expr().alias(name) for name, t in plan.templates.items()),
-        )
+        rendered = values.select(self._rendered)
         out = []
         rows = zip(rendered.iter_rows(), emails, urls, strict=True)
         for (cid, subject, html, text), to, url in rows:
@@ -440,8 +457,9 @@ class Renderer:
 
         url = self.plan.url
         columns = [
-            tokens if tag == tpl.TOKEN else [quote(v, safe="") for v in values[tag].to_list()]
-            for tag in url.tags
+            tokens if tag == tpl.TOKEN
+            else [quote(v, safe="") if v else url.fallback(i) for v in values[tag].to_list()]
+            for i, tag in enumerate(url.tags)
         ]
         out = []
         for i in range(len(tokens)):
@@ -544,11 +562,11 @@ def _send(session, plan: Plan, options: SendOptions, segments, state: JournalSta
     summary = SendSummary(plan.campaign, audience.height, skipped=skipped, uncertain=uncertain)
     if todo.height == 0:
         return summary
-    probe(*plan.server, options.timeout)
+    probe(plan.relay, plan.sender.address)
     renderer = Renderer(plan, snap, workspace_secret(store.root))
     guard = Guard(store, snap, todo["contact_id"].to_numpy())
     journal = Journal(journal_path(store.root, plan.campaign), plan.campaign)
-    recorder = Recorder(store, plan.campaign, options, guard)
+    recorder = Recorder(store, plan.campaign, options, guard, journal)
     counters = Counters()
     work: queue.Queue[Delivery | None] = queue.Queue(maxsize=4 * RENDER_BATCH)
     stop = threading.Event()
@@ -581,9 +599,8 @@ def _send(session, plan: Plan, options: SendOptions, segments, state: JournalSta
                             return
 
     def deliver_all() -> None:
-        host, port = plan.server
-        conn = Connection(host, port, plan.sender.address, timeout=options.timeout,
-                          retries=options.retries, backoff=options.backoff)
+        conn = Connection(plan.relay, plan.sender.address, retries=options.retries,
+                          backoff=options.backoff)
         try:
             while not stop.is_set():
                 try:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import binascii
 import email.utils
+import functools
+import os
 import re
 import secrets
-import uuid
+import time
 from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
@@ -30,15 +32,42 @@ PLAIN_HEADER_RE = re.compile(r"[\x20-\x7e]{0,900}\Z")
 
 def body_part(content_type: str, text: str) -> bytes:
     """One MIME part: UTF-8, quoted-printable, CRLF line ends."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return PART_HEADS[content_type] + body_bytes(text)
+
+
+def body_bytes(text: str) -> bytes:
+    """A body in quoted-printable with CRLF line ends, ending with a line end."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"  # b2a_qp picks CRLF output from the first line end it sees
-    encoded = binascii.b2a_qp(text.replace("\n", CRLF).encode(), istext=True)
-    head = (
-        f'Content-Type: {content_type}; charset="utf-8"{CRLF}'
+    return binascii.b2a_qp(text.replace("\n", CRLF).encode(), istext=True)
+
+
+PART_HEADS = {
+    kind: (
+        f'Content-Type: {kind}; charset="utf-8"{CRLF}'
         f"Content-Transfer-Encoding: quoted-printable{CRLF}{CRLF}"
-    )
-    return head.encode() + encoded
+    ).encode()
+    for kind in ("text/plain", "text/html")
+}
+
+
+class _Clock:
+    """The Date header, formatted once per second rather than once per message."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def date(self) -> str:
+        now = int(time.time())
+        if now != self.second:  # a race between threads only formats the same second twice
+            self.text, self.second = email.utils.formatdate(now, usegmt=True), now
+        return self.text
+
+
+CLOCK = _Clock()
 
 
 def subject_header(subject: str) -> str:
@@ -52,7 +81,7 @@ def url_header_value(url: str) -> str:
     return url if url.isascii() else quote(url, safe=URL_SAFE)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Sender:
     """What every message of a send shares: the sender, the Message-ID domain, the boundary."""
 
@@ -77,26 +106,38 @@ class Sender:
         self, to: str, subject: str, text: str, html: str, unsubscribe_url: str
     ) -> tuple[str, bytes]:
         """(Message-ID, the message as bytes) for one contact."""
-        message_id = f"<{uuid.uuid4().hex}@{self.domain}>"
+        message_id = f"<{os.urandom(16).hex()}@{self.domain}>"
         head = (
-            f"From: {self.header}{CRLF}"
+            f"{self.from_line}"
             f"To: {to}{CRLF}"
             f"{subject_header(subject)}"
-            f"Date: {email.utils.formatdate(usegmt=True)}{CRLF}"
+            f"Date: {CLOCK.date()}{CRLF}"
             f"Message-ID: {message_id}{CRLF}"
             f"List-Unsubscribe: <{url_header_value(unsubscribe_url)}>{CRLF}"
+        )
+        return message_id, b"".join(
+            (head.encode(), self.mime_head, PART_HEADS["text/plain"], body_bytes(text),
+             self.delimiter, PART_HEADS["text/html"], body_bytes(html), self.closing)
+        )
+
+    # The parts every message of a send shares, rendered once per send.
+
+    @functools.cached_property
+    def from_line(self) -> str:
+        return f"From: {self.header}{CRLF}"
+
+    @functools.cached_property
+    def mime_head(self) -> bytes:
+        return (
             f"List-Unsubscribe-Post: List-Unsubscribe=One-Click{CRLF}"
             f"MIME-Version: 1.0{CRLF}"
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"{CRLF}{CRLF}'
-        )
-        delimiter = f"--{self.boundary}{CRLF}".encode()
-        body = b"".join(
-            (
-                delimiter,
-                body_part("text/plain", text),
-                delimiter,
-                body_part("text/html", html),
-                f"--{self.boundary}--{CRLF}".encode(),
-            )
-        )
-        return message_id, head.encode() + body
+        ).encode() + self.delimiter
+
+    @functools.cached_property
+    def delimiter(self) -> bytes:
+        return f"--{self.boundary}{CRLF}".encode()
+
+    @functools.cached_property
+    def closing(self) -> bytes:
+        return f"--{self.boundary}--{CRLF}".encode()

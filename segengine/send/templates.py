@@ -1,4 +1,4 @@
-"""Merge tags: `{{field}}` in the subject, the bodies and the unsubscribe URL.
+"""Merge tags: `{{field}}` and `{{field|fallback}}` in the subject, the bodies and the URL.
 
 A template is split once into literal text and tag names by a regular expression;
 nothing in it is ever evaluated, so a template cannot run code (no Jinja, no format
@@ -8,7 +8,8 @@ each template one `concat_str` over literals and (escaped) value columns.
 
 Values render as text: an empty value as nothing, numbers without a needless
 ``.0``, dates as ``YYYY-MM-DD``, datetimes as ``YYYY-MM-DDTHH:MM:SSZ``, booleans as
-``true``/``false``, lists joined by ``, ``. Two tags are not fields: ``{{token}}``
+``true``/``false``, lists joined by ``, ``. ``{{field|fallback}}`` renders the
+fallback, literal template text, where the value is empty. Two tags are not fields: ``{{token}}``
 (the contact's unsubscribe token) and ``{{unsubscribe_url}}`` (the contact's
 unsubscribe link); they shadow custom fields of the same name.
 """
@@ -43,30 +44,41 @@ HTML_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), (
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """A template split into literals and tags: ``parts[0] {tags[0]} parts[1] ...``."""
+    """A template split into literals and tags: ``parts[0] {tags[0]} parts[1] ...``.
+
+    ``fallbacks[i]`` is the text rendered where the value of ``tags[i]`` is empty
+    ("" without one, which renders an empty value as nothing).
+    """
 
     where: str  # the option it came from, for error messages (e.g. "--subject")
     kind: str  # subject | html | text | url
     parts: tuple[str, ...]
     tags: tuple[str, ...]
+    fallbacks: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, text: str, where: str, kind: str) -> Template:
         parts: list[str] = []
         tags: list[str] = []
+        fallbacks: list[str] = []
         pos = 0
         for match in TAG_RE.finditer(text):
-            name = NAME_RE.match(match.group(1))
-            if name is None:
+            inner, bar, fallback = match.group(1).partition("|")
+            name = NAME_RE.match(inner)
+            if name is None or "{{" in fallback:
                 raise InputError(
-                    f"{where}: malformed merge tag {match.group(0)!r}: "
-                    "a tag is {{field}} with a field name (letters, digits, _)"
+                    f"{where}: malformed merge tag {match.group(0)!r}: a tag is "
+                    "{{field}} or {{field|fallback}} with a field name (letters, digits, _)"
                 )
             parts.append(text[pos : match.start()])
             tags.append(name.group(1))
+            fallbacks.append(fallback.strip())
             pos = match.end()
         parts.append(text[pos:])
-        return cls(where, kind, tuple(parts), tuple(tags))
+        return cls(where, kind, tuple(parts), tuple(tags), tuple(fallbacks))
+
+    def fallback(self, i: int) -> str:
+        return self.fallbacks[i] if i < len(self.fallbacks) else ""
 
     def check(self, schema: Schema) -> None:
         """Refuse unknown tags, naming the tag and the closest field."""
@@ -88,7 +100,11 @@ class Template:
         for i, tag in enumerate(self.tags):
             if self.parts[i]:
                 pieces.append(pl.lit(self.parts[i]))
-            pieces.append(guard(pl.col(tag)))
+            value = guard(pl.col(tag))
+            if self.fallback(i):
+                # Template text, like the literals around it: not escaped again.
+                value = pl.when(pl.col(tag) == "").then(pl.lit(self.fallback(i))).otherwise(value)
+            pieces.append(value)
         if self.parts[-1] or not pieces:
             pieces.append(pl.lit(self.parts[-1]))
         return pl.concat_str(pieces)
@@ -142,7 +158,7 @@ TEXT_OF: dict[FieldType, object] = {
 }
 
 
-def value_columns(frame: pl.DataFrame, fields: Iterable[str], schema: Schema) -> list[pl.Expr]:
+def value_columns(fields: Iterable[str], schema: Schema) -> list[pl.Expr]:
     """Expressions turning contact columns into text (empty -> "") under their own names."""
     exprs = []
     for name in fields:
