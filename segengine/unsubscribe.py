@@ -213,7 +213,7 @@ def unsubscribe(
     if report is not None and emails is None:
         raise InputError("--report lists the unknown addresses of --emails FILE: use it with --emails")
     if as_of is not None and emails is not None:
-        from .api import parse_as_of
+        from .session import parse_as_of
 
         # batch jobs pass --as-of always; with --emails it selects nothing, but a typo
         # in it is still an error
