@@ -1,0 +1,122 @@
+"""`segengine serve` against a warm in-process count, on an existing workspace.
+
+    python -m benchmarks.serve WORKSPACE [--requests 400] [--clients 8]
+
+Reads only: the workspace is never written. Prints one JSON document: per segment,
+the in-process count's p50/p99, the HTTP /api/count p50/p99 with CLIENTS concurrent
+clients and the requests per second, and the peak RSS of the server and of a
+process that counted the same segments warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from segengine.definition.yaml12 import load_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SEGMENTS = sorted((REPO / "data" / "segments").glob("*.yaml"))
+AS_OF = "2026-11-27"
+
+IN_PROCESS = """
+import json, sys, time
+import segengine
+ws = segengine.open(sys.argv[1])
+segs = json.loads(sys.argv[2])
+out = {}
+for name, seg in segs.items():
+    seg = {"name": name, **seg}
+    ws.count(seg, as_of=sys.argv[3])
+    times = []
+    for _ in range(int(sys.argv[4])):
+        t = time.perf_counter(); ws.count(seg, as_of=sys.argv[3]); times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    out[name] = {"p50_ms": times[len(times) // 2], "p99_ms": times[int(len(times) * 0.99) - 1]}
+peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"segments": out, "peak_rss_mb": int(peak) / 1024}))
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[max(0, int(len(values) * q) - 1)]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workspace")
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    segs = {p.stem: {k: v for k, v in load_yaml(p.read_text()).items() if k != "name"} for p in SEGMENTS}
+
+    local = json.loads(subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, args.workspace, json.dumps(segs), AS_OF, str(args.requests)],
+        capture_output=True, text=True, check=True).stdout)
+
+    server = subprocess.Popen([sys.executable, "-m", "segengine", "-w", args.workspace, "serve",
+                               "--port", str(args.port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(url + "/api/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        results = {}
+        for name, seg in segs.items():
+            body = {"segments": [seg], "as_of": AS_OF}
+            httpx.post(url + "/api/count", json=body, timeout=60).raise_for_status()  # warm
+            latencies: list[float] = []
+            per_client = args.requests // args.clients
+
+            def client(body=body, latencies=latencies, per_client=per_client) -> None:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    for _ in range(per_client):
+                        t = time.perf_counter()
+                        c.post("/api/count", json=body).raise_for_status()
+                        latencies.append((time.perf_counter() - t) * 1000)
+
+            threads = [threading.Thread(target=client) for _ in range(args.clients)]
+            started = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - started
+            results[name] = {
+                "in_process_p50_ms": round(local["segments"][name]["p50_ms"], 3),
+                "in_process_p99_ms": round(local["segments"][name]["p99_ms"], 3),
+                "http_p50_ms": round(statistics.median(latencies), 2),
+                "http_p99_ms": round(percentile(latencies, 0.99), 2),
+                "requests_per_s": round(len(latencies) / wall, 1),
+            }
+        print(json.dumps({"clients": args.clients, "requests_per_segment": args.requests,
+                          "segments": results, "server_peak_rss_mb": round(peak_rss_mb(server.pid), 1),
+                          "in_process_peak_rss_mb": round(local["peak_rss_mb"], 1)}, indent=1))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
