@@ -1,11 +1,13 @@
 """`segengine serve` against a warm in-process count, on an existing workspace.
 
-    python -m benchmarks.serve WORKSPACE [--requests 400] [--clients 8]
+    python -m benchmarks.serve WORKSPACE [--requests 400] [--clients 8] [--browser]
 
 Reads only: the workspace is never written. Prints one JSON document: per segment,
 the in-process count's p50/p99, the HTTP /api/count p50/p99 with CLIENTS concurrent
 clients and the requests per second, and the peak RSS of the server and of a
-process that counted the same segments warm.
+process that counted the same segments warm. With --browser, also the time a
+headless Chromium takes from the last keystroke in the builder to the updated count
+(the 150 ms debounce included and also reported without it).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--browser", action="store_true", help="also time the builder page")
     args = parser.parse_args()
     segs = {p.stem: {k: v for k, v in load_yaml(p.read_text()).items() if k != "name"} for p in SEGMENTS}
 
@@ -110,12 +113,54 @@ def main() -> None:
                 "http_p99_ms": round(percentile(latencies, 0.99), 2),
                 "requests_per_s": round(len(latencies) / wall, 1),
             }
-        print(json.dumps({"clients": args.clients, "requests_per_segment": args.requests,
-                          "segments": results, "server_peak_rss_mb": round(peak_rss_mb(server.pid), 1),
-                          "in_process_peak_rss_mb": round(local["peak_rss_mb"], 1)}, indent=1))
+        report = {"clients": args.clients, "requests_per_segment": args.requests,
+                  "segments": results, "server_peak_rss_mb": round(peak_rss_mb(server.pid), 1),
+                  "in_process_peak_rss_mb": round(local["peak_rss_mb"], 1)}
+        if args.browser:
+            report["browser_keystroke_to_count_ms"] = keystroke_to_count(url)
+        print(json.dumps(report, indent=1))
     finally:
         server.terminate()
         server.wait(10)
+
+
+def keystroke_to_count(url: str, rounds: int = 10) -> dict[str, float]:
+    """Type a state into a field rule, `rounds` times; time the last key to the new count."""
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tempfile.mkdtemp()}"):
+        options.add_argument(flag)
+    d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        d.get(url + "/")
+        WebDriverWait(d, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=add-field]"))
+        d.find_element(By.CSS_SELECTOR, "[data-testid=add-field]").click()
+        Select(d.find_element(By.ID, "rules[0]-field")).select_by_value("state")
+        d.execute_script("document.addEventListener('input', () => { window.lastInput = performance.now(); }, true)")
+        times = []
+        for state in ["CA", "NY", "TX", "WA", "OR", "FL", "IL", "MA", "NJ", "GA"][:rounds]:
+            box = d.find_element(By.ID, "rules[0]-value")
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(state)
+            before = d.execute_script("return window.lastInput")
+            WebDriverWait(d, 30).until(
+                lambda d, before=before: float(d.execute_script("return document.body.dataset.countedAt || 0")) > before)
+            times.append(d.execute_script("return Number(document.body.dataset.countedAt) - window.lastInput"))
+        times.sort()
+        return {"p50": round(times[len(times) // 2], 1), "max": round(times[-1], 1),
+                "p50_after_debounce": round(times[len(times) // 2] - 150, 1)}
+    finally:
+        d.quit()
 
 
 if __name__ == "__main__":
