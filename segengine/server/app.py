@@ -3,7 +3,8 @@
 Every request takes the workspace's newest committed snapshot (the manifest is a file
 of about a kilobyte, read per request), so a commit by another process is visible to
 the next request; the session keeps engines warm per snapshot. Evaluation runs in the
-thread pool (plain ``def`` routes), never on the event loop. The writers' lock is held
+thread pool, never on the event loop: the hot routes hop to it once per request
+(FastAPI's plain ``def`` routes would hop for the body and the response as well). The writers' lock is held
 only inside a segment's ``PUT`` or ``DELETE``.
 """
 
@@ -36,6 +37,7 @@ from fastapi.responses import (
 )
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -338,9 +340,7 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
                 "segments": sorted(snap.segments),
             }
 
-    @app.post("/api/count", tags=["segments"])
-    def count(body: Evaluate) -> dict[str, Any]:
-        """The `count --json` document of the union of `segments`, plus `elapsed_ms`."""
+    def count_now(body: Evaluate) -> dict[str, Any]:
         started = time.perf_counter()
         with evaluating() as snap:
             segs = served.segments(body.segments, snap)
@@ -348,30 +348,39 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
         return {**result, "snapshot": snap.version,
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)}
 
-    @app.post("/api/explain", tags=["segments"])
-    def explain(body: ExplainRequest) -> dict[str, Any]:
-        """The `explain --json` document: how many contacts each rule and group matches."""
+    @app.post("/api/count", tags=["segments"], response_model=None)
+    async def count(body: Evaluate) -> JSONResponse:
+        """The `count --json` document of the union of `segments`, plus `elapsed_ms`."""
+        return JSONResponse(await run_in_threadpool(count_now, body))
+
+    def explain_now(body: ExplainRequest) -> dict[str, Any]:
         with evaluating() as snap:
             (seg,) = served.segments([body.segment], snap)
             result = served.ws.explain(seg, as_of=body.as_of, engine=body.engine)
         result.pop("_tree", None)
         return result
 
-    @app.post("/api/sql", tags=["segments"])
-    def sql(body: SqlRequest) -> dict[str, Any]:
-        """The SELECT of the segment's contact ids in a SQL dialect (as `segengine sql`)."""
+    @app.post("/api/explain", tags=["segments"], response_model=None)
+    async def explain(body: ExplainRequest) -> JSONResponse:
+        """The `explain --json` document: how many contacts each rule and group matches."""
+        return JSONResponse(await run_in_threadpool(explain_now, body))
+
+    def sql_now(body: SqlRequest) -> dict[str, Any]:
         with evaluating() as snap:
             (seg,) = served.segments([body.segment], snap)
             text = served.ws.sql(seg, dialect=body.dialect, as_of=body.as_of)
         return {"dialect": body.dialect, "sql": text}
 
-    @app.post("/api/members", tags=["segments"])
-    def members(body: MembersRequest) -> dict[str, Any]:
-        """Contact rows of the union ordered by email; `total` counts them before paging."""
+    @app.post("/api/sql", tags=["segments"], response_model=None)
+    async def sql(body: SqlRequest) -> JSONResponse:
+        """The SELECT of the segment's contact ids in a SQL dialect (as `segengine sql`)."""
+        return JSONResponse(await run_in_threadpool(sql_now, body))
+
+    def members_now(body: MembersRequest) -> dict[str, Any]:
+        import polars as pl
+
         with evaluating() as snap:
             segs = served.segments(body.segments, snap)
-            import polars as pl
-
             ids = served.ws.contact_ids(*segs, as_of=body.as_of, engine=body.engine, snapshot=snap)
             frame = contacts_frame(snap)
             names = frame.collect_schema().names()
@@ -383,11 +392,16 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
             frame = frame.filter(pl.col("contact_id").is_in(pl.Series(ids).implode()))
             if body.active_only:
                 frame = frame.filter(pl.col("status") == "active")
-            selected = frame.select(columns).collect()
-            page = selected.sort("email").slice(body.offset, body.limit) if "email" in columns else (
-                frame.sort("email").select(columns).slice(body.offset, body.limit).collect())
+            # sorted by email whether or not the page shows it
+            selected = frame.sort("email").select(columns).collect()
+            page = selected.slice(body.offset, body.limit)
             rows = [{k: jsonable(v) for k, v in row.items()} for row in page.to_dicts()]
         return {"total": selected.height, "columns": columns, "rows": rows}
+
+    @app.post("/api/members", tags=["segments"], response_model=None)
+    async def members(body: MembersRequest) -> JSONResponse:
+        """Contact rows of the union ordered by email; `total` counts them before paging."""
+        return JSONResponse(await run_in_threadpool(members_now, body))
 
     @app.post("/api/export", tags=["segments"], response_class=StreamingResponse,
               responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
