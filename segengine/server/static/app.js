@@ -163,7 +163,7 @@ function render() {
 }
 
 function renderGroup(group, path, top) {
-  const box = el("div", { class: top ? "group top" : "group", "data-path": path });
+  const box = el("div", { class: top ? "group root-group" : "group", "data-path": path });
   const at = (i) => `${path ? path + "." : ""}rules[${i}]`;
   const id = path || "top";
   const head = el("div", { class: "group-head" },
@@ -176,6 +176,12 @@ function renderGroup(group, path, top) {
       onclick: () => removeAt(path) }, "✕"));
   box.append(head, el("div", { class: "problem", id: `problem-${path}` }));
   if (top) box.lastChild.id = "problem-rules";
+  if (top && group.rules.length) box.append(el("div", { class: "badge-head", "aria-hidden": "true" }, "on its own"));
+  if (!group.rules.length) {
+    box.append(el("p", { class: "empty" }, top
+      ? "No rules yet: every contact matches. Add a rule below."
+      : (group.match === "all" ? "An empty all-group matches every contact." : "An empty any-group matches no contact.")));
+  }
   const list = el("ol", { class: "rules" });
   group.rules.forEach((rule, i) => {
     const p = at(i);
@@ -319,13 +325,23 @@ async function evaluate() {
   document.body.classList.add("busy");
   const explainBody = { segment: req.segments[0] };
   if (req.as_of) explainBody.as_of = req.as_of;
-  const [count, explain] = await Promise.all([api("POST", "/api/count", req), api("POST", "/api/explain", explainBody)]);
+  let count, explain;
+  try {
+    [count, explain] = await Promise.all([api("POST", "/api/count", req), api("POST", "/api/explain", explainBody)]);
+  } catch (err) {
+    if (mine === seq) $("count-meta").textContent = "the server cannot be reached: is segengine serve running?";
+    return;
+  }
   if (mine !== seq) return;  // a newer definition is on screen
   document.body.classList.remove("busy");
   showProblems(count.ok ? [] : count.data.errors || []);
   if (!count.ok) {
     for (const id of ["count-total", "count-active", "count-unsubscribed", "count-bounced", "count-sendable"]) $(id).textContent = "–";
-    $("count-meta").textContent = count.status === 400 ? "fix the problems shown at the rules" : `error ${count.status}`;
+    $("count-meta").textContent = count.status === 400 ? "fix the problems shown at the rules"
+      : (count.data.errors || [{ message: `error ${count.status}` }])[0].message;
+    document.querySelectorAll(".badge").forEach((b) => { b.textContent = "–"; });
+    $("members-meta").textContent = "";
+    $("members").tBodies[0].replaceChildren();
     return;
   }
   const c = count.data;
@@ -354,7 +370,10 @@ function showProblems(errors) {
       loc = cut > 0 ? loc.slice(0, cut) : "";
     }
     if (target) {
-      target.textContent += (target.textContent ? "; " : "") + e.message;
+      // the part of the location below the rule says which value is wrong
+      const rest = e.location.slice(loc.length).replace(/^\./, "");
+      const text = rest ? `${rest}: ${e.message}` : e.message;
+      target.textContent += (target.textContent ? "\n" : "") + text;
       target.parentElement.classList.add("invalid");
     } else general.push(e.location ? `${e.location}: ${e.message}` : e.message);
   }
@@ -450,6 +469,7 @@ async function start() {
   await refreshSaved();
   $("saved-select").addEventListener("change", (ev) => ev.target.value && openSaved(ev.target.value));
   $("save").addEventListener("click", save);
+  $("seg-name").addEventListener("keydown", (ev) => { if (ev.key === "Enter") save(); });
   $("export").addEventListener("click", exportFile);
   $("as-of").addEventListener("change", schedule);
   $("dialect").addEventListener("change", () => loadSql());
