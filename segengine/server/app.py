@@ -132,6 +132,8 @@ class Served:
     def __init__(self, path: str | Path):
         self.ws = Workspace(path)
         self.lock = threading.Lock()
+        #: what /api/schema describes, for the newest data files only
+        self.schemas: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def segments(self, items: list[SegmentItem], snap) -> list[Any]:
         """Each item loaded on its own, so a problem names the segment it is in."""
@@ -323,7 +325,19 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     @app.get("/api/schema", tags=["workspace"])
     def schema() -> dict[str, Any]:
         """What a builder needs: fields with their operators, lists, campaigns, statuses."""
-        with evaluating() as snap:
+        snap = served.ws.snapshot()
+        # saving a segment makes a new snapshot over the same data files
+        key = (snap.files("contacts"), snap.files("events"), snap.schema)
+        cached = served.schemas.get(key)
+        if cached is None:
+            cached = describe(snap)
+            served.schemas = {key: cached}
+        return {"snapshot": snap.version, **cached, "segments": sorted(snap.segments)}
+
+    def describe(snap) -> dict[str, Any]:
+        # Lists and campaigns take a scan of every contact and event (most of a second
+        # at a million contacts), so they are kept per snapshot.
+        with served.lock:
             con = served.ws.session.connection(snap)
             lists = [r[0] for r in con.execute(
                 "SELECT DISTINCT l FROM (SELECT unnest(lists) AS l FROM contacts) ORDER BY l").fetchall()]
@@ -331,13 +345,11 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
                 "SELECT campaign, min(timestamp) FILTER (WHERE type = 'sent') AS sent_at FROM events "
                 "GROUP BY campaign ORDER BY sent_at DESC NULLS LAST, campaign DESC").fetchall()
             return {
-                "snapshot": snap.version,
                 "fields": [{"name": n, "type": t.value, "operators": list(OPERATORS[t])}
                            for n, t in snap.schema.items()],
                 "lists": lists,
                 "campaigns": [{"id": c, "sent_at": jsonable(t)} for c, t in campaigns],
                 "statuses": list(STATUSES),
-                "segments": sorted(snap.segments),
             }
 
     def count_now(body: Evaluate) -> dict[str, Any]:
@@ -382,21 +394,25 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
         with evaluating() as snap:
             segs = served.segments(body.segments, snap)
             ids = served.ws.contact_ids(*segs, as_of=body.as_of, engine=body.engine, snapshot=snap)
-            frame = contacts_frame(snap)
-            names = frame.collect_schema().names()
-            columns = body.columns or [c for c in names if c != "contact_id"]
-            unknown = [c for c in columns if c not in names or c == "contact_id"]
-            if unknown:
-                raise error(400, "columns", f"unknown column {unknown[0]!r}: use some of "
-                            + ", ".join(c for c in names if c != "contact_id"))
-            frame = frame.filter(pl.col("contact_id").is_in(pl.Series(ids).implode()))
-            if body.active_only:
-                frame = frame.filter(pl.col("status") == "active")
-            # sorted by email whether or not the page shows it
-            selected = frame.sort("email").select(columns).collect()
-            page = selected.slice(body.offset, body.limit)
-            rows = [{k: jsonable(v) for k, v in row.items()} for row in page.to_dicts()]
-        return {"total": selected.height, "columns": columns, "rows": rows}
+        # The rows are read outside the lock: a snapshot's files never change, and a
+        # preview reading Parquet must not hold up the next count.
+        frame = contacts_frame(snap)
+        names = frame.collect_schema().names()
+        columns = body.columns or [c for c in names if c != "contact_id"]
+        unknown = [c for c in columns if c not in names or c == "contact_id"]
+        if unknown:
+            raise error(400, "columns", f"unknown column {unknown[0]!r}: use some of "
+                        + ", ".join(c for c in names if c != "contact_id"))
+        needed = list(dict.fromkeys(["contact_id", "status", "email", *columns]))
+        frame = frame.select(needed).filter(pl.col("contact_id").is_in(pl.Series(ids).implode()))
+        if body.active_only:
+            frame = frame.filter(pl.col("status") == "active")
+        total, page = pl.collect_all([
+            frame.select(pl.len()),
+            frame.sort("email").slice(body.offset, body.limit).select(columns),
+        ])
+        rows = [{k: jsonable(v) for k, v in row.items()} for row in page.to_dicts()]
+        return {"total": int(total.item()), "columns": columns, "rows": rows}
 
     @app.post("/api/members", tags=["segments"], response_model=None)
     async def members(body: MembersRequest) -> JSONResponse:
