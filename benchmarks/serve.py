@@ -1,13 +1,15 @@
 """`segengine serve` against a warm in-process count, on an existing workspace.
 
-    python -m benchmarks.serve WORKSPACE [--requests 400] [--clients 8] [--browser]
+    python -m benchmarks.serve WORKSPACE [--requests 400] [--clients 8] [--browser] [--write]
 
 Reads only: the workspace is never written. Prints one JSON document: per segment,
 the in-process count's p50/p99, the HTTP /api/count p50/p99 with CLIENTS concurrent
 clients and the requests per second, and the peak RSS of the server and of a
 process that counted the same segments warm. With --browser, also the time a
 headless Chromium takes from the last keystroke in the builder to the updated count
-(the 150 ms debounce included and also reported without it).
+(the 150 ms debounce included and also reported without it). With --write, also a
+second run with one client, and the section of benchmarks/RESULTS.md between its
+markers (which `make bench` keeps).
 """
 
 from __future__ import annotations
@@ -67,7 +69,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--browser", action="store_true", help="also time the builder page")
+    parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     args = parser.parse_args()
+    report = run(args)
+    print(json.dumps(report, indent=1))
+    if args.write:
+        single = run(argparse.Namespace(**{**vars(args), "clients": 1, "browser": False,
+                                           "requests": max(args.requests // 2, 50)}))
+        write_section(report, single, args.workspace)
+
+
+def run(args: argparse.Namespace) -> dict:
     segs = {p.stem: {k: v for k, v in load_yaml(p.read_text()).items() if k != "name"} for p in SEGMENTS}
 
     local = json.loads(subprocess.run(
@@ -118,10 +130,57 @@ def main() -> None:
                   "in_process_peak_rss_mb": round(local["peak_rss_mb"], 1)}
         if args.browser:
             report["browser_keystroke_to_count_ms"] = keystroke_to_count(url)
-        print(json.dumps(report, indent=1))
+        return report
     finally:
         server.terminate()
         server.wait(10)
+
+
+MARK_START, MARK_END = "<!-- serve benchmark -->", "<!-- /serve benchmark -->"
+
+
+def write_section(report: dict, single: dict, workspace: str) -> None:
+    import os
+    import platform
+
+    from segengine.store.workspace import Store
+
+    counts = Store(workspace).snapshot().manifest["counts"]
+    load = os.getloadavg()[0]
+    lines = [MARK_START, f"## `segengine serve` at {counts['contacts']:,} contacts", "",
+             f"`python -m benchmarks.serve WORKSPACE --browser --write` on {platform.node() or 'this machine'} "
+             f"({os.cpu_count()} cores, load average {load:.1f} while measuring: the cores are shared). "
+             "HTTP `/api/count` from concurrent clients (threads of one load-generating process, "
+             "each with its own keep-alive connection) against the warm in-process `Workspace.count` "
+             "of the same definitions (the seed's segments, sent inline), side by side in one run.", "",
+             "| segment | in-process p50 / p99 ms | HTTP, 1 client: p50 / p99 ms, req/s | "
+             f"HTTP, {report['clients']} clients: p50 / p99 ms, req/s |", "|---|---|---|---|"]
+    for name, r in report["segments"].items():
+        one = single["segments"][name]
+        lines.append(f"| {name} | {r['in_process_p50_ms']:.2f} / {r['in_process_p99_ms']:.1f} | "
+                     f"{one['http_p50_ms']:.1f} / {one['http_p99_ms']:.1f}, {one['requests_per_s']:.0f} | "
+                     f"{r['http_p50_ms']:.1f} / {r['http_p99_ms']:.1f}, {r['requests_per_s']:.0f} |")
+    lines += ["", f"- Peak RSS: server {report['server_peak_rss_mb']:.0f} MB after all the requests, "
+              f"a process that counted the same segments warm {report['in_process_peak_rss_mb']:.0f} MB "
+              f"({report['server_peak_rss_mb'] / report['in_process_peak_rss_mb']:.2f}x)."]
+    browser = report.get("browser_keystroke_to_count_ms")
+    if browser:
+        lines.append(f"- Builder page in headless Chromium, last keystroke to the updated count "
+                     f"(10 edits of a field rule): p50 {browser['p50']:.0f} ms including the 150 ms "
+                     f"debounce ({browser['p50_after_debounce']:.0f} ms after it), max {browser['max']:.0f} ms.")
+    lines += ["- 10M contacts: not measured here (no 10M workspace on this machine).",
+              "- With concurrent clients, the p50 is mostly queueing: one evaluation runs at a time "
+              "(see docs/serve.md), so with N clients a request waits for about N-1 others.",
+              MARK_END, ""]
+    path = Path(__file__).resolve().parent / "RESULTS.md"
+    text = path.read_text()
+    section = "\n".join(lines)
+    if MARK_START in text:
+        before, rest = text.split(MARK_START, 1)
+        text = before + section + rest.split(MARK_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
 
 
 def keystroke_to_count(url: str, rounds: int = 10) -> dict[str, float]:

@@ -320,3 +320,12 @@ def test_real_server_keeps_the_token_out_of_its_log(ws_path: Path) -> None:
     finally:
         stop(proc)
     assert "tok-123456" not in proc.stdout.read()
+
+
+def test_rewriting_results_keeps_the_serve_section() -> None:
+    from benchmarks.report import kept_sections
+    from benchmarks.serve import MARK_END, MARK_START
+
+    text = f"# segengine benchmarks\n\n## 1m\n\nold\n\n{MARK_START}\n## serve\n| a |\n{MARK_END}\n"
+    assert kept_sections(text) == [f"{MARK_START}\n## serve\n| a |\n{MARK_END}\n"]
+    assert kept_sections("# nothing marked\n") == []
