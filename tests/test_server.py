@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -302,11 +304,26 @@ def test_real_server_sees_another_process_commit(ws_path: Path, tmp_path: Path) 
         assert httpx.get(url + "/api/health").json()["snapshot"] == version + 1
         after = httpx.post(url + "/api/count", json=ca).json()
         assert after["total"] == before["total"] + 25
+        # SIGTERM in the middle of a slow request: explain counts every group on its
+        # own, so deeply nested groups cost it time quadratic in the depth (about 20 s
+        # here), keeping a worker thread busy as a long count or export would
+        group: dict = {"match": "any", "rules": []}
+        for depth in range(100):
+            clicks = [{"activity": "clicked", "url_contains": f"x{depth}-{i}"} for i in range(60)]
+            group = {"match": "any", "rules": [*clicks, group]}
+
+        def slow() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(url + "/api/explain", json={"segment": group}, timeout=60)
+
+        threading.Thread(target=slow, daemon=True).start()
+        time.sleep(1.5)
     finally:
         seconds = stop(proc)
     assert seconds < 5
     log = proc.stdout.read()
-    assert "Traceback" not in log
+    # the only traceback is uvicorn's note that it cancelled the slow request
+    assert log.count("Traceback") == log.count("CancelledError: Task cancelled, timeout graceful") <= 1
     segengine.open(ws_path).save_segment({"name": "after-stop", "rules": []})  # no lock left behind
 
 
@@ -329,3 +346,16 @@ def test_rewriting_results_keeps_the_serve_section() -> None:
     text = f"# segengine benchmarks\n\n## 1m\n\nold\n\n{MARK_START}\n## serve\n| a |\n{MARK_END}\n"
     assert kept_sections(text) == [f"{MARK_START}\n## serve\n| a |\n{MARK_END}\n"]
     assert kept_sections("# nothing marked\n") == []
+
+
+def test_a_busy_port_is_an_error(ws_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "segengine", "-w", str(ws_path), "serve", "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert "try --port" in result.stderr and "Traceback" not in result.stderr

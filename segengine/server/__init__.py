@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, SegengineError
 
 #: Query-string tokens never reach a log line.
 TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"]*", re.IGNORECASE)
@@ -77,9 +77,17 @@ def serve(workspace: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
     log_config["handlers"] = {name: {**h, "filters": ["hide_tokens"]}
                               for name, h in LOGGING_CONFIG["handlers"].items()}
     config = uvicorn.Config(app, host=host, port=port, log_config=log_config,
-                            timeout_graceful_shutdown=2, server_header=False)
+                            timeout_graceful_shutdown=2, server_header=False)  # SIGTERM: gone within 5 s
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving {app.state.served.ws.path} on http://{shown}:{port}/"
         + (" (token required: open /?token=TOKEN)" if token else ""))
-    server.run()
+    try:
+        server.run()  # uvicorn exits (status 3) when it cannot bind
+    except SystemExit:
+        started = False
+    else:
+        started = server.started
+    if not started:
+        raise SegengineError(f"cannot serve on {shown}:{port}: see the message above "
+                             "(another server on that port? try --port)")
