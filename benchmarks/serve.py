@@ -168,6 +168,13 @@ def write_section(report: dict, single: dict, workspace: str) -> None:
         lines.append(f"- Builder page in headless Chromium, last keystroke to the updated count "
                      f"(10 edits of a field rule): p50 {browser['p50']:.0f} ms including the 150 ms "
                      f"debounce ({browser['p50_after_debounce']:.0f} ms after it), max {browser['max']:.0f} ms.")
+    over = max(r["http_p50_ms"] - r["in_process_p50_ms"] for r in report["segments"].values())
+    p99 = max(r["http_p99_ms"] for r in report["segments"].values())
+    server_rss, local_rss = report["server_peak_rss_mb"], report["in_process_peak_rss_mb"]
+    lines += [f"- Targets at {report['clients']} clients: HTTP p50 within 2 ms of in-process: "
+              f"{'met' if over <= 2 else 'missed'} (worst +{over:.1f} ms); p99 <= 25 ms: "
+              f"{'met' if p99 <= 25 else 'missed'} (worst {p99:.0f} ms); server RSS within 1.5x: "
+              f"{'met' if server_rss <= 1.5 * local_rss else 'missed'}."]
     lines += ["- 10M contacts: not measured here (no 10M workspace on this machine).",
               "- With concurrent clients, the p50 is mostly queueing: one evaluation runs at a time "
               "(see docs/serve.md), so with N clients a request waits for about N-1 others.",
