@@ -159,7 +159,7 @@ def errors_of(response: httpx.Response, status: int) -> list[dict]:
     return errors
 
 
-def test_error_statuses(client: TestClient, ws_path: Path) -> None:
+def test_error_statuses(client: TestClient, ws_path: Path, monkeypatch) -> None:
     bad_rule = {"rules": [{"field": "title", "op": "containz", "value": "cto"},
                           {"activity": "opened", "count": {"gte": -1}}]}
     errors = errors_of(client.post("/api/count", json={"segments": [bad_rule]}), 400)
@@ -171,6 +171,10 @@ def test_error_statuses(client: TestClient, ws_path: Path) -> None:
     errors_of(client.post("/api/count", json={"segments": ["state-ca"], "engine": "warp"}), 400)
     errors_of(client.post("/api/count", json={"segments": ["no-such-segment"]}), 404)
     errors_of(client.post("/api/count", json={"segments": ["../etc"]}), 400)
+    # a name is a saved segment, never a file in the server's working directory
+    monkeypatch.chdir(ws_path.parent)
+    (ws_path.parent / "readme").write_text("name: readme\nrules: []\n")
+    errors_of(client.post("/api/count", json={"segments": ["readme"]}), 404)
     errors_of(client.get("/api/segments/no-such"), 404)
     errors_of(client.delete("/api/segments/no-such"), 404)
     # names are checked before any file is touched
@@ -359,3 +363,9 @@ def test_a_busy_port_is_an_error(ws_path: Path) -> None:
         )
     assert result.returncode == 1
     assert "try --port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_command_line_starts_without_the_server_libraries() -> None:
+    code = "import sys, segengine.cli; print(sorted(m for m in ('fastapi', 'uvicorn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

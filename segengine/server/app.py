@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import difflib
 import hashlib
 import hmac
 import logging
@@ -141,7 +142,13 @@ class Served:
         for i, item in enumerate(items):
             where = f"segments[{i}]" if len(items) > 1 else ""
             try:
-                loaded.append(self.ws.load_segment(inline(item), snap))
+                item = inline(item)
+                if isinstance(item, str) and item not in snap.segments:
+                    # never a definition file of the server's directory, as the CLI would try
+                    hint = difflib.get_close_matches(item, list(snap.segments), n=1)
+                    raise SegmentNotFound(f"no saved segment {item!r}"
+                                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                loaded.append(self.ws.load_segment(item, snap))
             except DefinitionError as exc:
                 status = max(status, status_of(exc))
                 errors += problems(exc, where)
