@@ -435,8 +435,14 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
             output = folder / f"export.{body.format}"
             with evaluating() as snap:
                 segs = served.segments(body.segments, snap)
-                result = served.ws.export(*segs, output=output, format=body.format, columns=body.columns,
-                                          raw=body.raw, as_of=body.as_of, engine=body.engine)
+            # An export takes seconds at scale: it runs on a session of its own (engines
+            # opened for it and closed after), so counts do not queue behind it.
+            own = Workspace(served.ws.path)
+            try:
+                result = own.export(*segs, output=output, format=body.format, columns=body.columns,
+                                    raw=body.raw, as_of=body.as_of, engine=body.engine)
+            finally:
+                own.session.after_write()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
