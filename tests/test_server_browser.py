@@ -88,8 +88,16 @@ def test_build_save_and_reopen_in_chromium(browser, ws_path: Path, tmp_path: Pat
         Select(by_id(By.ID, "rules[2]-activity")).select_by_value("opened")
         by_id(By.ID, "rules[2]-negate").click()
         wait_for_count(d, expected["total"], expected["sendable"])
-        # each top-level rule shows its own count
-        WebDriverWait(d, 10).until(lambda d: by_id(By.ID, "rule-count-2").text not in ("…", ""))
+        # each top-level rule shows its own count, as `explain` reports it
+        alone = [r["matches"] for r in Cli(ws_path).json("explain", tmp_path / "seg.json")["tree"]["rules"]]
+        WebDriverWait(d, 10).until(
+            lambda d: [by_id(By.ID, f"rule-count-{i}").text for i in range(3)] == [f"{n:,}" for n in alone])
+        # the SQL panel shows the definition's SQL in the chosen dialect
+        d.find_element(By.CSS_SELECTOR, "#sql-panel summary").click()
+        Select(by_id(By.ID, "dialect")).select_by_value("postgres")
+        postgres = Cli(ws_path)("sql", tmp_path / "seg.json", "--dialect", "postgres").stdout.strip()
+        WebDriverWait(d, 10).until(lambda d: by_id(By.ID, "sql").text.strip() == postgres)
+        d.find_element(By.CSS_SELECTOR, "#sql-panel summary").click()
 
         # a typo'd value is shown at its rule, then fixed by typing
         by_id(By.CSS_SELECTOR, "[data-testid=add-field]").click()
