@@ -226,6 +226,9 @@ def test_token_bearer_and_browser_cookie(ws_path: Path) -> None:
     prompt = client.get("/")
     assert prompt.status_code == 401 and "app.js" not in prompt.text and 'name="token"' in prompt.text
     assert client.get("/?token=nope").status_code == 401
+    kept = client.get('/?segment="><script>')  # the prompt keeps the rest of the URL, escaped
+    assert '<form method="get" action="/"><input type="hidden" name="segment" value="&quot;&gt;&lt;script&gt;">' in kept.text
+    assert "<script>" not in kept.text
     redirect = client.get("/?segment=state-ca&token=s3cret-token")
     assert redirect.status_code == 303 and redirect.headers["location"] == "/?segment=state-ca"
     cookie = redirect.headers["set-cookie"]

@@ -15,6 +15,7 @@ import datetime as dt
 import difflib
 import hashlib
 import hmac
+import html
 import logging
 import re
 import shutil
@@ -517,14 +518,15 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
         if token and given is not None:
             rest = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != "token"]
             if not hmac.compare_digest(given.encode(), token.encode()):
-                return HTMLResponse(prompt_page("That token is not this server's."), 401)
+                return HTMLResponse(prompt_page("That token is not this server's.", rest), 401)
             response = RedirectResponse("/" + (f"?{urlencode(rest)}" if rest else ""), 303)
             response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict",
                                 secure=request.url.scheme == "https", path="/")
             return response
         if token and not hmac.compare_digest(request.cookies.get(COOKIE, "").encode(),
                                              session_value(token).encode()):
-            return HTMLResponse(prompt_page(None), 401)
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            return HTMLResponse(prompt_page(None, rest), 401)
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"),
                             headers={"cache-control": "no-store"})
 
@@ -534,11 +536,14 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     return app
 
 
-def prompt_page(problem: str | None) -> str:
+def prompt_page(problem: str | None, keep: list[tuple[str, str]]) -> str:
+    """The page without a token: a prompt only, keeping the rest of the URL (``?segment=``)."""
     note = f'<p class="problem" role="alert">{problem}</p>' if problem else ""
+    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                     for k, v in keep)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>segengine: token needed</title><link rel="stylesheet" href="/static/app.css"></head>
 <body class="prompt"><main><h1>segengine</h1>
 <p>This server needs its access token. Paste it here, or open the link <code>/?token=TOKEN</code>.</p>
-{note}<form method="get" action="/"><label>Token <input name="token" type="password" autofocus required
+{note}<form method="get" action="/">{hidden}<label>Token <input name="token" type="password" autofocus required
 autocomplete="off"></label> <button type="submit">Open</button></form></main></body></html>"""
