@@ -14,6 +14,7 @@ targets against its own run (`targets`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -646,6 +647,12 @@ def write(run: Run, results: Path = RESULTS, chart_path: Path = CHART) -> list[s
     return write_runs(gather(run), results, chart_path)
 
 
+def kept_sections(text: str) -> list[str]:
+    """The sections other benchmarks (benchmarks/serve.py, benchmarks/send.py) write between their own
+    markers, ``<!-- NAME -->`` ... ``<!-- /NAME -->``: rewriting the file keeps them."""
+    return [m.group(0) for m in re.finditer(r"<!-- ([\w ]+) -->\n.*?<!-- /\1 -->\n", text, re.S)]
+
+
 def write_runs(runs: list[Run], results: Path = RESULTS, chart_path: Path = CHART) -> list[str]:
     """RESULTS.md with one section per run, and the chart of `charted_run`."""
     charted = charted_run(runs)
@@ -653,18 +660,6 @@ def write_runs(runs: list[Run], results: Path = RESULTS, chart_path: Path = CHAR
         charted.notes.append("ratios.png not drawn: matplotlib is not installed "
                              "(`pip install -e .[bench]`).")
         charted = None
-    results.write_text(_keep_sending(markdown(runs, charted), results))
+    old = results.read_text() if results.exists() else ""
+    results.write_text("\n".join([markdown(runs, charted), *kept_sections(old)]))
     return [r.options.scale.name for r in runs]
-
-
-def _keep_sending(text: str, results: Path) -> str:
-    """`text` with the Sending section of the current file (benchmarks.send writes it)."""
-    from .send import BEGIN, END
-
-    current = results.read_text() if results.exists() else ""
-    if BEGIN not in current or END not in current:
-        return text
-    block = BEGIN + current.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n\n"
-    marker = "## How it is measured"
-    head, sep, tail = text.partition(marker)
-    return head + block + sep + tail if sep else text + "\n" + block

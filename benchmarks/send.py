@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "send"
 RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- send benchmark: begin -->", "<!-- send benchmark: end -->"
+BEGIN, END = "<!-- send benchmark -->", "<!-- /send benchmark -->"
 USER, PASSWORD = "bench", "bench-password"
 SUBJECT = "Spring offer for {{first_name|you}}"
 HTML = (

@@ -552,6 +552,28 @@ def sql(ctx, segment_arg, dialect, as_of, as_json) -> None:
          as_json, text)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs a token.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the access token (default: $SEGENGINE_TOKEN).")
+@click.pass_context
+def serve(ctx, host: str, port: int, token_file: str | None) -> None:
+    """Serve the HTTP API and the web segment builder over the workspace.
+
+    Answers every request from the newest commit; never blocks writers.
+
+    \b
+    Example: segengine -w ws serve --port 8000   (then open http://127.0.0.1:8000/)
+    """
+    from .server import read_token
+    from .server import serve as run
+
+    run(ctx.obj["workspace"], host=host, port=port, token=read_token(token_file),
+        say=lambda text: click.echo(text, err=True))
+
+
 # --- export, unsubscribe, resubscribe, history -------------------------------------
 
 

@@ -1,0 +1,374 @@
+"""The HTTP API (SPEC section 12) through Starlette's in-process client, and a real
+`segengine serve` process that another process imports into while it serves."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+pytest.importorskip("fastapi")
+
+from conftest import SAMPLE, SEGMENTS, Cli  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+import segengine  # noqa: E402
+from segengine.server import HideTokens, check_bind  # noqa: E402
+from segengine.server.app import MAX_BODY_BYTES, create_app  # noqa: E402
+
+AS_OF = "2026-11-27"
+NEVER_OPENED_NEWSLETTER = {
+    "rules": [
+        {"field": "status", "op": "is", "value": "active"},
+        {"field": "lists", "op": "includes", "value": "newsletter"},
+        {"activity": "opened", "negate": True},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def sample_ws(tmp_path_factory) -> Path:
+    """The committed sample with the seed's segments saved (built once, copied per test)."""
+    path = tmp_path_factory.mktemp("sample") / "ws"
+    ws = segengine.Workspace.init(path)
+    ws.import_contacts(SAMPLE / "contacts.csv")
+    ws.import_events(SAMPLE / "events.csv")
+    for seg in sorted(SEGMENTS.glob("*.yaml")):
+        ws.save_segment(seg)
+    return path
+
+
+@pytest.fixture
+def ws_path(sample_ws: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "ws"
+    shutil.copytree(sample_ws, target)
+    return target
+
+
+@pytest.fixture
+def client(ws_path: Path) -> TestClient:
+    return TestClient(create_app(ws_path), raise_server_exceptions=False)
+
+
+def test_health_and_schema(client: TestClient, ws_path: Path) -> None:
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok"
+    assert health["version"] == segengine.__version__
+    assert health["snapshot"] == segengine.open(ws_path).snapshot().version
+    schema = client.get("/api/schema").json()
+    fields = {f["name"]: f for f in schema["fields"]}
+    assert fields["title"]["type"] == "text" and "contains" in fields["title"]["operators"]
+    assert fields["lists"]["operators"] == ["includes", "includes_all", "excludes", "is_empty", "is_not_empty"]
+    assert "newsletter" in schema["lists"]
+    assert schema["statuses"] == ["active", "unsubscribed", "bounced"]
+    sent = [c["sent_at"] for c in schema["campaigns"]]
+    assert sent == sorted(sent, reverse=True) and sent[0].endswith("Z")
+    assert client.get("/docs").status_code == 200
+    assert "/api/count" in client.get("/openapi.json").json()["paths"]
+
+
+def test_count_equals_the_library(client: TestClient, ws_path: Path) -> None:
+    ws = segengine.open(ws_path)
+    answer = client.post("/api/count", json={"segments": [NEVER_OPENED_NEWSLETTER], "as_of": AS_OF}).json()
+    elapsed = answer.pop("elapsed_ms")
+    answer.pop("snapshot")
+    assert elapsed >= 0
+    assert answer == ws.count({"name": "x", **NEVER_OPENED_NEWSLETTER}, as_of=AS_OF)
+    union = client.post("/api/count", json={"segments": ["never-opened", "state-ca"], "as_of": AS_OF}).json()
+    assert union["total"] == ws.count("never-opened", "state-ca", as_of=AS_OF)["total"]
+
+
+def test_explain_and_sql(client: TestClient, ws_path: Path) -> None:
+    ws = segengine.open(ws_path)
+    tree = client.post("/api/explain", json={"segment": "never-opened", "as_of": AS_OF}).json()
+    expected = ws.explain("never-opened", as_of=AS_OF)
+    expected.pop("_tree")
+    assert tree == expected
+    for dialect in ("duckdb", "postgres", "spark"):
+        answer = client.post("/api/sql", json={"segment": "never-opened", "dialect": dialect, "as_of": AS_OF}).json()
+        assert answer == {"dialect": dialect, "sql": ws.sql("never-opened", dialect=dialect, as_of=AS_OF)}
+
+
+def test_members_pages_in_email_order(client: TestClient, ws_path: Path) -> None:
+    ws = segengine.open(ws_path)
+    everyone = ws.members("state-ca", as_of=AS_OF, active_only=True)
+    first = client.post("/api/members", json={"segments": ["state-ca"], "as_of": AS_OF, "limit": 5,
+                                              "columns": ["email", "state"]}).json()
+    second = client.post("/api/members", json={"segments": ["state-ca"], "as_of": AS_OF, "limit": 5,
+                                               "offset": 5, "columns": ["email"]}).json()
+    assert first["total"] == second["total"] == everyone.height
+    assert [r["email"] for r in first["rows"] + second["rows"]] == everyone["email"].to_list()[:10]
+    assert set(first["rows"][0]) == {"email", "state"}
+    with_inactive = client.post("/api/members", json={"segments": ["state-ca"], "active_only": False,
+                                                      "limit": 0}).json()
+    assert with_inactive["total"] == ws.members("state-ca", active_only=False).height > everyone.height
+    bad = client.post("/api/members", json={"segments": ["state-ca"], "columns": ["emial"]})
+    assert bad.status_code == 400 and bad.json()["errors"][0]["location"] == "columns"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_streams_the_cli_bytes(client: TestClient, ws_path: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"cli.{fmt}"
+    Cli(ws_path)("export", "never-opened", "-o", out, "--format", fmt, "--as-of", AS_OF,
+                 "--columns", "email,state,lists")
+    response = client.post("/api/export", json={"segments": ["never-opened"], "format": fmt, "as_of": AS_OF,
+                                                "columns": ["email", "state", "lists"]})
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == f'attachment; filename="never-opened.{fmt}"'
+    if fmt == "csv":
+        assert response.content == out.read_bytes()
+    else:  # the same rows and types (both written by the same export code)
+        assert pl.read_parquet(io.BytesIO(response.content)).equals(pl.read_parquet(out))
+
+
+def test_saved_segments_round_trip(client: TestClient) -> None:
+    listed = client.get("/api/segments").json()["segments"]
+    assert [s["name"] for s in listed] == ["cto-or-sales-west", "inactive-newsletter", "never-opened", "state-ca"]
+    saved = client.put("/api/segments/nl-never", json={"description": "d", **NEVER_OPENED_NEWSLETTER})
+    assert saved.status_code == 200 and saved.json()["name"] == "nl-never"
+    shown = client.get("/api/segments/nl-never").json()
+    assert shown["name"] == "nl-never" and shown["description"] == "d"
+    assert shown["rules"] == [
+        {"field": "status", "op": "is", "value": "active"},
+        {"field": "lists", "op": "includes", "value": ["newsletter"]},
+        {"activity": "opened", "negate": True},
+    ]
+    assert client.delete("/api/segments/nl-never").json() == {"deleted": "nl-never"}
+    assert client.get("/api/segments/nl-never").status_code == 404
+
+
+def errors_of(response: httpx.Response, status: int) -> list[dict]:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    errors = response.json()["errors"]
+    assert errors and all(set(e) == {"location", "message"} and e["message"] for e in errors)
+    return errors
+
+
+def test_error_statuses(client: TestClient, ws_path: Path, monkeypatch) -> None:
+    bad_rule = {"rules": [{"field": "title", "op": "containz", "value": "cto"},
+                          {"activity": "opened", "count": {"gte": -1}}]}
+    errors = errors_of(client.post("/api/count", json={"segments": [bad_rule]}), 400)
+    assert [e["location"] for e in errors][0] == "rules[0].op" and "contains" in errors[0]["message"]
+    assert any(e["location"].startswith("rules[1]") for e in errors)
+    assert errors_of(client.post("/api/count", json={"segments": []}), 400)[0]["location"] == "segments"
+    assert errors_of(client.post("/api/count", json={"segments": ["x"], "bogus": 1}), 400)[0]["location"] == "bogus"
+    assert errors_of(client.post("/api/count", json={"segments": ["state-ca"], "as_of": "2026-13-01"}), 400)[0]["location"] == "as_of"
+    errors_of(client.post("/api/count", json={"segments": ["state-ca"], "engine": "warp"}), 400)
+    errors_of(client.post("/api/count", json={"segments": ["no-such-segment"]}), 404)
+    errors_of(client.post("/api/count", json={"segments": ["../etc"]}), 400)
+    # a name is a saved segment, never a file in the server's working directory
+    monkeypatch.chdir(ws_path.parent)
+    (ws_path.parent / "readme").write_text("name: readme\nrules: []\n")
+    errors_of(client.post("/api/count", json={"segments": ["readme"]}), 404)
+    errors_of(client.get("/api/segments/no-such"), 404)
+    errors_of(client.delete("/api/segments/no-such"), 404)
+    # names are checked before any file is touched
+    assert errors_of(client.put("/api/segments/Bad.Name", json={"rules": []}), 400)[0]["location"] == "name"
+    assert errors_of(client.put("/api/segments/a", json={"name": "b", "rules": []}), 400)[0]["location"] == "name"
+    # cycles and references
+    assert client.put("/api/segments/a", json={"rules": [{"field": "state", "op": "is", "value": "CA"}]}).status_code == 200
+    assert client.put("/api/segments/b", json={"rules": [{"segment": "a"}]}).status_code == 200
+    errors_of(client.put("/api/segments/a", json={"rules": [{"segment": "b"}]}), 409)
+    errors_of(client.delete("/api/segments/a"), 409)
+    assert client.get("/api/segments/a").json()["rules"][0]["field"] == "state"  # unchanged
+    # only JSON on writes, and not too much of it
+    assert errors_of(client.post("/api/count", content="segments=state-ca",
+                                 headers={"content-type": "application/x-www-form-urlencoded"}), 415)
+    errors_of(client.put("/api/segments/c", content='{"rules": []}', headers={"content-type": "text/plain"}), 415)
+    assert "c" not in segengine.open(ws_path).snapshot().segments
+    big = json.dumps({"segments": ["x" * (MAX_BODY_BYTES + 10)]})
+    errors_of(client.post("/api/count", content=big, headers={"content-type": "application/json"}), 413)
+    errors_of(client.post("/api/count", content="{not json", headers={"content-type": "application/json"}), 400)
+
+
+def test_busy_workspace_refuses_writes_not_reads(client: TestClient, ws_path: Path) -> None:
+    store = segengine.open(ws_path).store
+    with store.lock():  # another writer, as an import would be
+        errors_of(client.put("/api/segments/during", json={"rules": []}), 503)
+        errors_of(client.delete("/api/segments/state-ca"), 503)
+        assert client.post("/api/count", json={"segments": ["state-ca"]}).status_code == 200
+        assert client.get("/api/segments").status_code == 200
+    assert client.put("/api/segments/during", json={"rules": []}).status_code == 200
+
+
+def test_no_traceback_reaches_a_client(client: TestClient, monkeypatch, caplog) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(client.app.state.served.ws, "count", broken)
+    with caplog.at_level(logging.ERROR, logger="segengine.server"):
+        errors = errors_of(client.post("/api/count", json={"segments": ["state-ca"]}), 500)
+    assert "secret internals" not in errors[0]["message"]
+    assert "secret internals" in caplog.text  # the server's log keeps it
+
+
+def test_token_bearer_and_browser_cookie(ws_path: Path) -> None:
+    client = TestClient(create_app(ws_path, token="s3cret-token"), follow_redirects=False)
+    errors_of(client.get("/api/health"), 401)
+    errors_of(client.get("/api/health", headers={"Authorization": "Bearer wrong"}), 401)
+    errors_of(client.post("/api/count", json={"segments": ["state-ca"]}), 401)
+    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    prompt = client.get("/")
+    assert prompt.status_code == 401 and "app.js" not in prompt.text and 'name="token"' in prompt.text
+    assert client.get("/?token=nope").status_code == 401
+    kept = client.get('/?segment="><script>')  # the prompt keeps the rest of the URL, escaped
+    assert '<form method="get" action="/"><input type="hidden" name="segment" value="&quot;&gt;&lt;script&gt;">' in kept.text
+    assert "<script>" not in kept.text
+    redirect = client.get("/?segment=state-ca&token=s3cret-token")
+    assert redirect.status_code == 303 and redirect.headers["location"] == "/?segment=state-ca"
+    cookie = redirect.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert "s3cret-token" not in cookie
+    assert client.get("/api/health").status_code == 200  # the cookie now
+    assert "app.js" in client.get("/").text
+
+
+def test_binding_and_logs() -> None:
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    check_bind("0.0.0.0", "t")
+    with pytest.raises(segengine.errors.InputError, match="token"):
+        check_bind("0.0.0.0", None)
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:1", "GET", "/?segment=a&token=s3cret", "1.1", 303), None)
+    HideTokens().filter(record)
+    assert "s3cret" not in record.getMessage() and "segment=a" in record.getMessage()
+
+
+def test_cli_refuses_open_bind_without_token(ws_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SEGENGINE_TOKEN", raising=False)
+    result = Cli(ws_path)("serve", "--host", "0.0.0.0", code=2)
+    assert "token" in result.stderr
+    empty = ws_path.parent / "empty-token"
+    empty.write_text("  \n")
+    assert "empty" in Cli(ws_path)("serve", "--token-file", empty, code=2).stderr
+
+
+# --- a real server process -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(ws_path: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segengine", "-w", str(ws_path), "serve", "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/api/health", timeout=1)
+            return proc, url
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stdout.read()) from None
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server did not start within 30 s")
+
+
+def stop(proc: subprocess.Popen) -> float:
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    return time.monotonic() - started
+
+
+def test_real_server_sees_another_process_commit(ws_path: Path, tmp_path: Path) -> None:
+    proc, url = start_server(ws_path)
+    try:
+        ca = {"segments": [{"rules": [{"field": "state", "op": "is", "value": "CA"}]}]}
+        before = httpx.post(url + "/api/count", json=ca).json()
+        version = httpx.get(url + "/api/health").json()["snapshot"]
+        extra = tmp_path / "more.csv"
+        extra.write_text("email,state\n" + "".join(f"new{i}@example.com,CA\n" for i in range(25)))
+        importer = subprocess.run(
+            [sys.executable, "-m", "segengine", "-w", str(ws_path), "import", "contacts", str(extra)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert importer.returncode == 0, importer.stderr  # the server did not block the writer
+        assert httpx.get(url + "/api/health").json()["snapshot"] == version + 1
+        after = httpx.post(url + "/api/count", json=ca).json()
+        assert after["total"] == before["total"] + 25
+        # SIGTERM in the middle of a slow request: explain counts every group on its
+        # own, so deeply nested groups cost it time quadratic in the depth (about 20 s
+        # here), keeping a worker thread busy as a long count or export would
+        group: dict = {"match": "any", "rules": []}
+        for depth in range(100):
+            clicks = [{"activity": "clicked", "url_contains": f"x{depth}-{i}"} for i in range(60)]
+            group = {"match": "any", "rules": [*clicks, group]}
+
+        def slow() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(url + "/api/explain", json={"segment": group}, timeout=60)
+
+        threading.Thread(target=slow, daemon=True).start()
+        time.sleep(1.5)
+    finally:
+        seconds = stop(proc)
+    assert seconds < 5
+    log = proc.stdout.read()
+    # the only traceback is uvicorn's note that it cancelled the slow request
+    assert log.count("Traceback") == log.count("CancelledError: Task cancelled, timeout graceful") <= 1
+    segengine.open(ws_path).save_segment({"name": "after-stop", "rules": []})  # no lock left behind
+
+
+def test_real_server_keeps_the_token_out_of_its_log(ws_path: Path) -> None:
+    proc, url = start_server(ws_path, env={"SEGENGINE_TOKEN": "tok-123456"})
+    try:
+        assert httpx.get(url + "/api/health").status_code == 401
+        page = httpx.get(url + "/?token=tok-123456", follow_redirects=False)
+        assert page.status_code == 303
+        assert httpx.get(url + "/api/health", cookies=page.cookies).status_code == 200
+    finally:
+        stop(proc)
+    assert "tok-123456" not in proc.stdout.read()
+
+
+def test_rewriting_results_keeps_the_serve_section() -> None:
+    from benchmarks.report import kept_sections
+    from benchmarks.serve import MARK_END, MARK_START
+
+    text = f"# segengine benchmarks\n\n## 1m\n\nold\n\n{MARK_START}\n## serve\n| a |\n{MARK_END}\n"
+    assert kept_sections(text) == [f"{MARK_START}\n## serve\n| a |\n{MARK_END}\n"]
+    assert kept_sections("# nothing marked\n") == []
+
+
+def test_a_busy_port_is_an_error(ws_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "segengine", "-w", str(ws_path), "serve", "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert "try --port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_command_line_starts_without_the_server_libraries() -> None:
+    code = "import sys, segengine.cli; print(sorted(m for m in ('fastapi', 'uvicorn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
