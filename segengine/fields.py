@@ -48,7 +48,7 @@ BUILTIN_FIELDS: dict[str, FieldType] = {
 #: hand) may hold a quoted local part with an ``@`` (``"a@b"@c.io``: ``c.io``). Every
 #: engine derives it by this rule: this pattern (Polars, Arrow) or the SQL of
 #: `segengine.engines.sql.email_domain`.
-EMAIL_DOMAIN_PATTERN = r"@([^@]*)$"
+EMAIL_DOMAIN_PATTERN = r"@(?P<domain>[^@]*)$"
 
 
 def email_domain(email: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""Compile resolved rule trees to one SQL statement, built as a sqlglot tree.
+"""Compile lowered rule trees to one SQL statement, built as a sqlglot tree.
 
 The statement (SPEC sections 4 and 9) is ``SELECT contact_id FROM contacts WHERE
 <predicate>``, with CTEs when a rule needs "the last N campaigns". It is built from
@@ -10,13 +10,14 @@ Why the predicates look the way they do:
 * Every rule compiles to a *two-valued* predicate (never NULL), so that ``NOT`` of a
   rule is exactly its complement. Positive operators are ``<present> AND <test>``
   (``FALSE AND NULL`` is ``FALSE``); negative operators (``is_not``, ``ne``, ...) are
-  ``NOT`` of their positive operator, which makes them true on empty values.
+  ``NOT`` of their positive operator (the lowering pass, `segengine.definition.lower`,
+  rewrote them so), which makes them true on empty values.
 * Text is compared after ``LOWER`` on the column and Python's ``str.lower`` on the
   value. DuckDB's ``LOWER`` differs from Python's in two places only: ``İ`` (Python
   gives ``i̇``) and the Greek final sigma (Python gives ``ς`` at the end of a word). The
   column expression emulates Python only when the value contains a character those
   differences could touch, so the common case stays a plain ``LOWER``.
-* ``email_domain`` is the part after the *last* ``@``, as the other engines derive it.
+* ``email_domain`` is the part after the *last* ``@``, the one rule every engine uses.
 * Dates are compared as ``CAST(col AS DATE)`` against date literals, which does not
   depend on the session time zone for time-zone-less timestamps.
 * Activity rules become ``contact_id IN (SELECT contact_id FROM events WHERE ...)``,
@@ -24,7 +25,8 @@ Why the predicates look the way they do:
   a count condition that zero events satisfy becomes ``NOT IN`` of the complement,
   so contacts without events are included.
 
-Dialect notes (`to_sql`): the "last N campaigns" tie-break orders campaign ids by
+Dialect notes (`to_sql`; what differs is data, `DIALECT_FLAGS`, like sqlglot's
+generator flags): the "last N campaigns" tie-break orders campaign ids by
 code point. DuckDB, Spark, BigQuery and Snowflake (without a column collation) compare
 strings by their UTF-8 bytes, which is code point order; PostgreSQL gets ``COLLATE "C"``.
 Spark must read timestamps as ``TIMESTAMP_NTZ`` (or run with session time zone UTC)
@@ -376,7 +378,8 @@ def _ts_day(col: exp.Expression) -> exp.Expression:
 
 
 def email_domain() -> exp.Expression:
-    """The part of ``email`` after its last ``@`` (``""`` without one).
+    """The part of ``email`` after its last ``@`` (``""`` without one): `email_domain`'s
+    one rule (`segengine.fields.EMAIL_DOMAIN_PATTERN`), rendered in SQL.
 
     ``SUBSTRING(email, LENGTH(email) - STRPOS(REVERSE(email), '@') + 2)``: one reverse
     and one search, portable to every dialect, and cheaper than a regular expression.

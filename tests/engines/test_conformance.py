@@ -20,7 +20,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import build
+from engine_matrix import build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_by_status, reference_contact_ids
