@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_matrix import build, engine_params, why_no_spark
 
+from engines.engine_matrix import build, engine_params, why_no_spark
 from segengine.engines.base import Engine, Tables
 
 
@@ -78,3 +78,12 @@ def fixture_tables(tmp_path_factory) -> Tables:
 @pytest.fixture
 def fixture_engine(make_engine, fixture_tables, tmp_path):
     return make_engine(fixture_tables, tmp_path)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many random trees each engine checked against the reference evaluator."""
+    from engines.engine_matrix import TREES_RUN
+
+    if TREES_RUN:
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(TREES_RUN.items()))
+        terminalreporter.write_line(f"random trees checked against the reference: {counts}")

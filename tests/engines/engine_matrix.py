@@ -11,6 +11,9 @@ import pytest
 
 from segengine.engines.base import Engine, Tables
 
+#: Random trees each engine checked against the reference evaluator (this process).
+TREES_RUN: dict[str, int] = {}
+
 #: Every engine; the spark parameter carries the marks test_spark.py's tests carry.
 ENGINE_NAMES = ("duckdb", "polars", "index", "auto", "spark")
 

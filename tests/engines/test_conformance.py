@@ -20,13 +20,13 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from engine_matrix import build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_by_status, reference_contact_ids
 from strategies import contacts_table, rule_trees, workspaces, write_workspace
 from test_polars_engine import CASES, FIXTURE, as_root
 
+from engines.engine_matrix import TREES_RUN, build
 from segengine.definition.nodes import ActivityRule, FieldRule, Group
 from segengine.engines.base import Tables
 from segengine.errors import EngineError
@@ -79,7 +79,6 @@ def test_union_and_count_of_every_case(fixture_engine):
 
 #: Workspaces per engine; a deep run sets e.g. SEGENGINE_ENGINE_EXAMPLES=500.
 EXAMPLES = int(os.environ.get("SEGENGINE_ENGINE_EXAMPLES", "5"))
-TREES_RUN: dict[str, int] = {}
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
