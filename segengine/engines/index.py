@@ -442,7 +442,7 @@ class Evaluator(Visitor[Rows]):
         test = count_in(low, high)
         if campaigns is None and window == (None, None) and events.url_contains is None:
             return test(np.asarray(self.index.count[self.type_code(etype)]))
-        if campaigns is None and events.url_contains is None and window is not None:
+        if campaigns is None and events.url_contains is None:
             matched = self.recent_test(etype, window, low, high)
             if matched is not None:
                 return matched
@@ -450,10 +450,10 @@ class Evaluator(Visitor[Rows]):
             if counts is not None:
                 return test(counts)
         rows = self.matching_rows(etype, campaigns, window, events.url_contains)
-        return self.count_test(rows, lambda counts: test(counts))
+        return self.count_test(rows, test)
 
     def has_event(
-        self, etype: str, campaigns: np.ndarray | None, window: tuple | None
+        self, etype: str, campaigns: np.ndarray | None, window: tuple
     ) -> Rows | None:
         """Contacts with at least one matching event, from bitmaps or aggregates.
 
@@ -547,7 +547,7 @@ class Evaluator(Visitor[Rows]):
         return EVENT_TYPES.index(etype)
 
     def has_clicked_url(
-        self, url_contains: str, campaigns: np.ndarray | None, window: tuple | None
+        self, url_contains: str, campaigns: np.ndarray | None, window: tuple
     ) -> Rows | None:
         """Who ever clicked a matching URL: the union of per-URL bitmaps (None: filtered)."""
         if campaigns is not None or window != (None, None):
@@ -562,7 +562,7 @@ class Evaluator(Visitor[Rows]):
         return hits.to_numpy(zero_copy_only=False)
 
     def matching_rows(
-        self, etype: str, campaigns: np.ndarray | None, window: tuple | None,
+        self, etype: str, campaigns: np.ndarray | None, window: tuple,
         url_contains: str | None,
     ) -> np.ndarray:
         """The row of every event the rule counts (a row repeats once per event).
@@ -570,7 +570,7 @@ class Evaluator(Visitor[Rows]):
         Each segment's events of a type are sorted by day, so a window is a slice found
         by binary search; only the slice is filtered by campaign and URL.
         """
-        if window is None or (campaigns is not None and len(campaigns) == 0):
+        if campaigns is not None and len(campaigns) == 0:
             return np.zeros(0, np.uint32)
         campaign_ok = None
         if campaigns is not None:
