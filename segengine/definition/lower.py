@@ -41,7 +41,7 @@ from .nodes import (
     count_range,
     day_bounds,
 )
-from .validate import DAY_RANGE_OPS, OPERATORS, one_of
+from .validate import DAY_RANGE_OPS, OPERATORS, POSITIVE_OPS, one_of
 
 Day = Union[dt.date, None]  # noqa: UP007 - None: the range is open at that end
 
@@ -220,7 +220,7 @@ def positive_test(field: str, ftype: FieldType, op: str, value: Any, as_of: dt.d
     """The lowered form of a positive operator (false on an empty value)."""
     if op == "is_not_empty":
         return Present(field, ftype)
-    if op in DAY_RANGE_OPS and ftype in (FieldType.DATE, FieldType.DATETIME):
+    if not _lowers_to_compare(ftype, op):  # a day-range operator of a date field
         bounds = day_range(op, value, as_of)
         return FALSE if bounds is None else DayRange(field, ftype, *bounds)
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
@@ -229,6 +229,19 @@ def positive_test(field: str, ftype: FieldType, op: str, value: Any, as_of: dt.d
     elif ftype is FieldType.NUMBER:
         values = tuple(float(v) for v in values)
     return Compare(field, ftype, op, values)
+
+
+def _lowers_to_compare(ftype: FieldType, op: str) -> bool:
+    dates = ftype in (FieldType.DATE, FieldType.DATETIME)
+    return op != "is_not_empty" and not (dates and op in DAY_RANGE_OPS)
+
+
+#: Per field type, the positive operators that become `Compare` nodes: what every
+#: engine's `visit_compare` must implement (checked when its class is created).
+COMPARE_OPS: dict[FieldType, frozenset[str]] = {
+    ftype: frozenset(op for op in ops if _lowers_to_compare(ftype, op))
+    for ftype, ops in POSITIVE_OPS.items()
+}
 
 
 def day_range(op: str, value: Any, as_of: dt.date) -> tuple[Day, Day] | None:

@@ -27,9 +27,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from ..definition.lower import LOWERED_KINDS, Lowered, Not, lower_all
+from ..definition.lower import COMPARE_OPS, LOWERED_KINDS, Lowered, Not, lower_all
 from ..definition.nodes import Group
-from ..definition.validate import POSITIVE_OPS
 from ..errors import EngineError
 from ..fields import STATUSES, FieldType, Schema
 
@@ -106,8 +105,8 @@ class Visitor(Generic[R]):
     a wrong answer later. `Not` is applied here, once, through `negate`.
 
     `COMPARE_OPS`, when a subclass sets it, lists per field type the positive
-    operators its `visit_compare` implements; it must cover the operator table
-    (`validate.POSITIVE_OPS`), so a new operator without an implementation is also
+    operators its `visit_compare` implements; it must cover those the lowering makes
+    `Compare` nodes of (`lower.COMPARE_OPS`, from the operator table), so a new operator without an implementation is also
     caught at class creation. `supports` says whether the engine can evaluate a node at
     all (the `auto` planner asks it before sending a rule elsewhere).
     """
@@ -133,10 +132,9 @@ class Visitor(Generic[R]):
         if cls.COMPARE_OPS is not None:
             lacking = [
                 f"{op} ({ftype})"
-                for ftype, ops in POSITIVE_OPS.items()
+                for ftype, ops in COMPARE_OPS.items()
                 for op in sorted(ops)
-                if op not in cls.COMPARE_OPS.get(ftype, ()) and op != "is_not_empty"
-                and ftype not in (FieldType.DATE, FieldType.DATETIME)
+                if op not in cls.COMPARE_OPS.get(ftype, ())
             ]
             if lacking:
                 raise TypeError(f"{cls.__name__} does not implement: {', '.join(lacking)}")
