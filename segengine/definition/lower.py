@@ -24,6 +24,7 @@ objects in a tree fail here, with one message whatever the engine.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -168,7 +169,17 @@ def lower(root: Rule, schema: Schema, as_of: dt.date) -> Lowered:
 
 
 def lower_all(roots: Sequence[Rule], schema: Schema, as_of: dt.date) -> tuple[Lowered, ...]:
-    return tuple(lower(root, schema, as_of) for root in roots)
+    """`lower` of each root; trees asked again (warm runs, `explain`) come from a cache."""
+    try:
+        return tuple(_lower_cached(root, schema, as_of) for root in roots)
+    except TypeError:  # a tree built by hand with an unhashable value (a list)
+        return tuple(lower(root, schema, as_of) for root in roots)
+
+
+@functools.lru_cache(maxsize=1024)
+def _lower_cached(root: Rule, schema: Schema, as_of: dt.date) -> Lowered:
+    # nodes are immutable, so a lowered tree can be shared by every request that asks
+    return lower(root, schema, as_of)
 
 
 def _lower(rule: Any, schema: Schema, as_of: dt.date) -> Lowered:
