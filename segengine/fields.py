@@ -42,6 +42,22 @@ BUILTIN_FIELDS: dict[str, FieldType] = {
     "lists": FieldType.SET,
 }
 
+#: `email_domain` is the part of `email` after its *last* ``@`` (empty without one).
+#: Imports accept exactly one ``@``, so for imported data it is also the part after
+#: the first; data never imported (Spark over a lakehouse folder, Parquet written by
+#: hand) may hold a quoted local part with an ``@`` (``"a@b"@c.io``: ``c.io``). Every
+#: engine derives it by this rule: this pattern (Polars, Arrow) or the SQL of
+#: `segengine.engines.sql.email_domain`.
+EMAIL_DOMAIN_PATTERN = r"@(?P<domain>[^@]*)$"
+
+
+def email_domain(email: str | None) -> str | None:
+    """`email`'s domain by the one rule (None without an ``@``)."""
+    if email is None or "@" not in email:
+        return None
+    return email.rpartition("@")[2]
+
+
 #: Names no custom field may take: the built-ins and the internal key.
 RESERVED_NAMES = frozenset(BUILTIN_FIELDS) | {"contact_id"}
 

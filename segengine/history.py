@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+from sqlglot import exp
 
+from .engines.sql import email_domain
 from .errors import InputError
 from .store.duck import file_list, q
 from .store.status import status_log_files
@@ -107,7 +109,8 @@ def contact_history(session: Session, email: str) -> ContactHistory:
     con = session.connection(snap)
     schema = snap.schema
     columns = ", ".join(
-        "substr(email, strpos(email, '@') + 1) AS email_domain" if name == "email_domain"
+        f"{email_domain(exp.column('email')).sql('duckdb')} AS email_domain"
+        if name == "email_domain"
         else q(name) for name in schema
     )
     found = _rows(con, f"SELECT contact_id, {columns} FROM contacts WHERE email = ?", [wanted])

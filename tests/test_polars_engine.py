@@ -15,17 +15,14 @@ from reference import day_range, reference_by_status, reference_contact_ids
 from strategies import SCHEMA, Workspace, field_ops, rule_trees, workspaces, write_workspace
 
 from segengine.definition.nodes import (
-    NODE_TYPES,
     ActivityRule,
     CountCondition,
     FieldRule,
     Group,
     LastCampaigns,
-    SegmentRef,
     Window,
     day_bounds,
 )
-from segengine.engines import polars as polars_engine
 from segengine.engines.base import Tables
 from segengine.engines.polars import PolarsEngine
 from segengine.errors import EngineError
@@ -274,16 +271,6 @@ def test_nan_orders_with_nothing(tmp_path):
     for op, value, expected in [("gt", 0.0, []), ("lt", 0.0, []), ("ne", 1.0, [1]),
                                 ("is_empty", None, []), ("is_not_empty", None, [1])]:
         assert engine.contact_ids([as_root(F("score", op, value))], AS_OF).tolist() == expected
-
-
-def test_every_node_type_has_a_handler():
-    registry = polars_engine.compile_rule.registry
-    assert all(node in registry for node in NODE_TYPES)
-    ctx = polars_engine._Context(SCHEMA, AS_OF, {})
-    with pytest.raises(EngineError, match="segment reference 'other' was not resolved"):
-        polars_engine.to_expr(SegmentRef("other"), ctx)
-    with pytest.raises(EngineError, match="cannot evaluate a str node"):
-        polars_engine.compile_rule("not a node", ctx)
 
 
 def test_unknown_field_is_a_clear_error(engine):

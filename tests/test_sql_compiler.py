@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from segengine.definition.nodes import (
-    NODE_TYPES,
     ActivityRule,
     CountCondition,
     FieldRule,
@@ -37,7 +36,6 @@ from segengine.engines.base import Tables
 from segengine.engines.duckdb import DuckDBEngine
 from segengine.engines.sql import (
     DIALECTS,
-    SqlCompiler,
     compile_segment,
     compile_segments,
     lower_text,
@@ -535,12 +533,6 @@ def test_connection_settings(engine):
 
 
 # --- the compiler's structure ---------------------------------------------------------
-
-
-def test_every_node_type_has_a_handler():
-    assert set(NODE_TYPES) <= set(SqlCompiler.NODE_HANDLERS)
-    for handler in SqlCompiler.NODE_HANDLERS.values():
-        assert callable(getattr(SqlCompiler, handler))
 
 
 def test_segment_reference_is_a_clear_error():

@@ -32,20 +32,6 @@ from ..fields import ACTIVITY_EVENT_TYPE
 
 ANY_CAMPAIGN = "any"
 
-#: Operators that are true on an empty value (besides ``is_empty``).
-NEGATIVE_OPS = frozenset({"is_not", "not_contains", "not_in", "ne", "not_on", "excludes"})
-
-#: Each negative operator and the positive operator it negates.
-POSITIVE_OF = {
-    "is_not": "is",
-    "not_contains": "contains",
-    "not_in": "in",
-    "ne": "eq",
-    "not_on": "on",
-    "excludes": "includes",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class FieldRule:
     field: str
@@ -68,14 +54,6 @@ class CountCondition:
 
     op: str = "gte"  # eq | gte | lte | gt | lt | between
     value: Any = 1  # int or (low, high)
-
-    def matches(self, n: int) -> bool:
-        return count_matches(self, n)
-
-    @property
-    def matches_zero(self) -> bool:
-        """True when a contact with no matching events satisfies the condition."""
-        return count_matches(self, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,25 +106,28 @@ class Segment:
 
 
 # --- shared semantics -------------------------------------------------------------
-# Every engine uses these helpers so that day arithmetic and count conditions are
+# The lowering pass (lower.py) uses these, so day arithmetic and count conditions are
 # defined once.
 
 
-def count_matches(cond: CountCondition, n: int) -> bool:
+def count_range(cond: CountCondition) -> tuple[int, int | None]:
+    """The inclusive range of event counts a condition accepts (None: no upper bound).
+
+    ``lt 0`` gives ``(0, -1)``, a range that holds no count.
+    """
     op, v = cond.op, cond.value
-    if op == "eq":
-        return n == v
-    if op == "gte":
-        return n >= v
-    if op == "lte":
-        return n <= v
-    if op == "gt":
-        return n > v
-    if op == "lt":
-        return n < v
-    if op == "between":
-        return v[0] <= n <= v[1]
-    raise ValueError(f"unknown count operator {op!r}")
+    ranges = {
+        "eq": lambda: (v, v),
+        "gte": lambda: (v, None),
+        "lte": lambda: (0, v),
+        "gt": lambda: (v + 1, None),
+        "lt": lambda: (0, v - 1),
+        "between": lambda: (v[0], v[1]),
+    }
+    if op not in ranges:
+        raise ValueError(f"unknown count operator {op!r}")
+    low, high = ranges[op]()
+    return max(int(low), 0), None if high is None else int(high)
 
 
 def day_bounds(op: str, value: Any, as_of: dt.date) -> tuple[dt.date | None, dt.date | None]:

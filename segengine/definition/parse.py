@@ -263,7 +263,7 @@ class _Parser:
             hint = v.suggest(op, ops) or f"; it takes {v.one_of(ops)}"
             self.problem(_at(path, "op"), f"{v.shown(op)} is not an operator for {what}{hint}")
             return None
-        value = self.field_value(ops[op], op, raw.get("value"), _at(path, "value"))
+        value = self.field_value(ops[op].check, op, raw.get("value"), _at(path, "value"))
         if negate is None or value is _BAD:
             return None
         return FieldRule(field=field, op=op, value=value, negate=negate)

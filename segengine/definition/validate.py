@@ -15,6 +15,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..fields import ACTIVITY_EVENT_TYPE, STATUSES, FieldType
@@ -291,68 +292,83 @@ def _show(value: Any) -> str:
 #: Marks an operator that takes no value.
 NO_VALUE = None
 
-TEXT_OPS: dict[str, ValueCheck | None] = {
-    "is": text,
-    "is_not": text,
-    "contains": text,
-    "not_contains": text,
-    "starts_with": text,
-    "ends_with": text,
-    "in": list_of(text, "text values"),
-    "not_in": list_of(text, "text values"),
-    "is_empty": NO_VALUE,
-    "is_not_empty": NO_VALUE,
-}
 
-NUMBER_OPS: dict[str, ValueCheck | None] = {
-    "eq": number,
-    "ne": number,
-    "gt": number,
-    "gte": number,
-    "lt": number,
-    "lte": number,
-    "between": pair(number, "numbers"),
-    "in": list_of(number, "numbers"),
-    "not_in": list_of(number, "numbers"),
-    "is_empty": NO_VALUE,
-    "is_not_empty": NO_VALUE,
-}
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """One operator of a field type: everything the language says about it, in one row.
 
-DATE_OPS: dict[str, ValueCheck | None] = {
-    "on": date,
-    "not_on": date,
-    "before": date,
-    "after": date,
-    "between": pair(date, "dates"),
-    "in_last_days": days,
-    "older_than_days": days,
-    "is_empty": NO_VALUE,
-    "is_not_empty": NO_VALUE,
-}
+    `check` turns the written value into its normalised form (`NO_VALUE`: takes none);
+    `positive` names the operator this one is the complement of (None: it is positive
+    itself); `true_on_empty` is its truth on an empty value (SPEC section 4: positive
+    operators are false there, their complements true). Validation, the operator
+    lists of error messages and docs, the lowering pass and every engine read this.
+    """
 
-BOOLEAN_OPS: dict[str, ValueCheck | None] = {
-    "is": boolean,
-    "is_empty": NO_VALUE,
-    "is_not_empty": NO_VALUE,
-}
+    check: ValueCheck | None
+    positive: str | None = None
 
-STATUS_OPS: dict[str, ValueCheck | None] = {
-    "is": status,
-    "is_not": status,
-    "in": list_of(status, "statuses"),
-    "not_in": list_of(status, "statuses"),
-}
+    @property
+    def true_on_empty(self) -> bool:
+        return self.positive is not None
 
-LIST_OPS: dict[str, ValueCheck | None] = {
-    "includes": one_or_list(list_name, "list names"),
-    "includes_all": one_or_list(list_name, "list names"),
-    "excludes": one_or_list(list_name, "list names"),
-    "is_empty": NO_VALUE,
-    "is_not_empty": NO_VALUE,
-}
 
-#: The operators of each field type (SPEC section 4), each with its value check.
-OPERATORS: dict[FieldType, dict[str, ValueCheck | None]] = {
+def _operators(
+    positive: dict[str, ValueCheck | None], negative: dict[str, str], *, emptiable: bool = True
+) -> dict[str, Operator]:
+    """A field type's table: positive operators, then each complement after its positive."""
+    ops: dict[str, Operator] = {}
+    for op, check in positive.items():
+        ops[op] = Operator(check)
+        ops.update((neg, Operator(check, op)) for neg, pos in negative.items() if pos == op)
+    if emptiable:
+        # "is_empty" is the complement of "has a value": true on empty, like every negative
+        ops["is_empty"] = Operator(NO_VALUE, "is_not_empty")
+        ops["is_not_empty"] = Operator(NO_VALUE)
+    return ops
+
+
+_text_values = list_of(text, "text values")
+_numbers = list_of(number, "numbers")
+_statuses = list_of(status, "statuses")
+_list_names = one_or_list(list_name, "list names")
+
+TEXT_OPS = _operators(
+    {"is": text, "contains": text, "starts_with": text, "ends_with": text, "in": _text_values},
+    {"is_not": "is", "not_contains": "contains", "not_in": "in"},
+)
+NUMBER_OPS = _operators(
+    {
+        "eq": number,
+        "gt": number,
+        "gte": number,
+        "lt": number,
+        "lte": number,
+        "between": pair(number, "numbers"),
+        "in": _numbers,
+    },
+    {"ne": "eq", "not_in": "in"},
+)
+#: The day-range operators: each selects an inclusive range of days fixed at `as_of`.
+DAY_RANGE_OPS = ("on", "before", "after", "between", "in_last_days", "older_than_days")
+DATE_OPS = _operators(
+    {
+        "on": date,
+        "before": date,
+        "after": date,
+        "between": pair(date, "dates"),
+        "in_last_days": days,
+        "older_than_days": days,
+    },
+    {"not_on": "on"},
+)
+BOOLEAN_OPS = _operators({"is": boolean}, {})
+#: status is never empty, so it has no is_empty / is_not_empty
+STATUS_OPS = _operators({"is": status, "in": _statuses}, {"is_not": "is", "not_in": "in"}, emptiable=False)
+_lists = _operators({"includes": _list_names, "includes_all": _list_names}, {"excludes": "includes"})
+LIST_OPS = {op: _lists[op] for op in ("includes", "includes_all", "excludes", "is_empty", "is_not_empty")}
+
+#: The operators of each field type (SPEC section 4).
+OPERATORS: dict[FieldType, dict[str, Operator]] = {
     FieldType.TEXT: TEXT_OPS,
     FieldType.NUMBER: NUMBER_OPS,
     FieldType.DATE: DATE_OPS,
@@ -362,12 +378,14 @@ OPERATORS: dict[FieldType, dict[str, ValueCheck | None]] = {
     FieldType.SET: LIST_OPS,
 }
 
-#: An activity rule's `when`: the day-range date operators, on the event's UTC date.
-WINDOW_OPS: dict[str, ValueCheck] = {
-    op: check
-    for op, check in DATE_OPS.items()
-    if op in ("on", "before", "after", "between", "in_last_days", "older_than_days")
+#: Per field type, the positive operators (what engines must each implement).
+POSITIVE_OPS: dict[FieldType, frozenset[str]] = {
+    ftype: frozenset(op for op, spec in ops.items() if spec.positive is None)
+    for ftype, ops in OPERATORS.items()
 }
+
+#: An activity rule's `when`: the day-range date operators, on the event's UTC date.
+WINDOW_OPS: dict[str, ValueCheck] = {op: DATE_OPS[op].check for op in DAY_RANGE_OPS}
 
 #: An activity rule's `count`.
 COUNT_OPS: dict[str, ValueCheck] = {

@@ -2,8 +2,8 @@
 
 The planner answers from the engagement index whenever the snapshot has one that
 covers exactly its files (the index is never stale: see segengine.store.index). Inside
-a tree, any rule the index cannot evaluate is sent to DuckDB on its own and its answer
-joins the rest as a row mask, so one unsupported leaf does not cost the whole tree its
+a tree, any rule the index does not support (`Evaluator.supports`: a field it holds no
+column for) is sent to DuckDB on its own and its answer joins the rest as a row mask, so one unsupported leaf does not cost the whole tree its
 index path. Without a current index every request goes to DuckDB.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..definition.nodes import Group
+from ..definition.lower import Lowered
 from ..errors import EngineError
 from ..store.index import IndexData, contact_rows, load_index
 from ..store.manifest import Tables
@@ -56,7 +56,7 @@ class AutoEngine(Engine):
     def _fallback(self, as_of: dt.date):
         def rows_of(node: Any) -> np.ndarray:
             assert self.index is not None
-            ids = self.duckdb.contact_ids([Group("all", (node,))], as_of)
+            ids = self.duckdb.evaluate_ids([node], as_of)
             rows, known = contact_rows(
                 ids, self.index.ids, bool(self.index.meta["contacts"]["dense"])
             )
@@ -66,15 +66,15 @@ class AutoEngine(Engine):
 
         return rows_of
 
-    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
+    def evaluate_ids(self, roots: Sequence[Lowered], as_of: dt.date) -> np.ndarray:
         if self.index is None:
-            return self.duckdb.contact_ids(roots, as_of)
+            return self.duckdb.evaluate_ids(roots, as_of)
         rows = Evaluator(self.index, self.tables, as_of, self._fallback(as_of)).union(roots)
         return contact_ids_of(self.index, rows)
 
-    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+    def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
         if self.index is None:
-            return self.duckdb.count(roots, as_of)
+            return self.duckdb.evaluate_count(roots, as_of)
         rows = Evaluator(self.index, self.tables, as_of, self._fallback(as_of)).union(roots)
         return count_by_status(self.index, rows)
 

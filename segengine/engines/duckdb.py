@@ -17,12 +17,13 @@ import duckdb
 import numpy as np
 from sqlglot import exp
 
+from ..definition.lower import Lowered
 from ..definition.nodes import Group
 from ..fields import FieldType, Schema
 from ..store.duck import connect_reader as connect
 from ..store.manifest import Tables
 from .base import Engine, empty_by_status
-from .sql import CONTACTS, EVENTS, compile_segments
+from .sql import CONTACTS, EVENTS, compile_lowered
 
 #: DuckDB column types of the contract (engines/base.py), built-ins first.
 CONTACT_COLUMNS: dict[str, str] = {
@@ -127,19 +128,22 @@ class DuckDBEngine(Engine):
 
     def sql_union(self, roots: Sequence[Group], as_of: dt.date) -> exp.Select:
         """``SELECT contact_id FROM contacts WHERE ...`` for the union of `roots`."""
-        return compile_segments(roots, self.tables.schema, as_of, "duckdb")
+        return self.lowered_sql(self.lower(roots, as_of), as_of)
 
-    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
-        query = self.sql_union(roots, as_of).order_by(
+    def lowered_sql(self, roots: Sequence[Lowered], as_of: dt.date) -> exp.Select:
+        return compile_lowered(roots, self.tables.schema, as_of, "duckdb")
+
+    def evaluate_ids(self, roots: Sequence[Lowered], as_of: dt.date) -> np.ndarray:
+        query = self.lowered_sql(roots, as_of).order_by(
             exp.column("contact_id", table=CONTACTS, quoted=True), copy=False
         )
         result = self._con.sql(query.sql("duckdb")).fetchnumpy()["contact_id"]
         return np.asarray(result, dtype=np.int64)
 
-    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+    def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
         """Matches by status in one pass over ``contacts``: filter, then group."""
         status = exp.column("status", table=CONTACTS, quoted=True)
-        query = self.sql_union(roots, as_of)
+        query = self.lowered_sql(roots, as_of)
         query.set("expressions", [status, exp.alias_(exp.Count(this=exp.Star()), "n")])
         query = query.group_by(status.copy(), copy=False)
         counts = empty_by_status()

@@ -26,17 +26,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyroaring import BitMap
 
-from ..definition.nodes import (
-    ANY_CAMPAIGN,
-    POSITIVE_OF,
-    ActivityRule,
-    CountCondition,
-    FieldRule,
-    Group,
-    LastCampaigns,
-    SegmentRef,
-    day_bounds,
+from ..definition.lower import (
+    AllOf,
+    AnyOf,
+    Compare,
+    Constant,
+    CountIn,
+    DayRange,
+    Events,
+    HasEvents,
+    Lowered,
+    Present,
 )
+from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns
 from ..errors import EngineError
 from ..fields import EVENT_TYPES, STATUSES, FieldType
 from ..store.aggregates import RECENT
@@ -44,21 +46,14 @@ from ..store.index.bitmaps import bitmap_rows, runs, to_bitmap
 from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
-from .base import Engine, empty_by_status
+from .base import Engine, Visitor, empty_by_status
 
 Rows = BitMap | np.ndarray
 
-#: Count conditions that mean "at least one event" and "no event at all".
-AT_LEAST_ONE = frozenset({("gte", 1), ("gt", 0)})
-NONE_AT_ALL = frozenset({("eq", 0), ("lte", 0), ("lt", 1), ("between", (0, 0))})
 #: Up to this many day bitmaps are OR-ed; wider windows use the first/last-day aggregates.
 MAX_DAY_UNION = 31
 #: Count conditions with a value above this are not checked for `recent_test`.
 MAX_PROBE = 1000
-
-
-class Unsupported(EngineError):
-    """The index cannot answer this rule (the planner sends it to DuckDB instead)."""
 
 
 # --- set algebra over the two forms ---------------------------------------------------
@@ -167,12 +162,6 @@ def to_mask_cheaply(bitmap: BitMap, n: int) -> np.ndarray:
     return mask
 
 
-GROUP_COMBINERS: dict[str, Callable[[Sequence[Rows], int], Rows]] = {
-    "all": all_of,
-    "any": any_of,
-}
-
-
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
     """The union; one bitmap is returned as it is (rows are never modified in place)."""
     return BitMap.union(*bitmaps) if len(bitmaps) > 1 else bitmaps[0] if bitmaps else BitMap()
@@ -186,20 +175,8 @@ def everyone(n: int) -> BitMap:
 
 # --- days ---------------------------------------------------------------------------
 
-#: A day range whose bound falls off the calendar: `in_last_days` with a huge N reaches
-#: back to the beginning of time; `before 0001-01-01` or `after 9999-12-31` is empty.
-_OVERFLOW: dict[str, Callable[[dt.date], tuple[int | None, int | None] | None]] = {
-    "in_last_days": lambda as_of: (None, day_number(as_of)),
-}
-
-
-def day_range(op: str, value: Any, as_of: dt.date) -> tuple[int | None, int | None] | None:
-    """Inclusive day numbers an operator selects (None bound: open), or None: no day."""
-    try:
-        low, high = day_bounds(op, value, as_of)
-    except OverflowError:
-        overflow = _OVERFLOW.get(op)
-        return overflow(as_of) if overflow else None
+def day_numbers(low: dt.date | None, high: dt.date | None) -> tuple[int | None, int | None]:
+    """A lowered day range as inclusive day numbers (None bound: open)."""
     return (
         None if low is None else day_number(low),
         None if high is None else day_number(high),
@@ -221,22 +198,29 @@ def in_range(days: np.ndarray, low: int | None, high: int | None) -> np.ndarray:
 
 # --- field rules ------------------------------------------------------------------
 
-TEXT_OPS: dict[str, Callable[[pa.Array, Any], pa.Array]] = {
-    "is": lambda d, v: pc.equal(d, v.lower()),
-    "contains": lambda d, v: pc.match_substring(d, v.lower()),
-    "starts_with": lambda d, v: pc.starts_with(d, v.lower()),
-    "ends_with": lambda d, v: pc.ends_with(d, v.lower()),
-    "in": lambda d, v: pc.is_in(d, value_set=pa.array([x.lower() for x in v], pa.string())),
+#: Positive text operators, on the lower-cased dictionary (values are lower-cased).
+TEXT_OPS: dict[str, Callable[[pa.Array, tuple], pa.Array]] = {
+    "is": lambda d, v: pc.equal(d, v[0]),
+    "contains": lambda d, v: pc.match_substring(d, v[0]),
+    "starts_with": lambda d, v: pc.starts_with(d, v[0]),
+    "ends_with": lambda d, v: pc.ends_with(d, v[0]),
+    "in": lambda d, v: pc.is_in(d, value_set=pa.array(list(v), pa.string())),
 }
 
-NUMBER_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
-    "eq": lambda x, v: x == v,
-    "gt": lambda x, v: x > v,
-    "gte": lambda x, v: x >= v,
-    "lt": lambda x, v: x < v,
-    "lte": lambda x, v: x <= v,
+NUMBER_OPS: dict[str, Callable[[np.ndarray, tuple], np.ndarray]] = {
+    "eq": lambda x, v: x == v[0],
+    "gt": lambda x, v: x > v[0],
+    "gte": lambda x, v: x >= v[0],
+    "lt": lambda x, v: x < v[0],
+    "lte": lambda x, v: x <= v[0],
     "between": lambda x, v: (x >= v[0]) & (x <= v[1]),
     "in": lambda x, v: np.isin(x, np.array(v, dtype=np.float64)),
+}
+
+#: Status and list operators answer from per-value bitmaps (see `status_rows`, `list_rows`).
+BITMAP_OPS: dict[FieldType, tuple[str, ...]] = {
+    FieldType.ENUM: ("is", "in"),
+    FieldType.SET: ("includes", "includes_all"),
 }
 
 #: Field types whose positive tests are already false on empty values (text: the empty
@@ -244,33 +228,19 @@ NUMBER_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
 #: pass that ANDs the present mask is skipped.
 EMPTY_NEVER_MATCHES = frozenset({FieldType.TEXT, FieldType.BOOLEAN})
 
-DATE_OPS = frozenset({"on", "before", "after", "between", "in_last_days", "older_than_days"})
-
-COUNT_OPS: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {
-    "eq": lambda n, v: n == v,
-    "gte": lambda n, v: n >= v,
-    "lte": lambda n, v: n <= v,
-    "gt": lambda n, v: n > v,
-    "lt": lambda n, v: n < v,
-    "between": lambda n, v: (n >= v[0]) & (n <= v[1]),
-}
-
-
-def count_key(cond: CountCondition) -> tuple[str, Any]:
-    value = tuple(cond.value) if isinstance(cond.value, (tuple, list)) else cond.value
-    return cond.op, value
-
-
-def _as_tuple(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+def count_in(low: int, high: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The test of a lowered count range, over an array of counts."""
+    if high is None:
+        return lambda n: n >= low
+    return lambda n: (n >= low) & (n <= high)
 
 
 @dataclass
-class Evaluator:
-    """Evaluates resolved trees over one index at one `as_of`.
+class Evaluator(Visitor[Rows]):
+    """Evaluates lowered trees over one index at one `as_of`.
 
-    `fallback`, when given, answers a rule the index cannot (the planner's DuckDB path)
-    as a boolean mask; without it such a rule raises `Unsupported`.
+    `fallback`, when given, answers a node the index does not `support` (the planner's
+    DuckDB path) as a boolean mask; without it such a node is an `EngineError`.
     """
 
     index: IndexData
@@ -278,68 +248,75 @@ class Evaluator:
     as_of: dt.date
     fallback: Callable[[Any], np.ndarray] | None = None
 
-    NODE_HANDLERS = {
-        Group: "visit_group",
-        FieldRule: "visit_field_rule",
-        ActivityRule: "visit_activity_rule",
-        SegmentRef: "visit_segment_ref",
+    engine_name = "index"
+    COMPARE_OPS = {
+        FieldType.TEXT: TEXT_OPS,
+        FieldType.NUMBER: NUMBER_OPS,
+        FieldType.BOOLEAN: ("is",),
+        **BITMAP_OPS,
     }
 
     @property
     def n(self) -> int:
         return self.index.n
 
+    def supports(self, node: Any) -> bool:
+        """Field tests need the field in the index (status and lists always are)."""
+        if isinstance(node, (Present, Compare, DayRange)) and node.type not in BITMAP_OPS:
+            column = self.index.fields.get(node.field)
+            return column is not None and column.type is node.type
+        return True
+
+    def unsupported_reason(self, node: Any) -> str:
+        return f"field {node.field!r} ({node.type}) is not in the index"
+
     def visit(self, node: Any) -> Rows:
-        """The rows matching `node`, its `negate` applied."""
-        handler = self.NODE_HANDLERS.get(type(node))
-        if handler is None:
-            return self.visit_undefined(node)
-        try:
-            rows = getattr(self, handler)(node)
-        except Unsupported:
-            if self.fallback is None or isinstance(node, Group):
-                raise
-            return self.fallback(node)  # the fallback evaluates the node with its negate
-        return complement(rows, self.n) if getattr(node, "negate", False) else rows
+        """The rows matching `node`; what the index lacks goes to `fallback`."""
+        if not self.supports(node):
+            if self.fallback is None:
+                raise EngineError(f"--engine index cannot answer this: {self.unsupported_reason(node)}")
+            return self.fallback(node)
+        return super().visit(node)
 
-    def visit_undefined(self, node: Any) -> Rows:
-        raise Unsupported(f"the index engine has no handler for {type(node).__name__}: {node!r}")
+    def negate(self, rows: Rows) -> Rows:
+        return complement(rows, self.n)
 
-    def visit_segment_ref(self, ref: SegmentRef) -> Rows:
-        raise EngineError(
-            f"segment reference {ref.segment!r} was not resolved: engines evaluate resolved "
-            "trees (segengine.definition.rewrite inlines references first)"
-        )
+    def visit_all_of(self, node: AllOf) -> Rows:
+        return all_of([self.visit(rule) for rule in node.rules], self.n)
 
-    def visit_group(self, group: Group) -> Rows:
-        combine = GROUP_COMBINERS.get(group.match)
-        if combine is None:
-            raise EngineError(f"unknown group match {group.match!r}")
-        return combine([self.visit(rule) for rule in group.rules], self.n)
+    def visit_any_of(self, node: AnyOf) -> Rows:
+        return any_of([self.visit(rule) for rule in node.rules], self.n)
+
+    def visit_constant(self, node: Constant) -> Rows:
+        return everyone(self.n) if node.value else BitMap()
 
     # --- field rules -----------------------------------------------------------------
 
-    def visit_field_rule(self, rule: FieldRule) -> Rows:
-        try:
-            ftype = self.tables.schema[rule.field]
-        except KeyError:
-            raise EngineError(f"unknown field {rule.field!r}") from None
-        if ftype is FieldType.ENUM:
-            return self.status_rule(rule)
-        if ftype is FieldType.SET:
-            return self.lists_rule(rule)
-        column = self.index.fields.get(rule.field)
-        if column is None or column.type is not ftype:
-            raise Unsupported(f"field {rule.field!r} ({ftype}) is not in the index")
-        if rule.op == "is_empty":
-            return complement(self.present(column), self.n)
-        if rule.op == "is_not_empty":
-            return self.present(column)
-        positive_op = POSITIVE_OF.get(rule.op, rule.op)
-        matched = self.positive(column, positive_op, rule.value)
+    def visit_present(self, node: Present) -> Rows:
+        if node.type is FieldType.SET:
+            return BitMap(self.index.contact_bitmaps.get(BitmapKeys.IN_A_LIST))
+        if node.type is FieldType.ENUM:
+            return self.status_rows(STATUSES)
+        return self.present(self.index.fields[node.field])
+
+    def visit_compare(self, node: Compare) -> Rows:
+        if node.type is FieldType.ENUM:
+            return self.status_rows(node.values)
+        if node.type is FieldType.SET:
+            return self.list_rows(node.op, node.values)
+        column = self.index.fields[node.field]
+        matched = self.positive(column, node.op, node.values)
         if column.type not in EMPTY_NEVER_MATCHES and isinstance(matched, np.ndarray):
             matched &= self.present(column)  # bitmaps hold present rows only
-        return complement(matched, self.n) if positive_op != rule.op else matched
+        return matched
+
+    def visit_day_range(self, node: DayRange) -> Rows:
+        column = self.index.fields[node.field]
+        low, high = day_numbers(node.low, node.high)
+        if column.bitmap_days is not None:
+            return self.days_union(column, low, high)
+        matched = in_range(np.asarray(column.arrays["days"]), low, high)
+        return matched & np.asarray(self.present(column))
 
     def present(self, column: FieldColumn) -> Rows:
         if column.type is FieldType.TEXT:
@@ -361,25 +338,15 @@ class Evaluator:
     def value_bitmap(self, column: FieldColumn, code: int) -> BitMap:
         return self.index.contact_bitmaps.get(BitmapKeys.field_value(column.name, code))
 
-    def positive(self, column: FieldColumn, op: str, value: Any) -> Rows:
+    def positive(self, column: FieldColumn, op: str, values: tuple) -> Rows:
         """A positive operator's test (callers AND it with `present`)."""
-        ftype = column.type
-        if ftype is FieldType.TEXT and op in TEXT_OPS:
-            return self.text_test(column, op, value)
-        if ftype is FieldType.NUMBER and op in NUMBER_OPS:
-            return NUMBER_OPS[op](np.asarray(column.arrays["values"]), value)
-        if ftype in (FieldType.DATE, FieldType.DATETIME) and op in DATE_OPS:
-            bounds = day_range(op, value, self.as_of)
-            if bounds is None:
-                return np.zeros(self.n, dtype=bool)
-            if column.bitmap_days is not None:
-                return self.days_union(column, *bounds)
-            return in_range(np.asarray(column.arrays["days"]), *bounds)
-        if ftype is FieldType.BOOLEAN and op == "is":
-            return np.asarray(column.arrays["values"]) == int(bool(value))
-        raise Unsupported(f"{op!r} is not an operator the index evaluates on a {ftype} field")
+        if column.type is FieldType.TEXT:
+            return self.text_test(column, op, values)
+        if column.type is FieldType.NUMBER:
+            return NUMBER_OPS[op](np.asarray(column.arrays["values"]), values)
+        return np.asarray(column.arrays["values"]) == int(bool(values[0]))  # boolean "is"
 
-    def text_test(self, column: FieldColumn, op: str, value: Any) -> Rows:
+    def text_test(self, column: FieldColumn, op: str, value: tuple) -> Rows:
         """Evaluate on the (small) lower-cased dictionary, then look codes up.
 
         A field with per-value bitmaps answers with the union of the matching values'
@@ -400,34 +367,22 @@ class Evaluator:
             return result
         return np.append(hits, False).take(codes)  # the last code means empty
 
-    def status_rule(self, rule: FieldRule) -> Rows:
-        positive_op = POSITIVE_OF.get(rule.op, rule.op)
-        if positive_op not in ("is", "in"):
-            raise Unsupported(f"{rule.op!r} is not an operator for status")
-        wanted = {v.lower() for v in _as_tuple(rule.value)}
+    def status_rows(self, wanted: Sequence[str]) -> Rows:
         store = self.index.contact_bitmaps
-        matched = union_all([store.get(BitmapKeys.status(s)) for s in STATUSES if s in wanted])
-        return complement(matched, self.n) if positive_op != rule.op else matched
+        return union_all([store.get(BitmapKeys.status(s)) for s in STATUSES if s in wanted])
 
-    def lists_rule(self, rule: FieldRule) -> Rows:
+    def list_rows(self, op: str, values: tuple) -> Rows:
         store = self.index.contact_bitmaps
-        if rule.op == "is_empty":
-            return complement(store.get("ln"), self.n)
-        if rule.op == "is_not_empty":
-            return BitMap(store.get("ln"))
-        names = [store.get(BitmapKeys.list_name(v.lower())) for v in dict.fromkeys(_as_tuple(rule.value))]
-        if rule.op in ("includes", "excludes"):
-            matched = union_all(names)
-            return complement(matched, self.n) if rule.op == "excludes" else matched
-        if rule.op == "includes_all":
-            return (
-                BitMap.intersection(*names)
-                if len(names) > 1
-                else BitMap(names[0])
-                if names
-                else everyone(self.n)
-            )
-        raise Unsupported(f"{rule.op!r} is not an operator for lists")
+        names = [store.get(BitmapKeys.list_name(v.lower())) for v in dict.fromkeys(values)]
+        if op == "includes":
+            return union_all(names)
+        return (  # includes_all
+            BitMap.intersection(*names)
+            if len(names) > 1
+            else BitMap(names[0])
+            if names
+            else everyone(self.n)
+        )
 
     # --- activity rules --------------------------------------------------------------
 
@@ -437,8 +392,6 @@ class Evaluator:
             return None
         if isinstance(campaigns, LastCampaigns):
             campaigns = self.last_campaigns(campaigns.n)
-        elif not isinstance(campaigns, (tuple, list)):
-            raise EngineError(f"unknown campaigns selector {campaigns!r}")
         codes = self.index.campaign_codes
         return np.array(sorted({codes[c] for c in campaigns if c in codes}), dtype=np.int64)
 
@@ -457,38 +410,43 @@ class Evaluator:
         eligible.sort(reverse=True)
         return [campaign for _, campaign in eligible[:n]]
 
-    def visit_activity_rule(self, rule: ActivityRule) -> Rows:
-        etype = rule.event_type
-        campaigns = self.campaign_codes(rule.campaigns)
-        window: tuple[int | None, int | None] | None = (None, None)
-        if rule.when is not None:
-            window = day_range(rule.when.op, rule.when.value, self.as_of)
-        key = count_key(rule.count)
-        test = COUNT_OPS.get(rule.count.op)
-        if test is None:
-            raise EngineError(f"unknown count operator {rule.count.op!r}")
-        if key in AT_LEAST_ONE or key in NONE_AT_ALL:
-            has = (
-                self.has_event(etype, campaigns, window)
-                if rule.url_contains is None
-                else self.has_clicked_url(rule.url_contains, campaigns, window)
-            )
-            if has is not None:
-                return has if key in AT_LEAST_ONE else complement(has, self.n)
-        if campaigns is None and window == (None, None) and rule.url_contains is None:
-            return test(np.asarray(self.index.count[self.type_code(etype)]), rule.count.value)
-        if campaigns is None and rule.url_contains is None and window is not None:
-            matched = self.recent_test(etype, window, rule.count)
+    def selection(self, events: Events) -> tuple[str, np.ndarray | None, tuple]:
+        """(event type, campaign codes or None for any, window in day numbers)."""
+        window: tuple[int | None, int | None] = (None, None)
+        if events.days is not None:
+            window = day_numbers(*events.days)
+        return events.event_type, self.campaign_codes(events.campaigns), window
+
+    def visit_has_events(self, node: HasEvents) -> Rows:
+        etype, campaigns, window = self.selection(node.events)
+        has = (
+            self.has_event(etype, campaigns, window)
+            if node.events.url_contains is None
+            else self.has_clicked_url(node.events.url_contains, campaigns, window)
+        )
+        return has if has is not None else self.counted(node.events, 1, None)
+
+    def visit_count_in(self, node: CountIn) -> Rows:
+        return self.counted(node.events, node.low, node.high)
+
+    def counted(self, events: Events, low: int, high: int | None) -> Rows:
+        """Contacts whose number of `events` is in ``[low, high]``, the cheapest way."""
+        etype, campaigns, window = self.selection(events)
+        test = count_in(low, high)
+        if campaigns is None and window == (None, None) and events.url_contains is None:
+            return test(np.asarray(self.index.count[self.type_code(etype)]))
+        if campaigns is None and events.url_contains is None:
+            matched = self.recent_test(etype, window, low, high)
             if matched is not None:
                 return matched
             counts = self.counts_outside_window(etype, window)
             if counts is not None:
-                return test(counts, rule.count.value)
-        rows = self.matching_rows(etype, campaigns, window, rule.url_contains)
-        return self.count_test(rows, lambda counts: test(counts, rule.count.value))
+                return test(counts)
+        rows = self.matching_rows(etype, campaigns, window, events.url_contains)
+        return self.count_test(rows, test)
 
     def has_event(
-        self, etype: str, campaigns: np.ndarray | None, window: tuple | None
+        self, etype: str, campaigns: np.ndarray | None, window: tuple
     ) -> Rows | None:
         """Contacts with at least one matching event, from bitmaps or aggregates.
 
@@ -496,8 +454,6 @@ class Evaluator:
         is not) go through `campaigns_in_window`; None when only the event store can tell.
         """
         bitmaps = self.index.bitmaps
-        if window is None:
-            return BitMap()
         low, high = window
         if low is None and high is None:
             if campaigns is None:
@@ -584,7 +540,7 @@ class Evaluator:
         return EVENT_TYPES.index(etype)
 
     def has_clicked_url(
-        self, url_contains: str, campaigns: np.ndarray | None, window: tuple | None
+        self, url_contains: str, campaigns: np.ndarray | None, window: tuple
     ) -> Rows | None:
         """Who ever clicked a matching URL: the union of per-URL bitmaps (None: filtered)."""
         if campaigns is not None or window != (None, None):
@@ -599,7 +555,7 @@ class Evaluator:
         return hits.to_numpy(zero_copy_only=False)
 
     def matching_rows(
-        self, etype: str, campaigns: np.ndarray | None, window: tuple | None,
+        self, etype: str, campaigns: np.ndarray | None, window: tuple,
         url_contains: str | None,
     ) -> np.ndarray:
         """The row of every event the rule counts (a row repeats once per event).
@@ -607,7 +563,7 @@ class Evaluator:
         Each segment's events of a type are sorted by day, so a window is a slice found
         by binary search; only the slice is filtered by campaign and URL.
         """
-        if window is None or (campaigns is not None and len(campaigns) == 0):
+        if campaigns is not None and len(campaigns) == 0:
             return np.zeros(0, np.uint32)
         campaign_ok = None
         if campaigns is not None:
@@ -648,7 +604,7 @@ class Evaluator:
         return slices
 
     def recent_test(
-        self, etype: str, window: tuple, cond: CountCondition
+        self, etype: str, window: tuple, count_low: int, count_high: int | None
     ) -> Rows | None:
         """The condition on counts capped at RECENT from each row's latest days, when exact.
 
@@ -661,18 +617,18 @@ class Evaluator:
         last_day = self.index.day_range[t][1]
         if low is None or last_day is None or (high is not None and high < last_day):
             return None
-        test = COUNT_OPS[cond.op]
-        bound = max(_as_tuple(cond.value))
-        if not isinstance(bound, (int, float)) or bound > MAX_PROBE:
+        test = count_in(count_low, count_high)
+        bound = count_low if count_high is None else count_high
+        if bound > MAX_PROBE:
             return None
         probe = np.arange(RECENT, int(bound) + 2)
-        if len(set(test(probe, cond.value).tolist())) > 1:
+        if len(set(test(probe).tolist())) > 1:
             return None  # the condition differs between RECENT events and more
         recent = self.index.recent[t]
         # Each row's days are sorted latest first, so "at least k events in the window"
         # is one comparison of its k-th latest day: a threshold condition ("at least 3",
         # "at most 1") is one pass; anything else counts all RECENT.
-        allowed = test(np.arange(RECENT + 1), cond.value)
+        allowed = test(np.arange(RECENT + 1))
         steps = np.flatnonzero(allowed[1:] != allowed[:-1])
         if len(steps) == 1:
             at_least = self.at_least_since(etype, int(steps[0]) + 1, low)
@@ -680,7 +636,7 @@ class Evaluator:
         counts = np.zeros(self.n, dtype=np.uint8)
         for k in range(RECENT):
             counts += np.asarray(recent[k]) >= day32(low)
-        return test(counts, cond.value)
+        return test(counts)
 
     def at_least_since(self, etype: str, k: int, low: int) -> Rows:
         """Rows with at least `k` (<= RECENT) events of `etype` on or after day `low`."""
@@ -725,7 +681,7 @@ class Evaluator:
 
     # --- results ------------------------------------------------------------------
 
-    def union(self, roots: Sequence[Group]) -> Rows:
+    def union(self, roots: Sequence[Lowered]) -> Rows:
         return any_of([self.visit(root) for root in roots], self.n)
 
 
@@ -773,23 +729,19 @@ class IndexEngine(Engine):
     def evaluator(self, as_of: dt.date) -> Evaluator:
         return Evaluator(self.index, self.tables, as_of)
 
-    def rows(self, roots: Sequence[Group], as_of: dt.date) -> Rows:
-        try:
-            return self.evaluator(as_of).union(roots)
-        except Unsupported as exc:
-            raise EngineError(f"--engine index cannot answer this: {exc}") from None
+    def rows(self, roots: Sequence[Lowered], as_of: dt.date) -> Rows:
+        return self.evaluator(as_of).union(roots)
 
-    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
+    def evaluate_ids(self, roots: Sequence[Lowered], as_of: dt.date) -> np.ndarray:
         return contact_ids_of(self.index, self.rows(roots, as_of))
 
-    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+    def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
         return count_by_status(self.index, self.rows(roots, as_of))
 
 
 __all__ = [
     "Evaluator",
     "IndexEngine",
-    "Unsupported",
     "contact_ids_of",
     "count_by_status",
 ]

@@ -1,43 +1,42 @@
 """Evaluate segments with Polars' lazy (streaming) engine over the workspace's Parquet files.
 
-A resolved rule tree compiles, through `functools.singledispatch` (as ibis' Polars backend
-does), into one boolean `pl.Expr` over the contacts frame. Every compiled rule is
-two-valued: a null never escapes a handler, so `~` is an exact negation and `negate`,
-`is_not`, `ne`, ... need no special null handling.
+A lowered rule tree (`segengine.definition.lower`) compiles, through a `Visitor`, into one
+boolean `pl.Expr` over the contacts frame. Every compiled rule is two-valued: a null never
+escapes a handler, so `~` is an exact negation and `Not` needs no special null handling.
 
 Activity rules need the events: all activity rules of a request share one scan of the
 events, pre-filtered to rows any of them counts, grouped by contact with one conditional
-sum per rule, and left-joined onto the contacts (a contact without events counts 0).
+sum per distinct event selection, and left-joined onto the contacts (a contact without events counts 0).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from ..definition.nodes import (
-    ANY_CAMPAIGN,
-    POSITIVE_OF,
-    ActivityRule,
-    CountCondition,
-    FieldRule,
-    Group,
-    LastCampaigns,
-    Rule,
-    SegmentRef,
-    Window,
-    day_bounds,
+from ..definition.lower import (
+    AllOf,
+    AnyOf,
+    Compare,
+    Constant,
+    CountIn,
+    DayRange,
+    Events,
+    HasEvents,
+    Lowered,
+    Present,
+    events_of,
 )
-from ..errors import EngineError
-from ..fields import STATUSES, FieldType, Schema
+from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns
+from ..fields import EMAIL_DOMAIN_PATTERN, STATUSES, FieldType, Schema
 from ..store.manifest import Tables
-from .base import Engine, empty_by_status
+from .base import Engine, Visitor, empty_by_status
 
 #: Polars type of each field type as the engine reads it (SPEC section 9 layout).
 #: Timestamps are read as naive UTC microseconds whatever unit or zone the file uses.
@@ -99,60 +98,11 @@ def scan(files: Sequence[str], columns: Mapping[str, pl.DataType]) -> pl.LazyFra
     )
 
 
-# --- the compile context ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Context:
-    """What handlers need besides the rule: the schema, `as_of`, activity count columns."""
-
-    schema: Schema
-    as_of: dt.date
-    activity_columns: Mapping[ActivityRule, str]
-
-
-def activity_key(rule: ActivityRule) -> ActivityRule:
-    """Rules that count the same events share one count column, whatever their negate."""
-    return replace(rule, negate=False)
-
-
-def activity_rules(rule: Rule) -> Iterator[ActivityRule]:
-    """Every activity rule in a tree (by `activity_key`), in tree order."""
-    if isinstance(rule, Group):
-        for child in rule.rules:
-            yield from activity_rules(child)
-    elif isinstance(rule, ActivityRule):
-        yield activity_key(rule)
-
-
 # --- days -------------------------------------------------------------------------
 
-#: What a day range whose bound falls off the calendar means: `in_last_days` with a huge N
-#: reaches back to the beginning of time; `before 0001-01-01` or `after 9999-12-31` is empty.
-_OVERFLOW_BOUNDS: dict[str, Callable[[dt.date], tuple[dt.date | None, dt.date | None] | None]] = {
-    "in_last_days": lambda as_of: (None, as_of),
-    "on": lambda as_of: None,
-    "before": lambda as_of: None,
-    "after": lambda as_of: None,
-    "between": lambda as_of: None,
-    "older_than_days": lambda as_of: None,
-}
 
-
-def _day_range(op: str, value: Any, as_of: dt.date) -> tuple[dt.date | None, dt.date | None] | None:
-    """`day_bounds`, or None for a range that holds no day of the calendar."""
-    try:
-        return day_bounds(op, value, as_of)
-    except OverflowError:
-        return _OVERFLOW_BOUNDS[op](as_of)
-
-
-def _in_days(day: pl.Expr, op: str, value: Any, as_of: dt.date) -> pl.Expr:
-    """`day` (a Date expression) is in the range `op value` selects; null stays null."""
-    bounds = _day_range(op, value, as_of)
-    if bounds is None:
-        return pl.lit(False)
-    low, high = bounds
+def _in_days(day: pl.Expr, low: dt.date | None, high: dt.date | None) -> pl.Expr:
+    """`day` (a Date expression) is in the inclusive range; null stays null."""
     conditions = []
     if low is not None:
         conditions.append(day >= pl.lit(low))
@@ -165,64 +115,53 @@ def _in_days(day: pl.Expr, op: str, value: Any, as_of: dt.date) -> pl.Expr:
 
 # --- field rules ------------------------------------------------------------------
 # Each type has a column expression, an "empty" predicate and a table of *positive*
-# operators. A positive operator is false on an empty value; each negative operator is
-# the negation of its positive one (SPEC: `is_not` is exactly not `is`, ...).
+# operators over the `Compare` node's values (a tuple, text already lower-cased). A
+# positive operator is false on an empty value; negative ones are `Not` of it.
 
-Op = Callable[[pl.Expr, Any, dt.date], pl.Expr]
-
-
-def _lower(values: Sequence[str]) -> list[str]:
-    return [v.lower() for v in values]
-
+Op = Callable[[pl.Expr, tuple], pl.Expr]
 
 TEXT_OPS: dict[str, Op] = {
-    "is": lambda c, v, _: c == v.lower(),
-    "contains": lambda c, v, _: c.str.contains(v.lower(), literal=True),
-    "starts_with": lambda c, v, _: c.str.starts_with(v.lower()),
-    "ends_with": lambda c, v, _: c.str.ends_with(v.lower()),
-    "in": lambda c, v, _: c.is_in(_lower(v)),
+    "is": lambda c, v: c == v[0],
+    "contains": lambda c, v: c.str.contains(v[0], literal=True),
+    "starts_with": lambda c, v: c.str.starts_with(v[0]),
+    "ends_with": lambda c, v: c.str.ends_with(v[0]),
+    "in": lambda c, v: c.is_in(list(v)),
 }
 
 NUMBER_OPS: dict[str, Op] = {
-    "eq": lambda c, v, _: c == v,
-    "gt": lambda c, v, _: c > v,
-    "gte": lambda c, v, _: c >= v,
-    "lt": lambda c, v, _: c < v,
-    "lte": lambda c, v, _: c <= v,
-    "between": lambda c, v, _: c.is_between(v[0], v[1]),
-    "in": lambda c, v, _: c.is_in([float(x) for x in v]),
+    "eq": lambda c, v: c == v[0],
+    "gt": lambda c, v: c > v[0],
+    "gte": lambda c, v: c >= v[0],
+    "lt": lambda c, v: c < v[0],
+    "lte": lambda c, v: c <= v[0],
+    "between": lambda c, v: c.is_between(v[0], v[1]),
+    "in": lambda c, v: c.is_in(list(v)),
 }
 
-DATE_OPS: dict[str, Op] = {
-    op: functools.partial(lambda c, v, as_of, op: _in_days(c, op, v, as_of), op=op)
-    for op in ("on", "before", "after", "between", "in_last_days", "older_than_days")
-}
-
-BOOLEAN_OPS: dict[str, Op] = {"is": lambda c, v, _: c == v}
+BOOLEAN_OPS: dict[str, Op] = {"is": lambda c, v: c == v[0]}
 
 STATUS_OPS: dict[str, Op] = {
-    "is": lambda c, v, _: c == v.lower(),
-    "in": lambda c, v, _: c.is_in(_lower(v)),
+    "is": lambda c, v: c == v[0],
+    "in": lambda c, v: c.is_in(list(v)),
 }
 
 
 def _has_any(lists: pl.Expr, names: Sequence[str]) -> pl.Expr:
-    return lists.list.eval(pl.element().is_in(_lower(names))).list.any()
+    return lists.list.eval(pl.element().is_in(list(names))).list.any()
 
 
 def _has_all(lists: pl.Expr, names: Sequence[str]) -> pl.Expr:
-    return pl.all_horizontal([lists.list.contains(name) for name in dict.fromkeys(_lower(names))])
+    return pl.all_horizontal([lists.list.contains(name) for name in dict.fromkeys(names)])
 
 
 SET_OPS: dict[str, Op] = {
-    "includes": lambda c, v, _: _has_any(c, v),
-    "includes_all": lambda c, v, _: _has_all(c, v),
+    "includes": lambda c, v: _has_any(c, v),
+    "includes_all": lambda c, v: _has_all(c, v),
 }
 
 
 def _email_domain() -> pl.Expr:
-    # After the last '@': a domain never holds one, a quoted local part may.
-    return pl.col("email").str.extract(r"@([^@]*)$", 1)
+    return pl.col("email").str.extract(EMAIL_DOMAIN_PATTERN, 1)
 
 
 def _text_column(name: str) -> pl.Expr:
@@ -264,67 +203,26 @@ def _lower_list(c: pl.Expr) -> pl.Expr:
 FIELD_KINDS: dict[FieldType, FieldKind] = {
     FieldType.TEXT: FieldKind(TEXT_OPS, _text_empty, _lower_text, column=_text_column),
     FieldType.NUMBER: FieldKind(NUMBER_OPS, valid=_number_valid),
-    FieldType.DATE: FieldKind(DATE_OPS),
-    FieldType.DATETIME: FieldKind(DATE_OPS, prepare=lambda c: c.dt.date()),
+    FieldType.DATE: FieldKind({}),
+    FieldType.DATETIME: FieldKind({}, prepare=lambda c: c.dt.date()),
     FieldType.BOOLEAN: FieldKind(BOOLEAN_OPS),
     FieldType.ENUM: FieldKind(STATUS_OPS, _text_empty, _lower_text),
     FieldType.SET: FieldKind(SET_OPS, lambda c: c.is_null() | (c.list.len() == 0), _lower_list),
 }
 
 
-def compile_field(rule: FieldRule, schema: Schema, as_of: dt.date) -> pl.Expr:
-    """A field rule (without its negate) as a never-null boolean expression."""
-    try:
-        kind = FIELD_KINDS[schema[rule.field]]
-    except KeyError:
-        raise EngineError(f"unknown field {rule.field!r}") from None
-    column = kind.column(rule.field)
-    empty = kind.empty(column)
-    if rule.op == "is_empty":
-        return empty.fill_null(True)
-    if rule.op == "is_not_empty":
-        return (~empty).fill_null(False)
-    positive_op = POSITIVE_OF.get(rule.op, rule.op)
-    op = kind.ops.get(positive_op)
-    if op is None:
-        raise EngineError(f"{rule.op!r} is not an operator for field {rule.field!r}")
-    matched = ~empty & op(kind.prepare(column), rule.value, as_of)
-    if kind.valid is not None:
-        matched = matched & kind.valid(column)
-    matched = matched.fill_null(False)
-    return ~matched if positive_op != rule.op else matched
-
-
 # --- activity rules ---------------------------------------------------------------
 
-COUNT_OPS: dict[str, Callable[[pl.Expr, Any], pl.Expr]] = {
-    "eq": lambda n, v: n == v,
-    "gte": lambda n, v: n >= v,
-    "lte": lambda n, v: n <= v,
-    "gt": lambda n, v: n > v,
-    "lt": lambda n, v: n < v,
-    "between": lambda n, v: n.is_between(v[0], v[1]),
-}
 
-
-def count_condition(n: pl.Expr, cond: CountCondition) -> pl.Expr:
-    try:
-        return COUNT_OPS[cond.op](n, cond.value)
-    except KeyError:
-        raise EngineError(f"unknown count operator {cond.op!r}") from None
-
-
-def _window(when: Window | None, as_of: dt.date) -> pl.Expr:
-    if when is None:
-        return pl.lit(True)
-    return _in_days(pl.col("timestamp").dt.date(), when.op, when.value, as_of)
+def _count_in(n: pl.Expr, low: int, high: int | None) -> pl.Expr:
+    return n >= low if high is None else n.is_between(low, high)
 
 
 def _url(url_contains: str | None) -> pl.Expr:
     if url_contains is None:
         return pl.lit(True)
     # A null URL never matches.
-    contains = pl.col("url").str.to_lowercase().str.contains(url_contains.lower(), literal=True)
+    contains = pl.col("url").str.to_lowercase().str.contains(url_contains, literal=True)
     return contains.fill_null(False)
 
 
@@ -336,13 +234,16 @@ def _campaign_filter(campaigns: Any, last: Callable[[int], list[str]]) -> pl.Exp
     return pl.col("campaign").is_in(list(campaigns))
 
 
-def event_filter(rule: ActivityRule, as_of: dt.date, last: Callable[[int], list[str]]) -> pl.Expr:
+def event_filter(events: Events, last: Callable[[int], list[str]]) -> pl.Expr:
     """The events an activity rule counts, as a never-null predicate over the events."""
+    window = pl.lit(True)
+    if events.days is not None:
+        window = _in_days(pl.col("timestamp").dt.date(), *events.days)
     return pl.all_horizontal(
-        pl.col("type") == rule.event_type,
-        _campaign_filter(rule.campaigns, last),
-        _window(rule.when, as_of),
-        _url(rule.url_contains),
+        pl.col("type") == events.event_type,
+        _campaign_filter(events.campaigns, last),
+        window,
+        _url(events.url_contains),
     ).fill_null(False)
 
 
@@ -366,46 +267,63 @@ def campaigns_by_send_time(events: pl.LazyFrame, as_of: dt.date) -> pl.LazyFrame
 # --- the rule compiler ------------------------------------------------------------
 
 
-def to_expr(rule: Rule, ctx: _Context) -> pl.Expr:
-    """A rule as a never-null boolean expression over the contacts frame, negate applied."""
-    expr = compile_rule(rule, ctx)
-    return ~expr if rule.negate else expr
+@dataclass
+class Compiler(Visitor[pl.Expr]):
+    """A lowered tree as one never-null boolean expression over the contacts frame.
 
+    Every handler is two-valued (a null never escapes), so `~` is an exact negation.
+    `activity_columns` names the count column of each event selection.
+    """
 
-@functools.singledispatch
-def compile_rule(rule: object, ctx: _Context) -> pl.Expr:
-    """Compile one node without its `negate`; unknown node types fail loudly."""
-    raise EngineError(f"the polars engine cannot evaluate a {type(rule).__name__} node")
+    schema: Schema
+    activity_columns: Mapping[Events, str]
 
+    engine_name = "polars"
+    COMPARE_OPS = {ftype: kind.ops for ftype, kind in FIELD_KINDS.items()}
 
-@compile_rule.register
-def _group(rule: Group, ctx: _Context) -> pl.Expr:
-    # Empty `all` matches everyone and empty `any` nobody: the identities of and/or.
-    parts = [to_expr(child, ctx) for child in rule.rules]
-    if rule.match == "all":
+    def negate(self, expr: pl.Expr) -> pl.Expr:
+        return ~expr
+
+    def visit_all_of(self, node: AllOf) -> pl.Expr:
+        # Empty `all` matches everyone and empty `any` nobody: the identities of and/or.
+        parts = [self.visit(child) for child in node.rules]
         return pl.all_horizontal(parts) if parts else pl.lit(True)
-    if rule.match == "any":
+
+    def visit_any_of(self, node: AnyOf) -> pl.Expr:
+        parts = [self.visit(child) for child in node.rules]
         return pl.any_horizontal(parts) if parts else pl.lit(False)
-    raise EngineError(f"unknown group match {rule.match!r}")
 
+    def visit_constant(self, node: Constant) -> pl.Expr:
+        return pl.lit(node.value)
 
-@compile_rule.register
-def _field(rule: FieldRule, ctx: _Context) -> pl.Expr:
-    return compile_field(rule, ctx.schema, ctx.as_of)
+    def visit_present(self, node: Present) -> pl.Expr:
+        kind = FIELD_KINDS[node.type]
+        return (~kind.empty(kind.column(node.field))).fill_null(False)
 
+    def positive(self, field: str, ftype: FieldType, test: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+        """`test` of the prepared column, false on an empty (or invalid) value."""
+        kind = FIELD_KINDS[ftype]
+        column = kind.column(field)
+        matched = ~kind.empty(column) & test(kind.prepare(column))
+        if kind.valid is not None:
+            matched = matched & kind.valid(column)
+        return matched.fill_null(False)
 
-@compile_rule.register
-def _activity(rule: ActivityRule, ctx: _Context) -> pl.Expr:
-    n = pl.col(ctx.activity_columns[activity_key(rule)]).fill_null(0)
-    return count_condition(n, rule.count)
+    def visit_compare(self, node: Compare) -> pl.Expr:
+        op = FIELD_KINDS[node.type].ops[node.op]
+        return self.positive(node.field, node.type, lambda c: op(c, node.values))
 
+    def visit_day_range(self, node: DayRange) -> pl.Expr:
+        return self.positive(node.field, node.type, lambda c: _in_days(c, node.low, node.high))
 
-@compile_rule.register
-def _segment_ref(rule: SegmentRef, ctx: _Context) -> pl.Expr:
-    raise EngineError(
-        f"segment reference {rule.segment!r} was not resolved: engines evaluate resolved "
-        "trees (segengine.definition.rewrite inlines references first)"
-    )
+    def count(self, events: Events) -> pl.Expr:
+        return pl.col(self.activity_columns[events]).fill_null(0)
+
+    def visit_has_events(self, node: HasEvents) -> pl.Expr:
+        return self.count(node.events) >= 1
+
+    def visit_count_in(self, node: CountIn) -> pl.Expr:
+        return _count_in(self.count(node.events), node.low, node.high)
 
 
 # --- the engine -------------------------------------------------------------------
@@ -428,22 +346,22 @@ class PolarsEngine(Engine):
     def events(self) -> pl.LazyFrame:
         return scan(self.tables.events, EVENTS_SCHEMA)
 
-    def matching(self, roots: Sequence[Group], as_of: dt.date) -> pl.LazyFrame:
-        """The contacts (all columns) matching any of `roots`, evaluated at `as_of`."""
-        keys = list(dict.fromkeys(key for root in roots for key in activity_rules(root)))
+    def matching(self, roots: Sequence[Lowered], as_of: dt.date) -> pl.LazyFrame:
+        """The contacts (all columns) matching any of lowered `roots`, at `as_of`."""
+        keys = list(dict.fromkeys(key for root in roots for key in events_of(root)))
         columns = {key: _ACTIVITY_COLUMN.format(i) for i, key in enumerate(keys)}
-        ctx = _Context(self.tables.schema, as_of, columns)
+        compiler = Compiler(self.tables.schema, columns)
         contacts = self.contacts()
         if keys:
             contacts = contacts.join(
                 self._activity_counts(columns, as_of), on="contact_id", how="left"
             )
         predicate = (
-            pl.any_horizontal([to_expr(root, ctx) for root in roots]) if roots else (pl.lit(False))
+            pl.any_horizontal([compiler.visit(root) for root in roots]) if roots else pl.lit(False)
         )
         return contacts.filter(predicate).drop(list(columns.values()))
 
-    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
+    def evaluate_ids(self, roots: Sequence[Lowered], as_of: dt.date) -> np.ndarray:
         ids = (
             self.matching(roots, as_of)
             .select("contact_id")
@@ -453,7 +371,7 @@ class PolarsEngine(Engine):
         )
         return ids.get_column("contact_id").to_numpy().astype(np.int64, copy=False)
 
-    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+    def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
         by_status = (
             self.matching(roots, as_of)
             .group_by("status")
@@ -466,11 +384,11 @@ class PolarsEngine(Engine):
                 counts[status] = int(n)
         return counts
 
-    def _activity_counts(self, columns: Mapping[ActivityRule, str], as_of: dt.date) -> pl.LazyFrame:
-        """Per contact with events, one count column per activity rule, in one events scan."""
+    def _activity_counts(self, columns: Mapping[Events, str], as_of: dt.date) -> pl.LazyFrame:
+        """Per contact with events, one count column per event selection, in one events scan."""
         last = functools.partial(self._last_campaigns, as_of)
-        filters = {name: event_filter(rule, as_of, last) for rule, name in columns.items()}
-        event_types = sorted({rule.event_type for rule in columns})
+        filters = {name: event_filter(events, last) for events, name in columns.items()}
+        event_types = sorted({events.event_type for events in columns})
         # The cheap type test goes first, into the scan: Polars evaluates a predicate's
         # every term on every row, and lower-casing all URLs costs 3x the whole query.
         return (

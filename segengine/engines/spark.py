@@ -44,12 +44,13 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
+from ..definition.lower import Lowered
 from ..definition.nodes import Group
 from ..errors import EngineError, InputError
 from ..fields import FIELD_NAME_RE, RESERVED_NAMES, FieldType, Schema
 from ..store.manifest import Tables
 from .base import Engine, empty_by_status
-from .sql import CONTACTS, EVENTS, compile_segments, sql_lower
+from .sql import CONTACTS, EVENTS, compile_lowered, sql_lower
 
 PYSPARK_MISSING = "the spark engine needs PySpark: pip install 'segengine[spark]' (and Java 17+)"
 DIALECT = "spark"
@@ -323,9 +324,11 @@ class SparkEngine(Engine):
 
     def statement(self, roots: Sequence[Group], as_of: dt.date) -> exp.Select:
         """The compiled union of `roots`, reading this engine's views."""
-        query = compile_segments(roots, self.tables.schema, as_of, DIALECT)
+        return self.lowered_statement(self.lower(roots, as_of), as_of)
 
-        return self.on_views(query)
+    def lowered_statement(self, roots: Sequence[Lowered], as_of: dt.date) -> exp.Select:
+        """The compiled union of lowered `roots`, reading this engine's views."""
+        return self.on_views(compile_lowered(roots, self.tables.schema, as_of, DIALECT))
 
     def on_views(self, query: exp.Expression) -> exp.Expression:
         """`query` reading this engine's views; the only change made to a compiled statement.
@@ -345,14 +348,14 @@ class SparkEngine(Engine):
         """The result of `query` as an Arrow table, collected to the driver."""
         return self.session.sql(query.sql(DIALECT)).toArrow()
 
-    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
-        ids = self.run(self.statement(roots, as_of)).column("contact_id")
+    def evaluate_ids(self, roots: Sequence[Lowered], as_of: dt.date) -> np.ndarray:
+        ids = self.run(self.lowered_statement(roots, as_of)).column("contact_id")
         return np.unique(ids.to_numpy().astype(np.int64, copy=False))
 
-    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+    def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
         """Matches by status, counted in Spark: filter, then group (statuses lower-cased)."""
         status = sql_lower(exp.column("status", table=CONTACTS, quoted=True), DIALECT)
-        query = self.statement(roots, as_of)
+        query = self.lowered_statement(roots, as_of)
         query.set("expressions", [exp.alias_(status, "status"), exp.alias_(exp.Count(this=exp.Star()), "n")])
         query = query.group_by(status.copy(), copy=False)
         result = self.run(query).to_pydict()

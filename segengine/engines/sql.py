@@ -1,4 +1,4 @@
-"""Compile resolved rule trees to one SQL statement, built as a sqlglot tree.
+"""Compile lowered rule trees to one SQL statement, built as a sqlglot tree.
 
 The statement (SPEC sections 4 and 9) is ``SELECT contact_id FROM contacts WHERE
 <predicate>``, with CTEs when a rule needs "the last N campaigns". It is built from
@@ -10,13 +10,14 @@ Why the predicates look the way they do:
 * Every rule compiles to a *two-valued* predicate (never NULL), so that ``NOT`` of a
   rule is exactly its complement. Positive operators are ``<present> AND <test>``
   (``FALSE AND NULL`` is ``FALSE``); negative operators (``is_not``, ``ne``, ...) are
-  ``NOT`` of their positive operator, which makes them true on empty values.
+  ``NOT`` of their positive operator (the lowering pass, `segengine.definition.lower`,
+  rewrote them so), which makes them true on empty values.
 * Text is compared after ``LOWER`` on the column and Python's ``str.lower`` on the
   value. DuckDB's ``LOWER`` differs from Python's in two places only: ``İ`` (Python
   gives ``i̇``) and the Greek final sigma (Python gives ``ς`` at the end of a word). The
   column expression emulates Python only when the value contains a character those
   differences could touch, so the common case stays a plain ``LOWER``.
-* ``email_domain`` is the part after the *last* ``@``, as the other engines derive it.
+* ``email_domain`` is the part after the *last* ``@``, the one rule every engine uses.
 * Dates are compared as DATE values against date literals. A timestamp's day is its
   UTC day (`utc_day`), for naive (UTC) and absolute timestamp columns alike, whatever
   the session time zone: never ``CAST(ts AS DATE)``, which takes an instant's day in
@@ -26,7 +27,8 @@ Why the predicates look the way they do:
   a count condition that zero events satisfy becomes ``NOT IN`` of the complement,
   so contacts without events are included.
 
-Dialect notes (`to_sql`): the "last N campaigns" tie-break orders campaign ids by
+Dialect notes (`to_sql`; what differs is data, `DIALECT_FLAGS`, like sqlglot's
+generator flags): the "last N campaigns" tie-break orders campaign ids by
 code point. DuckDB, Spark, BigQuery and Snowflake (without a column collation) compare
 strings by their UTF-8 bytes, which is code point order; PostgreSQL gets ``COLLATE "C"``.
 Timestamp columns may be naive or absolute in every dialect (`utc_day` says how each
@@ -50,22 +52,23 @@ from typing import Any
 
 from sqlglot import exp
 
-from ..definition.nodes import (
-    ANY_CAMPAIGN,
-    POSITIVE_OF,
-    ActivityRule,
-    CountCondition,
-    FieldRule,
-    Group,
-    LastCampaigns,
-    SegmentRef,
-    Window,
-    day_bounds,
+from ..definition.lower import (
+    AllOf,
+    AnyOf,
+    Compare,
+    Constant,
+    CountIn,
+    DayRange,
+    Events,
+    HasEvents,
+    Lowered,
+    Present,
+    lower_all,
 )
-from ..errors import EngineError, InputError
+from ..definition.nodes import ANY_CAMPAIGN, Group, LastCampaigns
+from ..errors import InputError
 from ..fields import FieldType, Schema
-
-DIALECTS = ("duckdb", "spark", "postgres", "snowflake", "bigquery")
+from .base import Visitor
 
 CONTACTS = "contacts"
 EVENTS = "events"
@@ -91,16 +94,35 @@ FINAL_SIGMA_PATTERN = (
     f"([{_CASED}][{_CASE_IGNORABLE}]*)\u03a3([{_CASE_IGNORABLE}]*)([^{_CASED}{_CASE_IGNORABLE}]|$)"
 )
 FINAL_SIGMA_REPLACEMENT = "\\1\u03c2\\2\\3"
-#: dialects whose regular expressions are RE2 with \p{..} classes and \1 replacements
-_RE2_DIALECTS = frozenset({"duckdb"})
-
-
-#: dialects that test membership in an activity's contacts with EXISTS, not IN
-_EXISTS_DIALECTS = frozenset({"spark"})
 #: the alias of an activity's contacts inside EXISTS
 MATCHED = "matched"
-#: dialects whose ``LOWER`` of non-ASCII text follows the default locale of a JVM
-_JVM_LOWER_DIALECTS = frozenset({"spark"})
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the compiler does differently for one SQL dialect: data, not branches."""
+
+    name: str
+    #: regular expressions are RE2 with \p{..} classes and \1 replacements (final sigma)
+    re2_regex: bool = False
+    #: membership in an activity's contacts is tested with EXISTS, not IN (`member`)
+    exists_membership: bool = False
+    #: ``LOWER`` of non-ASCII text follows the default locale of a JVM (`sql_lower`)
+    jvm_lower: bool = False
+    #: the collation that orders text by code point, where the default may not
+    code_point_collation: str | None = None
+    #: has ``ENDS_WITH`` (PostgreSQL has only ``starts_with``; `_text_ends_with`)
+    ends_with_function: bool = True
+
+
+DIALECT_FLAGS: dict[str, Dialect] = {
+    "duckdb": Dialect("duckdb", re2_regex=True),
+    "spark": Dialect("spark", exists_membership=True, jvm_lower=True),
+    "postgres": Dialect("postgres", code_point_collation="C", ends_with_function=False),
+    "snowflake": Dialect("snowflake"),
+    "bigquery": Dialect("bigquery"),
+}
+DIALECTS = tuple(DIALECT_FLAGS)
 
 
 def sql_lower(text: exp.Expression, dialect: str) -> exp.Lower:
@@ -113,7 +135,7 @@ def sql_lower(text: exp.Expression, dialect: str) -> exp.Lower:
     compiled tree, so the statement ``segengine sql --dialect spark`` prints is the one
     the Spark engine runs.
     """
-    if dialect in _JVM_LOWER_DIALECTS:
+    if DIALECT_FLAGS[dialect].jvm_lower:
         text = exp.func("REPLACE", text, exp.Literal.string("I"), exp.Literal.string("i"))
     return exp.Lower(this=text)
 
@@ -133,7 +155,7 @@ def lower_text(column: exp.Expression, values: Iterable[str], dialect: str) -> e
             exp.Literal.string(DOTTED_CAPITAL_I),
             exp.Literal.string(LOWER_DOTTED_I),
         )
-    if dialect in _RE2_DIALECTS and ("\u03c3" in text or "\u03c2" in text):
+    if DIALECT_FLAGS[dialect].re2_regex and ("\u03c3" in text or "\u03c2" in text):
         column = exp.RegexpReplace(
             this=column,
             expression=exp.Literal.string(FINAL_SIGMA_PATTERN),
@@ -211,108 +233,73 @@ def _day_range(day: exp.Expression, low: dt.date | None, high: dt.date | None) -
     return exp.true()
 
 
-#: What a day-range operator selects when its bound falls off the calendar (before
-#: 0001-01-01 or after 9999-12-31): nothing, or a range open at that end.
-_OFF_CALENDAR: dict[str, Callable[[Any, dt.date], tuple[dt.date | None, dt.date | None] | None]] = {
-    "before": lambda value, as_of: None,
-    "after": lambda value, as_of: None,
-    "older_than_days": lambda value, as_of: None,
-    "in_last_days": lambda value, as_of: (None, as_of),
-}
-
-
-def _day_filter(day: exp.Expression, op: str, value: Any, as_of: dt.date) -> exp.Expression:
-    """`day` within the range `op` selects (`day_bounds`), safe at the calendar's ends."""
-    try:
-        bounds = day_bounds(op, value, as_of)
-    except OverflowError:
-        bounds = _OFF_CALENDAR[op](value, as_of)
-    return exp.false() if bounds is None else _day_range(day, *bounds)
-
-
-def _as_tuple(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
 # --- field rules ---------------------------------------------------------------------
-# A builder gets the compiler, the column expression and the rule's value, and returns
-# the *test* of a positive operator; the compiler adds the "value present" guard.
-# Negative operators are never built directly: they are NOT of their positive operator.
+# A builder gets the compiler, the column expression and the `Compare` node's values
+# (a tuple, text lower-cased) and returns the *test* of a positive operator; the
+# compiler adds the "value present" guard. Negative operators never reach it: the
+# lowering made them `Not` of their positive operator.
 
-Builder = Callable[["SqlCompiler", exp.Expression, Any], exp.Expression]
+Builder = Callable[["SqlCompiler", exp.Expression, tuple], exp.Expression]
 
 
-def _text_is(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
-    v = value.lower()
+def _text_is(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    v = values[0]
     return exp.EQ(this=lower_text(col, [v], c.dialect), expression=_string(v))
 
 
-def _text_contains(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
-    v = value.lower()
+def _text_contains(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    v = values[0]
     position = exp.StrPosition(this=lower_text(col, [v], c.dialect), substr=_string(v))
     return exp.GT(this=position, expression=_int(0))
 
 
-def _text_starts_with(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
-    v = value.lower()
+def _text_starts_with(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    v = values[0]
     return exp.StartsWith(this=lower_text(col, [v], c.dialect), expression=_string(v))
 
 
-#: dialects without an ``ENDS_WITH`` function (PostgreSQL has only ``starts_with``)
-_NO_ENDS_WITH_DIALECTS = frozenset({"postgres"})
-
-
-def _text_ends_with(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
-    v = value.lower()
+def _text_ends_with(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    """The one place "text ends with" is rendered."""
+    v = values[0]
     text = lower_text(col, [v], c.dialect)
-    if c.dialect in _NO_ENDS_WITH_DIALECTS:
+    if not c.flags.ends_with_function:
         # RIGHT counts characters (code points in UTF-8), as Python's len does
-        suffix = exp.Right(this=text, expression=_int(len(v)))
-        return exp.EQ(this=suffix, expression=_string(v))
+        return exp.EQ(this=exp.Right(this=text, expression=_int(len(v))), expression=_string(v))
     return exp.EndsWith(this=text, expression=_string(v))
 
 
-def _text_in(c: SqlCompiler, col: exp.Expression, value: Sequence[str]) -> exp.Expression:
-    values = sorted({v.lower() for v in _as_tuple(value)})
-    return _in(lower_text(col, values, c.dialect), [_string(v) for v in values])
+def _text_in(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    distinct = sorted(set(values))
+    return _in(lower_text(col, distinct, c.dialect), [_string(v) for v in distinct])
 
 
-def _status_is(c: SqlCompiler, col: exp.Expression, value: str) -> exp.Expression:
-    return exp.EQ(this=sql_lower(col, c.dialect), expression=_string(value.lower()))
+def _status_is(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    return exp.EQ(this=sql_lower(col, c.dialect), expression=_string(values[0]))
 
 
-def _status_in(c: SqlCompiler, col: exp.Expression, value: Sequence[str]) -> exp.Expression:
-    values = sorted({v.lower() for v in _as_tuple(value)})
-    return _in(sql_lower(col, c.dialect), [_string(v) for v in values])
+def _status_in(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    return _in(sql_lower(col, c.dialect), [_string(v) for v in sorted(set(values))])
 
 
 def _compare(node: type[exp.Binary]) -> Builder:
-    def build(c: SqlCompiler, col: exp.Expression, value: float) -> exp.Expression:
-        return node(this=col, expression=_number(value))
+    def build(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+        return node(this=col, expression=_number(values[0]))
 
     build.__name__ = f"_number_{node.__name__.lower()}"
     return build
 
 
-def _number_between(c: SqlCompiler, col: exp.Expression, value: Any) -> exp.Expression:
-    low, high = value
+def _number_between(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    low, high = values
     return exp.Between(this=col, low=_number(low), high=_number(high))
 
 
-def _number_in(c: SqlCompiler, col: exp.Expression, value: Sequence[float]) -> exp.Expression:
-    return _in(col, [_number(v) for v in sorted(set(_as_tuple(value)))])
+def _number_in(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    return _in(col, [_number(v) for v in sorted(set(values))])
 
 
-def _day_op(op: str) -> Builder:
-    def build(c: SqlCompiler, col: exp.Expression, value: Any) -> exp.Expression:
-        return _day_filter(col, op, value, c.as_of)
-
-    build.__name__ = f"_date_{op}"
-    return build
-
-
-def _boolean_is(c: SqlCompiler, col: exp.Expression, value: bool) -> exp.Expression:
-    return exp.EQ(this=col, expression=exp.true() if value else exp.false())
+def _boolean_is(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    return exp.EQ(this=col, expression=exp.true() if values[0] else exp.false())
 
 
 LIST_ITEM = "list_name"  # the lambda parameter that walks a contact's lists
@@ -332,22 +319,16 @@ def _has_any_list(c: SqlCompiler, col: exp.Expression, names: Sequence[str]) -> 
     return exp.GT(this=size, expression=_int(0))
 
 
-def _lists_includes(c: SqlCompiler, col: exp.Expression, value: Any) -> exp.Expression:
-    names = sorted({v.lower() for v in _as_tuple(value)})
+def _lists_includes(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    names = sorted(set(values))
     return _has_any_list(c, col, names) if names else exp.false()
 
 
-def _lists_includes_all(c: SqlCompiler, col: exp.Expression, value: Any) -> exp.Expression:
-    names = sorted({v.lower() for v in _as_tuple(value)})
-    return _and(*(_has_any_list(c, col, [n]) for n in names))
+def _lists_includes_all(c: SqlCompiler, col: exp.Expression, values: tuple) -> exp.Expression:
+    return _and(*(_has_any_list(c, col, [n]) for n in sorted(set(values))))
 
 
-_DATE_OPS: dict[str, Builder] = {
-    op: _day_op(op)
-    for op in ("on", "before", "after", "between", "in_last_days", "older_than_days")
-}
-
-#: Positive operators per field type. Negative operators come from POSITIVE_OF.
+#: The positive operators per field type (`Compare`); dates are `DayRange` nodes.
 FIELD_OPS: dict[FieldType, dict[str, Builder]] = {
     FieldType.TEXT: {
         "is": _text_is,
@@ -365,15 +346,10 @@ FIELD_OPS: dict[FieldType, dict[str, Builder]] = {
         "between": _number_between,
         "in": _number_in,
     },
-    FieldType.DATE: _DATE_OPS,
-    FieldType.DATETIME: _DATE_OPS,
     FieldType.BOOLEAN: {"is": _boolean_is},
     FieldType.ENUM: {"is": _status_is, "in": _status_in},
     FieldType.SET: {"includes": _lists_includes, "includes_all": _lists_includes_all},
 }
-
-#: Types whose fields support is_empty / is_not_empty (status is never empty).
-EMPTIABLE = frozenset(FieldType) - {FieldType.ENUM}
 
 
 def _present(col: exp.Expression, ftype: FieldType) -> exp.Expression:
@@ -389,31 +365,15 @@ def _present(col: exp.Expression, ftype: FieldType) -> exp.Expression:
 
 # --- activity rules ------------------------------------------------------------------
 
-_COUNT_OPS: dict[str, Callable[[exp.Expression, Any], exp.Expression]] = {
-    "eq": lambda n, v: exp.EQ(this=n, expression=_int(v)),
-    "gte": lambda n, v: exp.GTE(this=n, expression=_int(v)),
-    "lte": lambda n, v: exp.LTE(this=n, expression=_int(v)),
-    "gt": lambda n, v: exp.GT(this=n, expression=_int(v)),
-    "lt": lambda n, v: exp.LT(this=n, expression=_int(v)),
-    "between": lambda n, v: exp.Between(this=n, low=_int(v[0]), high=_int(v[1])),
-}
-
-
-def _count_test(cond: CountCondition, n: exp.Expression) -> exp.Expression:
-    build = _COUNT_OPS.get(cond.op)
-    if build is None:
-        raise EngineError(f"unknown count operator {cond.op!r}")
-    return build(n, cond.value)
-
-
-def _count_key(cond: CountCondition) -> tuple[str, Any]:
-    value = tuple(cond.value) if isinstance(cond.value, (tuple, list)) else cond.value
-    return cond.op, value
-
-
-#: Count conditions that mean "at least one event" and "no event": no grouping needed.
-AT_LEAST_ONE = frozenset({("gte", 1), ("gt", 0)})
-NONE_AT_ALL = frozenset({("eq", 0), ("lte", 0), ("lt", 1), ("between", (0, 0))})
+def _count_in(n: exp.Expression, low: int, high: int | None) -> exp.Expression:
+    """``n`` within the inclusive count range (high None: unbounded)."""
+    if high is None:
+        return exp.GTE(this=n, expression=_int(low))
+    if low == high:
+        return exp.EQ(this=n, expression=_int(low))
+    if low == 0:
+        return exp.LTE(this=n, expression=_int(high))
+    return exp.Between(this=n, low=_int(low), high=_int(high))
 
 
 def _event_column(name: str) -> exp.Column:
@@ -507,13 +467,15 @@ def utc_day(ts: exp.Expression, dialect: str) -> exp.Expression:
     return _UTC_DAY[dialect](ts)
 
 
-def email_domain() -> exp.Expression:
-    """The part of ``email`` after its last ``@`` (``""`` without one).
+def email_domain(email: exp.Expression | None = None) -> exp.Expression:
+    """The part of `email` (default: the contacts' ``email``) after its last ``@`` (``""``
+    without one): `email_domain`'s one rule (`segengine.fields.EMAIL_DOMAIN_PATTERN`),
+    rendered in SQL for every engine and writer that derives it.
 
     ``SUBSTRING(email, LENGTH(email) - STRPOS(REVERSE(email), '@') + 2)``: one reverse
     and one search, portable to every dialect, and cheaper than a regular expression.
     """
-    email = _column("email", CONTACTS)
+    email = _column("email", CONTACTS) if email is None else email.copy()
     from_end = exp.StrPosition(this=exp.func("REVERSE", email.copy()), substr=_string("@"))
     start = exp.Add(
         this=exp.Sub(this=exp.Length(this=email.copy()), expression=from_end),
@@ -526,10 +488,11 @@ def email_domain() -> exp.Expression:
 
 
 @dataclass
-class SqlCompiler:
-    """Turns resolved rule trees into predicates over ``contacts``; one per statement.
+class SqlCompiler(Visitor[exp.Expression]):
+    """Turns lowered rule trees into predicates over ``contacts``; one per statement.
 
-    It remembers whether a rule needed the ranked campaigns CTE, which `select` then
+    Every handler returns a *two-valued* predicate, so `negate` is plain ``NOT``. It
+    remembers whether a rule needed the ranked campaigns CTE, which `select` then
     attaches once however many rules use it.
     """
 
@@ -538,100 +501,80 @@ class SqlCompiler:
     dialect: str = "duckdb"
     needs_recent_campaigns: bool = False
 
-    #: One handler per node type; `visit` fails loudly on anything else.
-    NODE_HANDLERS = {
-        Group: "visit_group",
-        FieldRule: "visit_field_rule",
-        ActivityRule: "visit_activity_rule",
-        SegmentRef: "visit_segment_ref",
-    }
+    engine_name = "SQL"
+    COMPARE_OPS = FIELD_OPS
 
-    def visit(self, node: Any) -> exp.Expression:
-        """The node's two-valued predicate, negated when the node says so."""
-        handler = self.NODE_HANDLERS.get(type(node))
-        if handler is None:
-            return self.visit_undefined(node)
-        predicate = getattr(self, handler)(node)
-        return _not(predicate) if getattr(node, "negate", False) else predicate
+    @property
+    def flags(self) -> Dialect:
+        return DIALECT_FLAGS[self.dialect]
 
-    def visit_undefined(self, node: Any) -> exp.Expression:
-        raise EngineError(f"the SQL compiler has no handler for {type(node).__name__}: {node!r}")
+    def negate(self, predicate: exp.Expression) -> exp.Expression:
+        return _not(predicate)
 
-    def visit_group(self, group: Group) -> exp.Expression:
-        parts = [self.visit(rule) for rule in group.rules]
-        if group.match == "all":
-            return _and(*parts)
-        if group.match == "any":
-            return _or(*parts)
-        raise EngineError(f"unknown group match {group.match!r}")
+    def visit_all_of(self, node: AllOf) -> exp.Expression:
+        return _and(*(self.visit(rule) for rule in node.rules))
 
-    def visit_segment_ref(self, ref: SegmentRef) -> exp.Expression:
-        raise EngineError(
-            f"segment reference {ref.segment!r} reached the SQL compiler; "
-            "resolve references with inline_references before compiling"
-        )
+    def visit_any_of(self, node: AnyOf) -> exp.Expression:
+        return _or(*(self.visit(rule) for rule in node.rules))
+
+    def visit_constant(self, node: Constant) -> exp.Expression:
+        return exp.true() if node.value else exp.false()
 
     # field rules
 
-    def field_column(self, name: str) -> exp.Expression:
+    def field_column(self, name: str, ftype: FieldType) -> exp.Expression:
         """The column of a field; ``email_domain`` is derived from ``email``."""
         if name == "email_domain":
             return email_domain()
         column = _column(name, CONTACTS)
-        if self.field_type(name) is FieldType.DATETIME:
+        if ftype is FieldType.DATETIME:
             return utc_day(column, self.dialect)
         return column
 
-    def field_type(self, name: str) -> FieldType:
-        try:
-            return self.schema.type_of(name)
-        except KeyError:
-            raise EngineError(f"unknown field {name!r}") from None
+    def visit_present(self, node: Present) -> exp.Expression:
+        return _present(self.field_column(node.field, node.type), node.type)
 
-    def visit_field_rule(self, rule: FieldRule) -> exp.Expression:
-        ftype = self.field_type(rule.field)
-        column = self.field_column(rule.field)
-        if rule.op in ("is_empty", "is_not_empty") and ftype in EMPTIABLE:
-            present = _present(column, ftype)
-            return present if rule.op == "is_not_empty" else _not(present)
-        positive_op = POSITIVE_OF.get(rule.op, rule.op)
-        build = FIELD_OPS[ftype].get(positive_op)
-        if build is None:
-            raise EngineError(f"{rule.op!r} is not an operator for {ftype} field {rule.field!r}")
-        test = build(self, column.copy(), rule.value)
-        positive = test if ftype is FieldType.SET else _and(self.guard(column, ftype, rule), test)
-        return _not(positive) if rule.op in POSITIVE_OF else positive
+    def visit_compare(self, node: Compare) -> exp.Expression:
+        column = self.field_column(node.field, node.type)
+        test = FIELD_OPS[node.type][node.op](self, column.copy(), node.values)
+        if node.type is FieldType.SET:
+            return test
+        return _and(self.guard(column, node.type, node.values), test)
 
-    def guard(self, column: exp.Expression, ftype: FieldType, rule: FieldRule) -> exp.Expression:
+    def visit_day_range(self, node: DayRange) -> exp.Expression:
+        column = self.field_column(node.field, node.type)
+        return _and(_present(column, node.type), _day_range(column.copy(), node.low, node.high))
+
+    def guard(self, column: exp.Expression, ftype: FieldType, values: tuple) -> exp.Expression:
         """What makes a positive test false (not NULL) on an empty value.
 
         List tests need none (they are false on NULL and ``[]``). A text test with
         non-empty values cannot match ``""``, so only NULL needs excluding; skipping
         the ``<> ''`` comparison keeps simple counts as fast as hand-written SQL.
         """
-        if ftype is FieldType.TEXT and all(_as_tuple(rule.value)):
+        if ftype is FieldType.TEXT and all(values):
             return exp.Not(this=exp.Is(this=column.copy(), expression=exp.null()))
         return _present(column, ftype)
 
     # activity rules
 
-    def visit_activity_rule(self, rule: ActivityRule) -> exp.Expression:
-        contact_id = _column("contact_id", CONTACTS)
+    def matching(self, events: Events) -> exp.Select:
+        """``SELECT contact_id FROM events WHERE <the events counted>``."""
         matching = exp.select(_event_column("contact_id")).from_(_table(EVENTS), copy=False)
-        matching = matching.where(*self.event_filters(rule), copy=False)
-        cond = rule.count
-        n = exp.Count(this=exp.Star())
-        if _count_key(cond) in AT_LEAST_ONE:
-            return self.member(contact_id, matching)
-        if _count_key(cond) in NONE_AT_ALL:
-            return _not(self.member(contact_id, matching))
-        grouped = matching.group_by(_event_column("contact_id"), copy=False)
-        if cond.matches_zero:
+        return matching.where(*self.event_filters(events), copy=False)
+
+    def visit_has_events(self, node: HasEvents) -> exp.Expression:
+        return self.member(_column("contact_id", CONTACTS), self.matching(node.events))
+
+    def visit_count_in(self, node: CountIn) -> exp.Expression:
+        contact_id = _column("contact_id", CONTACTS)
+        grouped = self.matching(node.events).group_by(_event_column("contact_id"), copy=False)
+        test = _count_in(exp.Count(this=exp.Star()), node.low, node.high)
+        if node.includes_zero:
             # zero events satisfy it: exclude the contacts whose count does not
-            grouped = grouped.having(_not(_count_test(cond, n)), copy=False)
+            grouped = grouped.having(_not(test), copy=False)
             return _not(self.member(contact_id, grouped))
-        grouped = grouped.having(_count_test(cond, n), copy=False)
-        return self.member(contact_id, grouped)
+        return self.member(contact_id, grouped.having(test, copy=False))
 
     def member(self, contact_id: exp.Column, query: exp.Select) -> exp.Expression:
         """The contact is among the ids `query` selects (never NULL ones).
@@ -641,7 +584,7 @@ class SqlCompiler:
         join over all contacts and events (minutes at 1M contacts), ``NOT EXISTS`` as a
         hash join. The two differ only for a contact whose own id is NULL.
         """
-        if self.dialect not in _EXISTS_DIALECTS:
+        if not self.flags.exists_membership:
             return _in_query(contact_id, query)
         matched = exp.to_identifier(MATCHED, quoted=True)
         inner = exp.Subquery(this=query, alias=exp.TableAlias(this=matched))
@@ -649,19 +592,19 @@ class SqlCompiler:
         probe = exp.select(exp.Literal.number(1)).from_(inner, copy=False)
         return exp.Exists(this=probe.where(correlated, copy=False))
 
-    def event_filters(self, rule: ActivityRule) -> list[exp.Expression]:
+    def event_filters(self, events: Events) -> list[exp.Expression]:
         filters: list[exp.Expression] = [
-            exp.EQ(this=_event_column("type"), expression=_string(rule.event_type)),
+            exp.EQ(this=_event_column("type"), expression=_string(events.event_type)),
             # NULL ids would make IN / NOT IN three-valued
             exp.Not(this=exp.Is(this=_event_column("contact_id"), expression=exp.null())),
         ]
-        campaigns = self.campaign_filter(rule.campaigns)
+        campaigns = self.campaign_filter(events.campaigns)
         if campaigns is not None:
             filters.append(campaigns)
-        if rule.when is not None:
-            filters.append(self.window_filter(rule.when))
-        if rule.url_contains is not None:
-            filters.append(self.url_filter(rule.url_contains))
+        if events.days is not None:
+            filters.append(_day_range(utc_day(_event_column("timestamp"), self.dialect), *events.days))
+        if events.url_contains is not None:
+            filters.append(self.url_filter(events.url_contains))
         return filters
 
     def campaign_filter(self, campaigns: Any) -> exp.Expression | None:
@@ -676,16 +619,9 @@ class SqlCompiler:
             return _in_query(campaign, recent)
         if campaigns == ANY_CAMPAIGN:
             return None
-        if isinstance(campaigns, (tuple, list)):
-            return _in(campaign, [_string(c) for c in sorted(set(campaigns))])
-        raise EngineError(f"unknown campaigns selector {campaigns!r}")
+        return _in(campaign, [_string(c) for c in campaigns])
 
-    def window_filter(self, when: Window) -> exp.Expression:
-        day = utc_day(_event_column("timestamp"), self.dialect)
-        return _day_filter(day, when.op, when.value, self.as_of)
-
-    def url_filter(self, text: str) -> exp.Expression:
-        v = text.lower()
+    def url_filter(self, v: str) -> exp.Expression:
         url = _event_column("url")
         position = exp.StrPosition(this=lower_text(url, [v], self.dialect), substr=_string(v))
         return _and(
@@ -702,8 +638,11 @@ class SqlCompiler:
         send_time = exp.Min(this=_event_column("timestamp"))
         campaign = _event_column("campaign")
         tie_break: exp.Expression = campaign.copy()
-        if self.dialect == "postgres":
-            tie_break = exp.Collate(this=tie_break, expression=exp.to_identifier("C", quoted=True))
+        collation = self.flags.code_point_collation
+        if collation is not None:
+            tie_break = exp.Collate(
+                this=tie_break, expression=exp.to_identifier(collation, quoted=True)
+            )
         ranking = exp.Window(
             this=exp.RowNumber(),
             order=exp.Order(
@@ -728,8 +667,8 @@ class SqlCompiler:
 
     # statements
 
-    def select(self, roots: Sequence[Group]) -> exp.Select:
-        """``SELECT contact_id FROM contacts`` matching any of `roots`, each once."""
+    def select(self, roots: Sequence[Lowered]) -> exp.Select:
+        """``SELECT contact_id FROM contacts`` matching any of lowered `roots`, each once."""
         predicate = _or(*(self.visit(root) for root in roots))
         query = (
             exp.select(_column("contact_id", CONTACTS))
@@ -759,6 +698,13 @@ def compile_segments(
     roots: Sequence[Group], schema: Schema, as_of: dt.date, dialect: str = "duckdb"
 ) -> exp.Select:
     """One SELECT of the contacts matching any of `roots` (their union), each once."""
+    return compile_lowered(lower_all(roots, schema, as_of), schema, as_of, dialect)
+
+
+def compile_lowered(
+    roots: Sequence[Lowered], schema: Schema, as_of: dt.date, dialect: str = "duckdb"
+) -> exp.Select:
+    """`compile_segments` of trees the lowering pass already produced."""
     return SqlCompiler(schema, as_of, check_dialect(dialect)).select(roots)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from ..engines.sql import email_domain
 from ..fields import FieldType
 
 #: First characters that make a spreadsheet treat a cell as a formula (OWASP, SPEC 6).
@@ -72,12 +73,6 @@ def formula_guarded(value: exp.Expression) -> exp.Expression:
     starts = exp.In(this=first, expressions=[_string(c) for c in FORMULA_START])
     guarded = exp.DPipe(this=_string("'"), expression=value.copy(), safe=True)
     return exp.Case(ifs=[exp.If(this=starts, true=guarded)], default=value.copy())
-
-
-def email_domain(email: exp.Expression) -> exp.Expression:
-    """The derived field ``email_domain``: what follows the ``@`` of the stored address."""
-    at = exp.StrPosition(this=email.copy(), substr=_string("@"))
-    return exp.Substring(this=email.copy(), start=exp.Add(this=at, expression=exp.Literal.number(1)))
 
 
 #: field type -> the rule of a CSV cell shared by every writer (others are per writer)

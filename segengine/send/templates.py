@@ -25,7 +25,7 @@ from html.parser import HTMLParser
 import polars as pl
 
 from ..errors import InputError
-from ..fields import FieldType, Schema
+from ..fields import EMAIL_DOMAIN_PATTERN, FieldType, Schema
 
 TAG_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 NAME_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
@@ -163,7 +163,7 @@ def value_columns(fields: Iterable[str], schema: Schema) -> list[pl.Expr]:
     exprs = []
     for name in fields:
         if name == "email_domain":
-            col = pl.col("email").str.split_exact("@", 1).struct.field("field_1")
+            col = pl.col("email").str.extract(EMAIL_DOMAIN_PATTERN, 1)
         else:
             col = pl.col(name)
         exprs.append(TEXT_OF[schema[name]](col).fill_null("").alias(name))
