@@ -373,7 +373,7 @@ def open(path: str | os.PathLike[str] | None = None) -> Workspace:  # noqa: A001
     return Workspace(path)
 
 
-# --- data that was never imported (SPEC section 9) -------------------------------------
+# --- data that was never imported (docs/sql.md) -------------------------------------
 
 
 def count_tables(

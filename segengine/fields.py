@@ -1,7 +1,7 @@
 """Field types and the schema of a workspace's contacts.
 
 Built-in fields exist in every workspace; custom fields are created by imports and
-keep their type for ever (SPEC section 2).
+keep their type for ever (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Layers call downwards only (docs/architecture.md)::
     cli -> api (Workspace) -> operations (export, unsubscribe, history, send)
         -> session -> definition, engines -> store
 
-Data that was never imported (SPEC section 9) has no workspace and so no session:
+Data that was never imported (docs/sql.md) has no workspace and so no session:
 `segments_in_place` and `roots_in_place` load its segments against the schema read
 from its Parquet files, by the same rules.
 """
@@ -249,7 +249,7 @@ class Session:
         return count_result(self.engine(engine, snap).count(roots, day), day)
 
 
-# --- data that was never imported (SPEC section 9) -------------------------------------
+# --- data that was never imported (docs/sql.md) -------------------------------------
 
 
 def segments_in_place(

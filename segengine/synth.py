@@ -1,4 +1,4 @@
-"""Realistic synthetic contacts and events, in the import format of SPEC section 3.
+"""Realistic synthetic contacts and events, in the import format of docs/importing.md.
 
 Benchmarks and demos need data whose *shape* resembles a real mailing list: a few
 states and titles dominate, most contacts rarely open, clicks concentrate on a few
@@ -424,7 +424,7 @@ def _emails(
 def _messy(rng: np.random.Generator, email: pa.Array) -> pa.Array:
     """CSV realism: a few addresses typed with capitals or surrounding white space.
 
-    The import normalises them (SPEC section 3), so they stay the same contacts.
+    The import normalises them (docs/importing.md), so they stay the same contacts.
     """
     u = rng.random(len(email))
     capital = pc.if_else(pa.array(u < 0.02), pc.utf8_capitalize(email), email)

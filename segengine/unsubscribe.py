@@ -1,4 +1,4 @@
-"""Bulk unsubscribe and resubscribe (SPEC section 7).
+"""Bulk unsubscribe and resubscribe (docs/export-and-unsubscribe.md).
 
 Both select contacts (by segments, or by a file of email addresses) and hand their
 ids to `segengine.store.status.change_status`, which rewrites the statuses, records
@@ -9,7 +9,7 @@ the events and appends the status log in one atomic transaction.
   each; bounced and already unsubscribed contacts are matched but not changed.
 - ``resubscribe`` is the only way back to ``active``. It needs a reason, moves
   unsubscribed contacts (and bounced ones only when asked), and records no event:
-  SPEC has no resubscribe event type, so the status log is its audit trail.
+  the event types have no resubscribe, so the status log is its audit trail.
 
 Emails files are read as imports read them (UTF-8 with an optional BOM, RFC 4180)
 and normalised the same way (surrounding white space incl. tabs stripped,
@@ -43,7 +43,7 @@ from .store.workspace import Snapshot
 if TYPE_CHECKING:
     from .session import SegmentArg, Session
 
-#: The campaign id of the events a bulk unsubscribe records (SPEC section 7).
+#: The campaign id of the events a bulk unsubscribe records (docs/export-and-unsubscribe.md).
 BULK_CAMPAIGN = "bulk-unsubscribe"
 
 
@@ -64,7 +64,7 @@ class SubscriptionResult:
     report: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``--json`` document of SPEC section 7."""
+        """The ``--json`` document of docs/export-and-unsubscribe.md."""
         return {"matched": self.matched, "changed": self.changed, "unknown": self.unknown}
 
 

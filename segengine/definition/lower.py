@@ -5,7 +5,7 @@ lowers its expression trees before a backend compiles them). Everything the segm
 language means beyond "and / or / not of simple tests" is decided here, once:
 
 * negative operators (``is_not``, ``ne``, ``not_on``, ``excludes``, ``is_empty``, ...)
-  become `Not` of their positive form, so SPEC section 4's rule "negative operators are
+  become `Not` of their positive form, so docs/segments.md's rule "negative operators are
   true on empty values" follows from "positive tests are false on empty values";
   the operator table (`validate.OPERATORS`) says which operator negates which;
 * `negate` on any node becomes a `Not` around it;

@@ -132,7 +132,7 @@ def simplify(root: Group) -> Group:
 
     A non-negated group inside a group of the same kind (all in all, any in any) is
     merged into its parent, and a group holding a single rule is replaced by that
-    rule, with the group's `negate` folded into the rule's (SPEC: `negate` on any rule
+    rule, with the group's `negate` folded into the rule's (docs/segments.md: `negate` on any rule
     is exactly its complement). The result's root is always a group.
     """
     rule = _simplify(root)

@@ -299,7 +299,7 @@ class Operator:
 
     `check` turns the written value into its normalised form (`NO_VALUE`: takes none);
     `positive` names the operator this one is the complement of (None: it is positive
-    itself); `true_on_empty` is its truth on an empty value (SPEC section 4: positive
+    itself); `true_on_empty` is its truth on an empty value (docs/segments.md: positive
     operators are false there, their complements true). Validation, the operator
     lists of error messages and docs, the lowering pass and every engine read this.
     """
@@ -367,7 +367,7 @@ STATUS_OPS = _operators({"is": status, "in": _statuses}, {"is_not": "is", "not_i
 _lists = _operators({"includes": _list_names, "includes_all": _list_names}, {"excludes": "includes"})
 LIST_OPS = {op: _lists[op] for op in ("includes", "includes_all", "excludes", "is_empty", "is_not_empty")}
 
-#: The operators of each field type (SPEC section 4).
+#: The operators of each field type (docs/segments.md).
 OPERATORS: dict[FieldType, dict[str, Operator]] = {
     FieldType.TEXT: TEXT_OPS,
     FieldType.NUMBER: NUMBER_OPS,

@@ -3,8 +3,8 @@
 An engine evaluates *resolved* rule trees (segment references already inlined by
 `segengine.definition.rewrite`), which `Engine.contact_ids` and `Engine.count` lower
 (`segengine.definition.lower`) before the engine's own code sees them; that code is
-a `Visitor` of the lowered node kinds. The data is two tables laid out as SPEC
-section 9 says:
+a `Visitor` of the lowered node kinds. The data is two tables laid out as docs/sql.md
+says:
 
 ``contacts``: ``contact_id`` (int64), ``email``, ``status`` (lower-case text),
 ``date_added`` (timestamp, UTC, no time zone), ``lists`` (list of text, ``[]`` when

@@ -10,7 +10,7 @@ gives for free:
 
 A group combines bitmaps with bitmaps and masks with masks, then converts between the
 forms at most once (`all_of`, `any_of`). Every rule is two-valued, so negation is an
-exact complement (``flip`` / ``~``) and SPEC section 4's "negative operators are true
+exact complement (``flip`` / ``~``) and docs/segments.md's "negative operators are true
 on empty values" falls out of ``negative = not positive``.
 """
 

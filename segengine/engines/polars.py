@@ -38,7 +38,7 @@ from ..fields import EMAIL_DOMAIN_PATTERN, STATUSES, FieldType, Schema
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
 
-#: Polars type of each field type as the engine reads it (SPEC section 9 layout).
+#: Polars type of each field type as the engine reads it (docs/sql.md layout).
 #: Timestamps are read as naive UTC microseconds whatever unit or zone the file uses.
 TIMESTAMP = pl.Datetime("us")
 POLARS_TYPES: dict[FieldType, pl.DataType] = {

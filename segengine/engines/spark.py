@@ -2,7 +2,7 @@
 
 For data beyond one machine, or data that already lives where a cluster reads it (HDFS,
 S3, a lakehouse folder): the same sqlglot tree that `segengine sql --dialect spark`
-prints runs in Spark SQL over two temporary views with the layout of SPEC section 9,
+prints runs in Spark SQL over two temporary views with the layout of docs/sql.md,
 so every engine gives the same answers.
 
 Why the views look the way they do:

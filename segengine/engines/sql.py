@@ -1,6 +1,6 @@
 """Compile lowered rule trees to one SQL statement, built as a sqlglot tree.
 
-The statement (SPEC sections 4 and 9) is ``SELECT contact_id FROM contacts WHERE
+The statement (docs/segments.md, docs/sql.md) is ``SELECT contact_id FROM contacts WHERE
 <predicate>``, with CTEs when a rule needs "the last N campaigns". It is built from
 sqlglot nodes only: field names become quoted identifiers and values become literals,
 so no field name or value can change the statement's shape (nothing here parses text).

@@ -1,4 +1,4 @@
-"""Exporting the active contacts of segments to CSV or Parquet (SPEC section 6).
+"""Exporting the active contacts of segments to CSV or Parquet (docs/export-and-unsubscribe.md).
 
 - `cells.py`: how a stored value becomes a cell, one set of rules rendered for every
   writer (formula guard, list joining, dates, numbers, ``email_domain``);

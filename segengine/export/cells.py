@@ -1,4 +1,4 @@
-"""How a stored value becomes a cell of an export (SPEC section 6), for every writer.
+"""How a stored value becomes a cell of an export (docs/export-and-unsubscribe.md), for every writer.
 
 The rules that mean the same in every engine are written once, as sqlglot trees, and
 rendered per dialect: an empty text is an empty cell, a list is joined with ``;``, a
@@ -25,7 +25,7 @@ from sqlglot import exp
 from ..engines.sql import email_domain
 from ..fields import FieldType
 
-#: First characters that make a spreadsheet treat a cell as a formula (OWASP, SPEC 6).
+#: First characters that make a spreadsheet treat a cell as a formula (OWASP; docs/export-and-unsubscribe.md).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 #: field types whose cells hold free text and so may start like a formula

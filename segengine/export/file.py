@@ -1,4 +1,4 @@
-"""The single-file export: DuckDB writes one CSV or Parquet file (SPEC section 6).
+"""The single-file export: DuckDB writes one CSV or Parquet file (docs/export-and-unsubscribe.md).
 
 The rows never pass through Python: the matched contact ids are registered with
 DuckDB as an Arrow table and one ``COPY (SELECT ... ORDER BY email)`` joins the

@@ -37,7 +37,7 @@ class ExportResult:
     files: int | None = None  # part files of a partitioned export
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``--json`` document of SPEC section 6 (and ``files`` when partitioned)."""
+        """The ``--json`` document of docs/export-and-unsubscribe.md (and ``files`` when partitioned)."""
         doc: dict[str, Any] = {"rows": self.rows, "path": self.path}
         if self.files is not None:
             doc["files"] = self.files

@@ -141,7 +141,7 @@ def export_partitioned(
     engine: str = "spark",
     progress: Progress | None = None,
 ) -> ExportResult:
-    """The export of SPEC section 6 as a directory of part files written by Spark.
+    """The export of docs/export-and-unsubscribe.md as a directory of part files written by Spark.
 
     Concatenated in name order (headers of the later CSV parts dropped), the part files
     hold exactly the rows of the single-file export, in the same order and format.
@@ -346,7 +346,7 @@ def write_export(
     raw: bool,
     uri: str,
 ) -> Written:
-    """Write the export of SPEC section 6 as a directory of part files at `uri`.
+    """Write the export of docs/export-and-unsubscribe.md as a directory of part files at `uri`.
 
     One Spark job (after the range partitioner's sampling pass) renders, sorts and
     writes; rows and part files are counted by the same job (`write_ordered`).

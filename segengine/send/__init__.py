@@ -1,4 +1,4 @@
-"""Sending a campaign over SMTP (SPEC section 8); see docs/sending.md.
+"""Sending a campaign over SMTP (docs/sending.md); see docs/sending.md.
 
 `send_campaign` is the whole send; `SendOptions` its settings; it returns a
 `SendSummary` (or a `Preview` for a dry run). `verify_token` checks the unsubscribe

@@ -1,4 +1,4 @@
-"""Sending a campaign (SPEC section 8): resumable, never twice, never to the suppressed.
+"""Sending a campaign (docs/sending.md): resumable, never twice, never to the suppressed.
 
 The moving parts, and why each exists:
 
@@ -96,7 +96,7 @@ class SendOptions:
 
 @dataclass
 class SendSummary:
-    """What a send did; `as_dict` is the ``--json`` document of SPEC section 8."""
+    """What a send did; `as_dict` is the ``--json`` document of docs/sending.md."""
 
     campaign: str
     audience: int  # active contacts of the union when the send started
@@ -510,7 +510,7 @@ def send_campaign(
     options: SendOptions,
     progress: Progress | None = None,
 ) -> SendSummary | Preview:
-    """Send `campaign` to the active contacts of the union of `segments` (SPEC section 8)."""
+    """Send `campaign` to the active contacts of the union of `segments` (docs/sending.md)."""
     if not segments:
         raise InputError("name at least one segment with --segment")
     store = session.store

@@ -1,4 +1,4 @@
-"""`segengine serve`: the HTTP API and the web segment builder (SPEC section 12).
+"""`segengine serve`: the HTTP API and the web segment builder.
 
 FastAPI and uvicorn are imported here, never at the command line's start-up, so every
 other command starts as fast as before.

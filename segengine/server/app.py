@@ -1,4 +1,4 @@
-"""The HTTP API and the builder page over one workspace (SPEC section 12).
+"""The HTTP API and the builder page over one workspace.
 
 Every request takes the workspace's newest committed snapshot (the manifest is a file
 of about a kilobyte, read per request), so a commit by another process is visible to
@@ -281,7 +281,7 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="segengine",
         version=__version__,
-        description="Exact segment counts, members, SQL and exports over one workspace (SPEC section 12).",
+        description="Exact segment counts, members, SQL and exports over one workspace.",
         docs_url="/docs",
         redoc_url=None,
     )

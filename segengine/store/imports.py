@@ -1,4 +1,4 @@
-"""Importing contacts and events (SPEC section 3).
+"""Importing contacts and events (docs/importing.md).
 
 An import runs as one transaction: the input is staged (CSV) or read in place
 (Parquet), every record is parsed and checked by DuckDB in SQL, bad records go to a
@@ -232,7 +232,7 @@ def parquet_field_type(source_type: str) -> FieldType:
 
 
 def infer_types(con: duckdb.DuckDBPyConnection, columns: list[str]) -> dict[str, FieldType]:
-    """Infer the type of CSV columns from all their non-empty values (SPEC section 3)."""
+    """Infer the type of CSV columns from all their non-empty values (docs/importing.md)."""
     if not columns:
         return {}
     checks = []

@@ -9,7 +9,7 @@ A status change is one transaction that publishes three things with one manifest
   event type;
 - a status-log file, the audit trail: ``contact_id, timestamp, from_status,
   to_status, command, reason`` per changed contact. The manifest lists these files
-  under ``status_log``. It is the only record of a resubscribe (SPEC has no
+  under ``status_log``. It is the only record of a resubscribe (the event types have no
   resubscribe event type) and the place `segengine history` reads status changes from.
 
 A process killed at any moment leaves all three or none of them. Only contacts whose

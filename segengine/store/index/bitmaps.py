@@ -38,7 +38,7 @@ def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def python_lower(values: pa.Array) -> pa.Array:
-    """Lower-case text exactly as Python's ``str.lower`` (SPEC section 4).
+    """Lower-case text exactly as Python's ``str.lower`` (docs/segments.md).
 
     Arrow's ``utf8_lower`` agrees with Python on ASCII; only the non-ASCII values are
     lower-cased in Python (İ and the final sigma differ), one call per distinct value.
