@@ -148,7 +148,7 @@ def write_section(report: dict, single: dict, workspace: str) -> None:
     counts = Store(workspace).snapshot().manifest["counts"]
     load = os.getloadavg()[0]
     lines = [MARK_START, f"## `segengine serve` at {counts['contacts']:,} contacts", "",
-             f"`python -m benchmarks.serve WORKSPACE --browser --write` on {platform.node() or 'this machine'} "
+             f"`python -m benchmarks.serve WORKSPACE {' '.join(sys.argv[2:])}` on {platform.node() or 'this machine'} "
              f"({os.cpu_count()} cores, load average {load:.1f} while measuring: the cores are shared). "
              "HTTP `/api/count` from concurrent clients (threads of one load-generating process, "
              "each with its own keep-alive connection) against the warm in-process `Workspace.count` "
