@@ -82,6 +82,8 @@ class Workspace:
         parsed = parse_types_option(types) if isinstance(types, str) or types is None else (
             parse_types_option(",".join(f"{k}={v}" for k, v in types.items()))
         )
+        if rejects:
+            self.store.check_outside(rejects, "--rejects")
         summary = import_contacts(
             self.store, path, types=parsed, strict=strict,
             rejects_path=Path(rejects) if rejects else None, progress=progress,
@@ -97,6 +99,8 @@ class Workspace:
         rejects: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
     ) -> ImportSummary:
+        if rejects:
+            self.store.check_outside(rejects, "--rejects")
         summary = import_events(
             self.store, path, strict=strict,
             rejects_path=Path(rejects) if rejects else None, progress=progress,

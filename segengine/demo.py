@@ -39,7 +39,8 @@ def run_demo(directory: Path, say: Callable[[str], None], data: Path = REPO_DATA
     say(f"3. saved segments: {', '.join(names)}")
     counts = {name: ws.count(name) for name in names}
     union = ws.count(*names)
-    export_path = directory / "never-opened.csv"
+    # beside the workspace, never in it: an output file inside could replace committed data
+    export_path = directory.parent / f"{directory.name}-never-opened.csv"
     exported = ws.export("never-opened", output=export_path).as_dict()
     # The classic follow-up, shown as a dry run: unsubscribe who never opened anything.
     dry_run = ws.unsubscribe("never-opened", dry_run=True).as_dict()

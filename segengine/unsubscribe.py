@@ -212,6 +212,8 @@ def unsubscribe(
         raise InputError("give either --segment SEG (repeat it for several) or --emails FILE")
     if report is not None and emails is None:
         raise InputError("--report lists the unknown addresses of --emails FILE: use it with --emails")
+    if report is not None:
+        session.store.check_outside(report, "--report")
     if as_of is not None and emails is not None:
         from .session import parse_as_of
 

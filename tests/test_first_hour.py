@@ -295,3 +295,25 @@ def test_count_reports_elapsed_time(sample):
     doc = sample.json("count", "never-opened", "--as-of", "2026-11-01")
     assert isinstance(doc["elapsed_ms"], float) and doc["elapsed_ms"] >= 0
     assert re.search(r"counted in [\d,.]+ ms", sample("count", "never-opened").stdout)
+
+
+def test_outputs_inside_the_workspace_are_refused(sample, tmp_path):
+    """An export, a rejects report or an unsubscribe report written into the workspace
+    could replace its manifest or committed data: refused (exit 2), nothing written."""
+    ws = sample.workspace
+    manifest = (ws / "manifest.json").read_bytes()
+    link = tmp_path / "link"
+    link.symlink_to(ws)
+    for target in (ws / "manifest.json", ws / "data" / "x.csv", link / "out.csv"):
+        err = sample("export", "never-opened", "-o", target, "--format", "csv", code=2).stderr
+        assert "inside the workspace" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("email\nnot-an-address\n")
+    err = sample("import", "contacts", bad, "--rejects", ws / "manifest.json", code=2).stderr
+    assert "inside the workspace" in err
+    emails = tmp_path / "emails.csv"
+    emails.write_text("email\nnobody@example.com\n")
+    err = sample("unsubscribe", "--emails", emails, "--report", link / "r.csv", code=2).stderr
+    assert "inside the workspace" in err
+    assert (ws / "manifest.json").read_bytes() == manifest
+    assert not (ws / "data" / "x.csv").exists() and not (ws / "r.csv").exists()

@@ -463,3 +463,27 @@ def test_journal_ignores_a_torn_last_line_and_cuts_it_off(tmp_path):
     journal.close()
     state = read_state(path)
     assert state.uncertain.tolist() == [2, 4] and state.done.tolist() == [1]
+
+
+@pytest.mark.parametrize("campaign, email, candidate", [
+    ("spring", "ann@example.com", "é" * 32),          # non-ASCII: compare_digest raises on it
+    ("spring", "ann@example.com", None),
+    ("spring", "ann@example.com", b"0123456789abcdef0123456789abcdef"),
+    ("spring", "\ud800@example.com", "0" * 32),        # a lone surrogate cannot be encoded
+    ("spring\x00", "ann@example.com", ""),
+    (None, "ann@example.com", "0" * 32),
+    ("spring", None, "0" * 32),
+    ("spring", "ann@example.com", "0" * 10_000),
+])
+def test_verify_token_answers_false_never_raises(small, campaign, email, candidate):
+    from segengine.send.tokens import workspace_secret
+
+    workspace_secret(small.path)  # a workspace that has sent: the secret exists
+    assert verify_token(small.path, campaign, email, candidate) is False
+
+
+def test_verify_token_with_a_damaged_secret_is_false(tmp_path):
+    from segengine.send.tokens import SECRET_FILE
+
+    (tmp_path / SECRET_FILE).write_text("not hex\n")
+    assert verify_token(tmp_path, "spring", "ann@example.com", "0" * 16) is False

@@ -116,6 +116,7 @@ def export_file(
 ) -> ExportResult:
     """Write the active contacts of the union of `segments` to `output`, ordered by email."""
     progress = progress or NullProgress()
+    session.store.check_outside(output, "-o")
     target = output_path(output)
     fmt = output_format(target, fmt)
     snap = session.snapshot()

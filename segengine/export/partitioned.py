@@ -149,6 +149,8 @@ def export_partitioned(
     if engine != "spark":
         raise InputError(PARTITIONED_NEEDS_SPARK)
     where = destination(output)
+    if where.local is not None:
+        session.store.check_outside(where.local, "-o")
     fmt = output_format(Path(where.shown), fmt)
     snap = session.snapshot()
     names = parse_columns(columns, snap.schema)

@@ -49,9 +49,18 @@ def token(secret: bytes, campaign: str, email: str) -> str:
 
 
 def verify_token(root: str | os.PathLike[str], campaign: str, email: str, candidate: str) -> bool:
-    """Whether `candidate` is the token of `email` for `campaign` in the workspace at `root`."""
-    path = Path(root) / SECRET_FILE
-    if not path.exists():
+    """Whether `candidate` is the token of `email` for `campaign` in the workspace at `root`.
+
+    It answers False, never raises, whatever it is given: it sits behind unsubscribe
+    links, where the input is anybody's.
+    """
+    if not all(isinstance(v, str) for v in (campaign, email, candidate)):
         return False
-    secret = bytes.fromhex(path.read_text().strip())
-    return hmac.compare_digest(token(secret, campaign, email.strip().lower()), candidate)
+    if len(candidate) != TOKEN_CHARS or not candidate.isascii():
+        return False  # compare_digest refuses non-ASCII text
+    try:
+        secret = bytes.fromhex((Path(root) / SECRET_FILE).read_text().strip())
+        expected = token(secret, campaign, email.strip().lower())
+    except (OSError, ValueError, TypeError):  # no or damaged secret; unencodable text
+        return False
+    return hmac.compare_digest(expected, candidate)

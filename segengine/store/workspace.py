@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import WorkspaceBusy, WorkspaceError
+from ..errors import InputError, WorkspaceBusy, WorkspaceError
 from ..fields import Schema
 from ..progress import Progress
 from .manifest import Manifest, Tables, empty_manifest, schema_of
@@ -180,6 +180,16 @@ class Store:
             raise WorkspaceError(
                 f"{self.root}: unsupported workspace format {marker!r}; "
                 f"this segengine reads format {FORMAT_VERSION}"
+            )
+
+    def check_outside(self, path: str | os.PathLike[str], option: str) -> None:
+        """Refuse an output path inside the workspace (symlinks resolved): a file written
+        there could replace the manifest or committed data, which no commit protects."""
+        resolved = Path(path).expanduser().resolve()
+        if resolved == self.root or self.root in resolved.parents:
+            raise InputError(
+                f"{option} {path}: is inside the workspace {self.root}, where it could "
+                "replace committed data; write it outside the workspace directory"
             )
 
     @classmethod
