@@ -104,6 +104,13 @@ def open_source(
     return Source("parquet", columns, rows, None)
 
 
+#: A contact's status after an import, from the stored one (``o.status``) and the
+#: file's latest suppressing status (``i.suppressed``): an import may suppress, never
+#: un-suppress, and a bounce stays a bounce.
+IMPORTED_STATUS = (
+    "CASE WHEN o.status = 'bounced' THEN 'bounced' "
+    "ELSE coalesce(i.suppressed, o.status, 'active') END"
+)
 BUILTIN_CONTACT_COLUMNS = ("email", "status", "date_added", "lists")
 
 
@@ -508,8 +515,9 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         "(PARTITION BY o.contact_id IS NULL ORDER BY i.first_line)) AS contact_id",
         "coalesce(o.email, i.email) AS email",
         # Suppression is permanent: an import moves a contact to unsubscribed or
-        # bounced, never back to active.
-        "coalesce(i.suppressed, o.status, 'active') AS status",
+        # bounced, never back to active; and never from bounced to unsubscribed, which
+        # `resubscribe` (without --include-bounced) would then make active.
+        f"{IMPORTED_STATUS} AS status",
         f"coalesce(o.date_added, i.date_added, TIMESTAMP {lit(now.isoformat(sep=' '))}) AS date_added",
         "CASE WHEN i.email IS NULL THEN o.lists "
         "ELSE list_sort(list_distinct(list_concat(coalesce(o.lists, []), coalesce(i.lists, [])))) "
@@ -580,12 +588,12 @@ def log_status_changes(con, tx: Transaction, path: Path, at: dt.datetime, writte
     changes = (
         "SELECT coalesce(o.contact_id, n.contact_id) AS contact_id, "
         f"TIMESTAMP {lit(at.isoformat(sep=' '))} AS timestamp, o.status AS from_status, "
-        "i.suppressed AS to_status, 'import contacts' AS command, "
+        f"{IMPORTED_STATUS} AS to_status, 'import contacts' AS command, "
         f"{lit(path.name)} AS reason "
         "FROM incoming i LEFT JOIN old o ON o.email = i.email "
         f"LEFT JOIN read_parquet({lit(str(written))}) n "
         "ON n.email = i.email "
-        "WHERE i.suppressed IS NOT NULL AND i.suppressed IS DISTINCT FROM o.status"
+        f"WHERE i.suppressed IS NOT NULL AND {IMPORTED_STATUS} IS DISTINCT FROM o.status"
     )
     if con.execute(f"SELECT count(*) FROM ({changes})").fetchone()[0] == 0:
         return
