@@ -57,6 +57,7 @@ class Mailbox:
         self.handed: list[tuple[str, float]] = []  # (recipient, monotonic time of RCPT)
         self.attempts: collections.Counter[str] = collections.Counter()
         self.answers: dict[str, str] = {}
+        self.content_answers: dict[str, str] = {}  # per recipient, after the content
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
@@ -69,6 +70,9 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        for rcpt in envelope.rcpt_tos:
+            if rcpt in self.content_answers:
+                return self.content_answers[rcpt]
         with self.lock:
             self.messages.extend((rcpt, envelope.content) for rcpt in envelope.rcpt_tos)
         return "250 OK"
@@ -292,6 +296,22 @@ def test_permanent_rejection_bounces_the_contact(small, smtp):
     assert bounces.height == 1
     again = send(small, smtp)  # bounced: out of the audience now
     assert (again.audience, again.sent, again.skipped) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("answer, bounced", [
+    ("500 Line too long.", False),                  # about the message, not the recipient
+    ("554 5.7.1 message refused as spam", False),
+    ("552 5.3.4 message too big", False),
+    ("550 5.1.1 no such user", True),               # 5.1.x: the address
+    ("552 5.2.2 mailbox full", True),               # 5.2.x: the mailbox
+])
+def test_a_refused_message_bounces_only_for_a_verdict_on_the_recipient(small, smtp, answer, bounced):
+    smtp.content_answers["ann@example.com"] = answer
+    result = send(small, smtp)
+    assert (result.bounced, result.failed) == ((1, 0) if bounced else (0, 1))
+    statuses = small.count("everyone")["by_status"]
+    assert statuses["bounced"] == (1 if bounced else 0)
+    assert statuses["active"] == (1 if bounced else 2)
 
 
 def test_temporary_failure_is_retried_then_reported(small, smtp):

@@ -15,7 +15,9 @@ answer means:
 answer                     outcome
 =========================  ==========================================================
 250 after the content      delivered (``done``)
-5xx to RCPT or content     bounced: permanent refusal of this recipient (``bounce``)
+5xx to RCPT                bounced: permanent refusal of this recipient (``bounce``)
+5xx to the content         bounced with an enhanced code 5.1.x/5.2.x (address, mailbox);
+                           else failed: the message was refused, not the recipient
 5xx to MAIL or DATA        failed: the server refuses the sender, not the recipient
 (no longer active)         dropped before an attempt: the guard says no
 4xx, refused/lost          retried with exponential backoff on a fresh connection,
@@ -401,7 +403,7 @@ class Connection:
             raise _Final(Outcome.UNCERTAIN, f"no answer after the content: {exc}") from None
         if self._crash_points:
             crash_point("send:after-250")
-        self._expect(answer, "end of DATA", Outcome.BOUNCED)
+        self._expect(answer, "end of DATA", _content_refusal(answer))
 
     def _expect(self, answer: tuple[int, bytes], step: str, permanent: Outcome) -> None:
         code, reply = answer
@@ -419,6 +421,18 @@ class Connection:
         if 500 <= code < 600:
             raise _Final(permanent, text)
         raise _Temporary(text)
+
+
+#: enhanced status codes (RFC 3463) of a refused message that are a verdict on the
+#: recipient: 5.1.x the address, 5.2.x the mailbox
+RECIPIENT_VERDICT = re.compile(rb"^\s*5\.[12]\.\d{1,3}\b")
+
+
+def _content_refusal(answer: tuple[int, bytes]) -> Outcome:
+    """A 5xx after the content bounces the contact only when its enhanced code says the
+    address or mailbox is bad; "line too long", spam or size refusals are about this
+    message, and a bounce is forever."""
+    return Outcome.BOUNCED if RECIPIENT_VERDICT.match(answer[1]) else Outcome.FAILED
 
 
 def _ok(answer: tuple[int, bytes]) -> bool:
