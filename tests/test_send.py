@@ -507,3 +507,24 @@ def test_verify_token_with_a_damaged_secret_is_false(tmp_path):
 
     (tmp_path / SECRET_FILE).write_text("not hex\n")
     assert verify_token(tmp_path, "spring", "ann@example.com", "0" * 16) is False
+
+
+@pytest.mark.parametrize("option", ["subject", "unsubscribe_url", "from_addr"])
+def test_a_line_break_in_a_header_option_is_refused_before_sending(small, smtp, option):
+    value = {"subject": "Hi\r\nBcc: evil@example.com",
+             "unsubscribe_url": "https://x.example/u?t={{token}}\nBcc: evil@example.com",
+             "from_addr": "news@example.com\r\nBcc: evil@example.com"}[option]
+    with pytest.raises(InputError, match="must be one line"):
+        send(small, smtp, **{option: value})
+    assert smtp.attempts == {} and smtp.messages == []
+
+
+def test_long_merge_values_never_make_a_line_over_998(small, smtp, tmp_path):
+    long = "Bartholomew" * 300  # 3,300 characters, in the subject and the unsubscribe URL
+    write(tmp_path / "long.csv", f"email,first_name\nann@example.com,{long}\n")
+    small.import_contacts(tmp_path / "long.csv")
+    result = send(small, smtp, subject="Hi {{first_name}}, " + "x" * 950,
+                  unsubscribe_url="https://x.example/u?n={{first_name}}&t={{token}}")
+    assert (result.sent, result.bounced, result.failed) == (2, 0, 0)
+    for _, content in smtp.messages:
+        assert max(len(line) for line in content.split(b"\r\n")) <= 998

@@ -163,6 +163,11 @@ class Plan:
             raise InputError(
                 f"campaign id {campaign!r} must be non-empty text without line breaks"
             )
+        for option, value in (("--subject", options.subject), ("--from", options.from_addr),
+                              ("--unsubscribe-url", options.unsubscribe_url)):
+            if value is not None and any(c in value for c in "\r\n\0"):
+                # in a header, a line break starts a header of the sender's choosing
+                raise InputError(f"{option}: must be one line (it holds a line break or NUL)")
         if options.connections < 1:
             raise InputError("--connections must be at least 1")
         if options.rate is not None and options.rate <= 0:

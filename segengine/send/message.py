@@ -77,8 +77,18 @@ def subject_header(subject: str) -> str:
     return f"Subject: {encoded}{CRLF}"
 
 
+#: characters of a URL per header line: RFC 5322 allows 998 a line
+URL_LINE = 900
+
+
 def url_header_value(url: str) -> str:
-    return url if url.isascii() else quote(url, safe=URL_SAFE)
+    """The URL for ``List-Unsubscribe: <...>``, percent-encoded where not ASCII and
+    folded every `URL_LINE` characters (RFC 2369: white space inside the angle brackets
+    is folding, and clients ignore it), so a long merge value never makes a line too long."""
+    url = url if url.isascii() else quote(url, safe=URL_SAFE)
+    if len(url) <= URL_LINE:
+        return url
+    return (CRLF + " ").join(url[i:i + URL_LINE] for i in range(0, len(url), URL_LINE))
 
 
 @dataclass(frozen=True)
