@@ -63,3 +63,4 @@ def test_only_resubscribe_reactivates_and_bounced_needs_the_flag(suppressed, cli
     cli("resubscribe", "--emails", tmp_path / "optin.csv", "--reason", "confirmed",
         "--include-bounced")
     assert statuses(suppressed)["b@x.io"] == "active"
+

@@ -203,6 +203,9 @@ class Store:
                 raise WorkspaceError(f"{path} is already a segengine workspace")
             raise WorkspaceError(f"{path} is not empty: choose a new or empty directory")
         path.mkdir(parents=True, exist_ok=True)
+        # contacts are personal data: only the owner may enter the workspace, whatever
+        # the modes of the files created in it later (data, index, journal, rejects)
+        path.chmod(0o700)
         for sub in (DATA_DIR, INDEX_DIR, REJECTS_DIR):
             (path / sub).mkdir(exist_ok=True)
         write_durably(path / MANIFEST, json.dumps(empty_manifest(), indent=1).encode())
