@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -77,7 +78,13 @@ def test_health_and_schema(client: TestClient, ws_path: Path) -> None:
     assert schema["statuses"] == ["active", "unsubscribed", "bounced"]
     sent = [c["sent_at"] for c in schema["campaigns"]]
     assert sent == sorted(sent, reverse=True) and sent[0].endswith("Z")
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI comes from the server, never a CDN: the page works without internet access.
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert scripts and all(s.startswith("/") for s in scripts), scripts
+    for url in scripts:
+        assert client.get(url).status_code == 200, url
     assert "/api/count" in client.get("/openapi.json").json()["paths"]
 
 

@@ -132,5 +132,10 @@ def test_build_save_and_reopen_in_chromium(browser, ws_path: Path, tmp_path: Pat
         if os.environ.get("SEGENGINE_UPDATE_SCREENSHOT"):
             SCREENSHOT.parent.mkdir(exist_ok=True)
             shutil.copyfile(tmp_path / "builder.png", SCREENSHOT)
+
+        # The API docs render offline: Swagger UI comes from the server itself.
+        d.get(url + "/docs")
+        WebDriverWait(d, 20).until(
+            lambda d: any("/api/count" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")))
     finally:
         assert stop(proc) < 5

@@ -38,6 +38,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -278,7 +279,9 @@ async def reply(send, status: int, location: str, message: str, extra: dict[str,
 def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     """The ASGI application for `workspace`; with `token`, every /api/ route needs it."""
     served = Served(workspace)
-    app = FastAPI(
+    # The API docs at /docs load Swagger UI from files shipped in a package, not from a
+    # CDN: the server must document itself on a machine without internet access.
+    app = FastAPIOffline(
         title="segengine",
         version=__version__,
         description="Exact segment counts, members, SQL and exports over one workspace.",
