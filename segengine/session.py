@@ -59,6 +59,18 @@ def parse_as_of(value: str | dt.date | None) -> dt.date:
         raise InputError(f"--as-of: {value!r} is not a date: use YYYY-MM-DD") from None
 
 
+def data_key(snapshot: Snapshot) -> tuple[Any, ...]:
+    """What an engine over `snapshot` reads: its data files, fields and index.
+
+    Engines are cached by this, not by the version: saving a segment commits a new
+    version with the same data, and must not make a server reload a 10M-contact index.
+    """
+    m = snapshot.manifest
+    index = m["index"]
+    return (tuple(m["contacts"]), tuple(m["events"]), tuple(map(tuple, m["fields"])),
+            (index["path"], index["format"]) if index else None)
+
+
 def count_result(by_status: Mapping[str, int], as_of: dt.date) -> dict[str, Any]:
     """The document `count --json` prints: every status, zeros included, and `sendable`."""
     counts = {s: int(by_status.get(s, 0)) for s in STATUSES}
@@ -75,7 +87,7 @@ class Session:
 
     def __init__(self, store: Store):
         self.store = store
-        self._engines: dict[tuple[str, int], Engine] = {}
+        self._engines: dict[tuple[str, tuple[Any, ...]], Engine] = {}
         #: parsed definition files by (path, mtime, size, schema): reading YAML costs
         #: milliseconds, more than an indexed count, in a process that counts repeatedly
         self._files: dict[tuple[Any, ...], Segment] = {}
@@ -84,10 +96,11 @@ class Session:
         return self.store.snapshot()
 
     def after_write(self) -> None:
-        """Close the engines: a write made their snapshot stale."""
-        for engine in self._engines.values():
-            engine.close()
-        self._engines.clear()
+        """Close the engines whose data a write replaced; a write that touched no data
+        (a saved segment, a job's state) keeps them warm."""
+        current = data_key(self.snapshot())
+        for key in [k for k in self._engines if k[1] != current]:
+            self._engines.pop(key).close()
 
     # --- segments ----------------------------------------------------------------------
 
@@ -205,13 +218,13 @@ class Session:
     def engine(self, name: str = "auto", snapshot: Snapshot | None = None) -> Engine:
         """An engine over `snapshot` (default: the current state), cached while it is current."""
         snap = snapshot or self.snapshot()
-        key = (name, snap.version)
+        key = (name, data_key(snap))
         if key not in self._engines:
             if name not in ENGINES:
                 hint = difflib.get_close_matches(name, list(ENGINES), n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise InputError(f"unknown engine {name!r}{extra}: use one of {', '.join(ENGINES)}")
-            stale = [k for k in self._engines if k[1] != snap.version]
+            stale = [k for k in self._engines if k[1] != key[1]]
             for k in stale:
                 self._engines.pop(k).close()
             self._engines[key] = get_engine(name, snap)

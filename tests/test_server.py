@@ -379,3 +379,28 @@ def test_the_command_line_starts_without_the_server_libraries() -> None:
     code = "import sys, segengine.cli; print(sorted(m for m in ('fastapi', 'uvicorn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_saving_a_segment_keeps_the_engines_warm(ws_path: Path, tmp_path: Path) -> None:
+    """A commit that changes no data (a saved segment) keeps the loaded index; new data replaces it."""
+    ws = segengine.open(ws_path)
+    before = ws.count({"name": "x", **NEVER_OPENED_NEWSLETTER}, as_of=AS_OF)
+    engine = ws.session.engine("auto")
+    version = ws.snapshot().version
+    ws.save_segment({"name": "kept-warm", **NEVER_OPENED_NEWSLETTER})
+    assert ws.snapshot().version == version + 1
+    assert ws.session.engine("auto") is engine
+    assert ws.count("kept-warm", as_of=AS_OF) == before
+
+    # One member opens a campaign: an import of events replaces the engine, and it sees it.
+    first = int(ws.contact_ids("kept-warm", as_of=AS_OF)[0])
+    con = ws.session.connection(ws.snapshot())
+    email, = con.execute("SELECT email FROM contacts WHERE contact_id = ?", [first]).fetchone()
+    campaign, = con.execute("SELECT campaign FROM events WHERE type = 'sent' LIMIT 1").fetchone()
+    events = tmp_path / "more.csv"
+    events.write_text(f"email,campaign,type,timestamp,url\n{email},{campaign},open,2026-11-20T10:00:00Z,\n")
+    summary = ws.import_events(events)
+    assert summary.imported == 1, summary
+    assert ws.session.engine("auto") is not engine
+    after = ws.count("kept-warm", as_of=AS_OF)
+    assert after["total"] == before["total"] - 1
