@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,11 @@ class Session:
     def __init__(self, store: Store):
         self.store = store
         self._engines: dict[tuple[str, tuple[Any, ...]], Engine] = {}
+        #: engines are made and replaced one thread at a time (a server evaluates in several)
+        self._engines_lock = threading.RLock()
+        #: close an engine as soon as it is stale; a server, whose other threads may still be
+        #: evaluating with it, sets this False and lets the last reference close it
+        self.close_stale = True
         #: parsed definition files by (path, mtime, size, schema): reading YAML costs
         #: milliseconds, more than an indexed count, in a process that counts repeatedly
         self._files: dict[tuple[Any, ...], Segment] = {}
@@ -99,8 +105,14 @@ class Session:
         """Close the engines whose data a write replaced; a write that touched no data
         (a saved segment, a job's state) keeps them warm."""
         current = data_key(self.snapshot())
-        for key in [k for k in self._engines if k[1] != current]:
-            self._engines.pop(key).close()
+        with self._engines_lock:
+            for key in [k for k in self._engines if k[1] != current]:
+                self._drop(key)
+
+    def _drop(self, key: tuple[str, tuple[Any, ...]]) -> None:
+        engine = self._engines.pop(key)
+        if self.close_stale:
+            engine.close()
 
     # --- segments ----------------------------------------------------------------------
 
@@ -219,16 +231,19 @@ class Session:
         """An engine over `snapshot` (default: the current state), cached while it is current."""
         snap = snapshot or self.snapshot()
         key = (name, data_key(snap))
-        if key not in self._engines:
-            if name not in ENGINES:
-                hint = difflib.get_close_matches(name, list(ENGINES), n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise InputError(f"unknown engine {name!r}{extra}: use one of {', '.join(ENGINES)}")
-            stale = [k for k in self._engines if k[1] != key[1]]
-            for k in stale:
-                self._engines.pop(k).close()
-            self._engines[key] = get_engine(name, snap)
-        return self._engines[key]
+        engine = self._engines.get(key)
+        if engine is not None:
+            return engine
+        if name not in ENGINES:
+            hint = difflib.get_close_matches(name, list(ENGINES), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise InputError(f"unknown engine {name!r}{extra}: use one of {', '.join(ENGINES)}")
+        with self._engines_lock:
+            if key not in self._engines:
+                for stale in [k for k in self._engines if k[1] != key[1]]:
+                    self._drop(stale)
+                self._engines[key] = get_engine(name, snap)
+            return self._engines[key]
 
     def connection(self, snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection whose ``contacts`` and ``events`` views show `snapshot`,

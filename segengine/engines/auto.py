@@ -10,6 +10,7 @@ index path. Without a current index every request goes to DuckDB.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ class AutoEngine(Engine):
         super().__init__(tables)
         self.index = index
         self._duckdb: DuckDBEngine | None = None
+        self._connecting = threading.Lock()
         #: why the index is not used (None when it is), for `explain`
         self.reason: str | None = None if index is not None else "no engagement index given"
 
@@ -49,8 +51,9 @@ class AutoEngine(Engine):
     @property
     def duckdb(self) -> DuckDBEngine:
         """The DuckDB engine, connected on first use only."""
-        if self._duckdb is None:
-            self._duckdb = DuckDBEngine(self.tables)
+        with self._connecting:  # one connection even when two threads need it first
+            if self._duckdb is None:
+                self._duckdb = DuckDBEngine(self.tables)
         return self._duckdb
 
     def _fallback(self, as_of: dt.date):

@@ -126,6 +126,11 @@ class DuckDBEngine(Engine):
         """The connection holding the ``contacts`` and ``events`` views (for export)."""
         return self._con
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own over the same views: a connection serves one thread at
+        a time, and a server evaluates in several (DuckDB releases the GIL while it runs)."""
+        return self._con.cursor()
+
     def sql_union(self, roots: Sequence[Group], as_of: dt.date) -> exp.Select:
         """``SELECT contact_id FROM contacts WHERE ...`` for the union of `roots`."""
         return self.lowered_sql(self.lower(roots, as_of), as_of)
@@ -137,7 +142,8 @@ class DuckDBEngine(Engine):
         query = self.lowered_sql(roots, as_of).order_by(
             exp.column("contact_id", table=CONTACTS, quoted=True), copy=False
         )
-        result = self._con.sql(query.sql("duckdb")).fetchnumpy()["contact_id"]
+        with self.cursor() as cur:
+            result = cur.sql(query.sql("duckdb")).fetchnumpy()["contact_id"]
         return np.asarray(result, dtype=np.int64)
 
     def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
@@ -147,7 +153,9 @@ class DuckDBEngine(Engine):
         query.set("expressions", [status, exp.alias_(exp.Count(this=exp.Star()), "n")])
         query = query.group_by(status.copy(), copy=False)
         counts = empty_by_status()
-        for value, n in self._con.sql(query.sql("duckdb")).fetchall():
+        with self.cursor() as cur:
+            rows = cur.sql(query.sql("duckdb")).fetchall()
+        for value, n in rows:
             counts[value] = counts.get(value, 0) + int(n)
         return counts
 

@@ -3,9 +3,9 @@
 Every request takes the workspace's newest committed snapshot (the manifest is a file
 of about a kilobyte, read per request), so a commit by another process is visible to
 the next request; the session keeps engines warm per snapshot. Evaluation runs in the
-thread pool, never on the event loop: the hot routes hop to it once per request
-(FastAPI's plain ``def`` routes would hop for the body and the response as well). The writers' lock is held
-only inside a segment's ``PUT`` or ``DELETE``.
+thread pool, never on the event loop, several at a time: the hot routes hop to it once per
+request (FastAPI's plain ``def`` routes would hop for the body and the response as well). The
+writers' lock is held only inside a segment's ``PUT`` or ``DELETE``.
 """
 
 from __future__ import annotations
@@ -125,15 +125,18 @@ class ExportRequest(Evaluate):
 
 
 class Served:
-    """The workspace a server answers for, with the lock that serialises evaluation.
+    """The workspace a server answers for.
 
-    The session's engine cache and the engines' DuckDB connections are not made for
-    concurrent use, so one request evaluates at a time; counts answered from the
-    index take about a millisecond, which keeps the queue short.
+    Requests evaluate concurrently in the thread pool: the session makes engines one
+    thread at a time, DuckDB runs each query on a connection of its own (and releases the
+    GIL while it does), so a slow DuckDB fallback does not hold up index-answered counts.
+    An engine a newer snapshot replaced is closed by its last request, not under it.
     """
 
     def __init__(self, path: str | Path):
         self.ws = Workspace(path)
+        self.ws.session.close_stale = False
+        #: one writer (segment PUT/DELETE) and one scan for /api/schema at a time
         self.lock = threading.Lock()
         #: what /api/schema describes, for the newest data files only
         self.schemas: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -323,8 +326,8 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
 
     @contextlib.contextmanager
     def evaluating() -> Iterator[Any]:
-        with served.lock:
-            yield served.ws.snapshot()
+        # the snapshot is read once per request: everything it evaluates sees one state
+        yield served.ws.snapshot()
 
     # --- reading ---------------------------------------------------------------------
 
@@ -348,8 +351,7 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     def describe(snap) -> dict[str, Any]:
         # Lists and campaigns take a scan of every contact and event (most of a second
         # at a million contacts), so they are kept per snapshot.
-        with served.lock:
-            con = served.ws.session.connection(snap)
+        with served.lock, served.ws.session.engine("duckdb", snap).cursor() as con:
             lists = [r[0] for r in con.execute(
                 "SELECT DISTINCT l FROM (SELECT unnest(lists) AS l FROM contacts) ORDER BY l").fetchall()]
             campaigns = con.execute(
