@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from segengine.definition.nodes import (
     ActivityRule,
+    BucketRule,
     CountCondition,
     FieldRule,
     Group,
@@ -1131,4 +1132,4 @@ def test_the_docs_show_every_operator_and_rule_kind():
         elif isinstance(node, FieldRule):
             shown.add((family(DOCS_SCHEMA[node.field]), node.op))
     assert shown == {(family(t), op) for t, ops in OPERATORS.items() for op in ops}
-    assert kinds == {Group, FieldRule, ActivityRule, SegmentRef}
+    assert kinds == {Group, FieldRule, ActivityRule, BucketRule, SegmentRef}
