@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import Cli
 from reference import bucket_of, reference_contact_ids
+from test_send import HTML, smtp  # noqa: F401 - the SMTP server fixture
 
 import segengine
 from segengine.definition.nodes import BucketRule, Group
@@ -282,3 +283,27 @@ def test_a_bucket_rule_tree_in_the_api(ws):
     root = Group("all", (ws.resolve(ws.load_segment("news")), BucketRule("news", 0, 4500)))
     counted = ws.engine().count([root], DAY)
     assert sum(counted.values()) == len(ref.group(ref.ids("news"), "news", 0, 4500))
+
+
+# --- sending to split groups through a real SMTP server ----------------------------------
+
+
+def test_sending_to_split_groups_leaves_the_holdout_out(ws, smtp):  # noqa: F811 - the fixture
+    ref = Reference(ws)
+    ws.split("news", groups="a=45,b=45,holdout=10", seed="spring-sale", save="spring")
+    options = {"subject": "Hi {{first_name}}", "html": HTML, "from_addr": "news@example.com",
+               "smtp": smtp.address, "record_every": 0.2, "backoff": 0.01, "tls": smtp.tls}
+    sent_a = ws.send("spring-sale-a", "spring-a", **options).as_dict()
+    sent_b = ws.send("spring-sale-b", "spring-b", **options).as_dict()
+    news = ref.ids("news")  # no `when` window: the send's own events change nothing here
+    group = {name: {ref.by_id[i]["email"] for i in ref.active(ref.group(news, "spring-sale", lo, hi))}
+             for name, lo, hi in (("a", 0, 4500), ("b", 4500, 9000), ("holdout", 9000, 10_000))}
+    received = smtp.counts()
+    assert set(received) == group["a"] | group["b"]
+    assert set(received.values()) == {1}
+    assert not set(received) & group["holdout"] and group["holdout"]
+    assert (sent_a["sent"], sent_b["sent"]) == (len(group["a"]), len(group["b"]))
+    for name in ("a", "b"):
+        got = ws.members({"name": "got", "rules": [
+            {"activity": "sent", "campaigns": [f"spring-sale-{name}"]}]})["email"].to_list()
+        assert set(got) == group[name]
