@@ -307,3 +307,13 @@ def test_sending_to_split_groups_leaves_the_holdout_out(ws, smtp):  # noqa: F811
         got = ws.members({"name": "got", "rules": [
             {"activity": "sent", "campaigns": [f"spring-sale-{name}"]}]})["email"].to_list()
         assert set(got) == group[name]
+
+
+def test_the_bucket_benchmark_agrees_with_duckdb_sql(built):
+    """benchmarks/buckets.py on a small workspace: it compares answers before timing."""
+    from benchmarks.buckets import run
+
+    result = run(built, rounds=1)
+    assert set(result["groups"]) == {"a", "b", "holdout"}
+    assert result["audience"] == sum(total for total, _ in result["groups"].values()) > 0
+    assert all(seconds > 0 for seconds in result["seconds"].values())
