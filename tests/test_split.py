@@ -317,3 +317,30 @@ def test_the_bucket_benchmark_agrees_with_duckdb_sql(built):
     assert set(result["groups"]) == {"a", "b", "holdout"}
     assert result["audience"] == sum(total for total, _ in result["groups"].values()) > 0
     assert all(seconds > 0 for seconds in result["seconds"].values())
+
+
+# --- the HTTP API -------------------------------------------------------------------------
+
+
+def test_split_route_answers_like_the_library(ws):
+    from fastapi.testclient import TestClient
+
+    from segengine.server.app import create_app
+
+    client = TestClient(create_app(ws.path), raise_server_exceptions=False)
+    body = {"segments": ["news"], "groups": "a=45,b=45,holdout=10", "as_of": AS_OF}
+    answer = client.post("/api/split", json=body)
+    assert answer.status_code == 200
+    assert answer.json() == ws.split("news", groups="a=45,b=45,holdout=10", as_of=AS_OF)
+    listed = client.post("/api/split", json={**body, "groups": [
+        {"name": "a", "percent": 45}, {"name": "b", "percent": "45"},
+        {"name": "holdout", "percent": 10.0}]})
+    assert listed.json() == answer.json()
+    bad = client.post("/api/split", json={**body, "groups": "a=45,b=45"})
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["location"] == "groups"
+    assert "sum to 90" in bad.json()["errors"][0]["message"]
+    saved = client.post("/api/split", json={**body, "save": "web", "seed": "s1"})
+    assert saved.json()["saved"] == ["web-a", "web-b", "web-holdout"]
+    assert client.get("/api/segments/web-holdout").json()["rules"][1] == {
+        "bucket": {"seed": "s1", "from": 9000, "to": 10000}}
