@@ -370,7 +370,7 @@ class Workspace:
     def split(
         self,
         *segments: SegmentArg,
-        groups: str | Iterable[tuple[str, Any]],
+        groups: str | Mapping[str, Any] | Iterable[tuple[str, Any]],
         seed: str | None = None,
         save: str | None = None,
         as_of: str | dt.date | None = None,
@@ -378,15 +378,19 @@ class Workspace:
     ) -> dict[str, Any]:
         """Cut the union of `segments` into groups by bucket number (docs/analytics.md).
 
-        `groups` is ``"a=45,b=45,holdout=10"`` or ``[("a", 45), ...]``: consecutive bucket
+        `groups` is ``"a=45,b=45,holdout=10"``, ``{"a": 45, ...}`` or ``[("a", 45), ...]``: consecutive bucket
         ranges in that order, percentages with at most two decimals summing to 100. The
         seed defaults to the segments' names joined with ``+``. `save` saves one segment
         per group, ``SAVE-NAME``. Returns the ``split --json`` document.
         """
         from .splits import split_audience
 
-        result = split_audience(self.session, segments, list(groups) if not isinstance(groups, str)
-                                else groups, seed=seed, save=save, as_of=as_of, engine=engine)
+        if isinstance(groups, Mapping):
+            groups = list(groups.items())
+        elif not isinstance(groups, str):
+            groups = list(groups)
+        result = split_audience(self.session, segments, groups, seed=seed, save=save,
+                                as_of=as_of, engine=engine)
         if save is not None:
             self._after_write()
         return result

@@ -115,6 +115,8 @@ def test_split_with_two_decimals_and_a_seed(ws):
     assert [(g["from"], g["to"]) for g in result["groups"]] == [(0, 1234), (1234, 10_000)]
     assert result["groups"][0]["total"] == len(ref.group(ref.ids("news"), "q4", 0, 1234))
     assert result["seed"] == "q4"
+    as_mapping = ws.split("news", groups={"x": "12.34", "y": 87.66}, seed="q4", as_of=AS_OF)
+    assert as_mapping == result
 
 
 def test_save_writes_one_segment_per_group_in_one_commit(ws, tmp_path):
