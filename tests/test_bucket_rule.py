@@ -303,3 +303,51 @@ def test_a_segment_object_with_a_bucket_rule_counts(ws, contacts):
     segment = Segment("quarter", Group("all", (BucketRule("q", 0, 2500),)))
     everyone = ws.members({"name": "all", "rules": []})["email"].to_list()
     assert ws.count(segment)["total"] == sum(bucket_of("q", e) < 2500 for e in everyone)
+
+
+# --- the index's cache ----------------------------------------------------------------------
+
+
+def test_bucket_cache_computes_a_seed_once_and_keeps_ranges():
+    import numpy as np
+
+    from segengine.store.index.buckets import NO_BUCKET, BucketCache
+
+    calls = []
+    numbers = np.array([5, 4999, 5000, 9999, NO_BUCKET, 0], dtype=np.uint16)
+
+    def compute():
+        calls.append(1)
+        return numbers
+
+    cache = BucketCache(len(numbers), max_seeds=2, max_ranges=2)
+    assert list(cache.rows("s", 0, 5000, compute)) == [0, 1, 5]
+    assert list(cache.rows("s", 5000, 10_000, compute)) == [2, 3]  # the no-bucket row: none
+    assert cache.rows("s", 0, 5000, compute) is cache.rows("s", 0, 5000, compute)
+    assert len(calls) == 1
+    assert not cache.numbers("s", compute).flags.writeable
+    cache.numbers("t", compute)
+    cache.numbers("u", compute)  # the least recently used seed ("s") goes
+    assert cache.seeds() == ["t", "u"] and len(calls) == 3
+    with pytest.raises(ValueError, match="bucket numbers for 6 contacts"):
+        cache.numbers("v", lambda: numbers[:3])
+
+
+def test_the_index_hashes_a_seed_once_per_snapshot(cli, ws, contacts, monkeypatch):
+    from segengine.engines import duckdb as duckdb_engine
+
+    calls = []
+    real = duckdb_engine.bucket_numbers
+    monkeypatch.setattr(duckdb_engine, "bucket_numbers",
+                        lambda tables, seed: calls.append(seed) or real(tables, seed))
+    everyone = ws.members({"name": "all", "rules": []})["email"].to_list()
+    for low, high in ((0, 4500), (4500, 9000), (9000, 10_000), (0, 4500)):
+        doc = {"name": "g", "rules": [{"bucket": {"seed": "once", "from": low, "to": high}}]}
+        expected = sum(low <= bucket_of("once", e) < high for e in everyone)
+        assert ws.count(doc, engine="index")["total"] == expected
+    assert calls == ["once"]
+    (contacts / "more.csv").write_text("email\nlate@example.com\n")
+    ws.import_contacts(contacts / "more.csv")  # a new snapshot: its index starts afresh
+    ws.count({"name": "g", "rules": [{"bucket": {"seed": "once", "from": 0, "to": 1}}]},
+             engine="index")
+    assert calls == ["once", "once"]
