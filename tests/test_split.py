@@ -342,6 +342,10 @@ def test_split_route_answers_like_the_library(ws):
     assert bad.status_code == 400
     assert bad.json()["errors"][0]["location"] == "groups"
     assert "sum to 90" in bad.json()["errors"][0]["message"]
+    inline = {**body, "segments": [{"rules": [{"field": "vip", "op": "is", "value": True}]}]}
+    unseeded = client.post("/api/split", json=inline)
+    assert unseeded.status_code == 400 and unseeded.json()["errors"][0]["location"] == "seed"
+    assert client.post("/api/split", json={**inline, "seed": "s"}).json()["seed"] == "s"
     saved = client.post("/api/split", json={**body, "save": "web", "seed": "s1"})
     assert saved.json()["saved"] == ["web-a", "web-b", "web-holdout"]
     assert client.get("/api/segments/web-holdout").json()["rules"][1] == {

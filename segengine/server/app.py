@@ -527,6 +527,10 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     def split_now(body: SplitRequest) -> dict[str, Any]:
         groups = body.groups if isinstance(body.groups, str) else [
             (g.name, g.percent) for g in body.groups]
+        if body.seed is None and any(isinstance(s, dict) and "name" not in s for s in body.segments):
+            # the default seed is the segments' names: unnamed ones would all share one cut
+            raise error(400, "seed", "a definition sent without a name needs a seed for its split, "
+                        'e.g. "seed": "spring-ab"')
         with evaluating() as snap:
             segs = served.segments(body.segments, snap)
             return served.ws.split(*segs, groups=groups, seed=body.seed, save=body.save,
