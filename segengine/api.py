@@ -260,19 +260,22 @@ class Workspace:
         engine: str = "auto",
         partitioned: bool = False,
         progress: Progress | None = None,
+        label_column: str | None = None,
     ):
         """Write the active contacts of the union of `segments` to `output`.
 
         Returns an `ExportResult` (``.as_dict()`` is ``{"rows": N, "path": ...}``). With
         `partitioned` (and ``engine="spark"``) `output` is a directory of part files that
         Spark writes in email order (docs/spark.md); ``.as_dict()`` adds ``"files"``.
+        `label_column` adds a column holding, per row, the first of `segments` (in the
+        order given) that the contact matches (docs/analytics.md).
         """
         from .export import export_contacts
 
         cols = columns if columns is None or isinstance(columns, str) else list(columns)
         return export_contacts(
             self.session, segments, output, fmt=format, columns=cols, raw=raw, as_of=as_of,
-            engine=engine, partitioned=partitioned, progress=progress,
+            engine=engine, partitioned=partitioned, progress=progress, label_column=label_column,
         )
 
     def unsubscribe(
@@ -360,6 +363,47 @@ class Workspace:
         result = send_campaign(self.session, campaign, segments, options, progress=progress)
         self._after_write()
         return result
+
+
+    # --- splits and priorities ---------------------------------------------------------
+
+    def split(
+        self,
+        *segments: SegmentArg,
+        groups: str | Mapping[str, Any] | Iterable[tuple[str, Any]],
+        seed: str | None = None,
+        save: str | None = None,
+        as_of: str | dt.date | None = None,
+        engine: str = "auto",
+    ) -> dict[str, Any]:
+        """Cut the union of `segments` into groups by bucket number (docs/analytics.md).
+
+        `groups` is ``"a=45,b=45,holdout=10"``, ``{"a": 45, ...}`` or ``[("a", 45), ...]``: consecutive bucket
+        ranges in that order, percentages with at most two decimals summing to 100. The
+        seed defaults to the segments' names joined with ``+``. `save` saves one segment
+        per group, ``SAVE-NAME``. Returns the ``split --json`` document.
+        """
+        from .splits import split_audience
+
+        if isinstance(groups, Mapping):
+            groups = list(groups.items())
+        elif not isinstance(groups, str):
+            groups = list(groups)
+        result = split_audience(self.session, segments, groups, seed=seed, save=save,
+                                as_of=as_of, engine=engine)
+        if save is not None:
+            self._after_write()
+        return result
+
+    def priority(
+        self, *segments: SegmentArg, as_of: str | dt.date | None = None, engine: str = "auto"
+    ) -> dict[str, Any]:
+        """`segments` in priority order, each contact counted for the first it matches:
+        per segment what it gets (total, sendable) and loses to earlier ones (the
+        ``count --priority --json`` document)."""
+        from .splits import priority_counts
+
+        return priority_counts(self.session, segments, as_of=as_of, engine=engine)
 
 
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:

@@ -470,9 +470,12 @@ def count_in_place(ctx, segments, as_of, engine, contacts, events, master) -> di
 @click.option("--events", "events_at", metavar="PATH",
               help="With --contacts: the Parquet events that go with them.")
 @spark_master_option
+@click.option("--priority", is_flag=True,
+              help="Count SEGMENTS as a priority list: each contact for the first it matches.")
 @json_option
 @click.pass_context
-def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, as_json) -> None:
+def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, priority,
+          as_json) -> None:
     """Count the contacts of the union of SEGMENTS, by status.
 
     SEGMENTS are saved names or .json/.yaml definition files; several mean their
@@ -481,12 +484,20 @@ def count(ctx, segments, as_of, engine, contacts_at, events_at, spark_master, as
     With --contacts/--events (and --engine spark) the data is read where it lives
     and SEGMENTS are definition files, or saved names of the workspace given by -w.
 
+    With --priority, each segment gets the contacts it matches that no earlier one
+    does (docs/analytics.md): per segment what it gets and what it loses.
+
     \b
     Example: segengine count never-opened ca-ctos --as-of 2026-06-30
+    Example: segengine count vip newsletter everyone --priority
     Example: segengine count never-opened.yaml --engine spark \\
                --contacts s3a://crm/contacts/ --events s3a://crm/events/
     """
     import time
+
+    if priority:
+        count_priority(ctx, segments, as_of, engine, bool(contacts_at or events_at), as_json)
+        return
 
     if contacts_at or events_at:
         started = time.perf_counter()
@@ -599,10 +610,12 @@ def serve(ctx, host: str, port: int, token_file: str | None) -> None:
 @click.option("--events", "events_at", metavar="PATH",
               help="With --contacts: the Parquet events that go with them.")
 @spark_master_option
+@click.option("--label-column", metavar="NAME",
+              help="Add a column NAME holding the first of SEGMENTS each contact matches.")
 @json_option
 @click.pass_context
 def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned, contacts_at,
-           events_at, spark_master, no_clobber, as_json) -> None:
+           events_at, spark_master, no_clobber, label_column, as_json) -> None:
     """Write the active contacts of the union of SEGMENTS to a file, ordered by email.
 
     Each contact appears once. The file appears complete or not at all: an existing
@@ -611,8 +624,12 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
     part files instead (a new or empty one): in name order they hold the same rows in
     the same order (each CSV part starts with the header).
 
+    With --label-column NAME, the last column says which audience each row belongs to:
+    the first of SEGMENTS, in the order given, that the contact matches.
+
     \b
     Example: segengine export never-opened ca-ctos -o audience.csv --columns email,first_name
+    Example: segengine export vip newsletter -o send.csv --label-column audience
     Example: segengine export never-opened -o audience/ --engine spark --partitioned
     """
     from .errors import InputError
@@ -626,6 +643,8 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
         if no_clobber and Path(output).expanduser().is_file():
             raise InputError(f"-o {output}: the file exists (--no-clobber): choose another "
                              "name, or drop --no-clobber to replace it")
+    if label_column is not None and (contacts_at or events_at):
+        raise InputError("--label-column exports from the workspace: leave out --contacts/--events")
     if contacts_at or events_at:
         result = export_in_place(ctx, segments, output, fmt, columns, raw, as_of, engine,
                                  partitioned, contacts_at, events_at, spark_master)
@@ -633,7 +652,7 @@ def export(ctx, segments, output, fmt, columns, raw, as_of, engine, partitioned,
         start_spark(engine, spark_master)
         result = workspace(ctx).export(
             *segments, output=output, format=fmt, columns=columns, raw=raw, as_of=as_of,
-            engine=engine, partitioned=partitioned, progress=progress(),
+            engine=engine, partitioned=partitioned, progress=progress(), label_column=label_column,
         )
     parts = f" in {result.files:,} part files" if result.files is not None else ""
     emit(result.as_dict(), as_json,
@@ -878,6 +897,68 @@ def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp
         ca_file=ca_file, user=user,
     )
     _print_send(result, as_json)
+
+
+
+# --- splits and priorities -----------------------------------------------------------
+
+
+def count_priority(ctx, segments, as_of, engine, in_place: bool, as_json: bool) -> None:
+    """`count --priority`: each contact counted for the first of SEGMENTS it matches."""
+    from .errors import InputError
+
+    if in_place:
+        raise InputError("--priority counts the workspace's segments: leave out --contacts/--events")
+    result = workspace(ctx).priority(*segments, as_of=as_of, engine=engine)
+
+    def human() -> None:
+        rows = [[r["segment"], r["matched"], r["total"], r["sendable"], r["lost"]]
+                for r in result["segments"]]
+        rows.append(["union", result["union"]["total"], result["union"]["total"],
+                     result["union"]["sendable"], "-"])
+        table(f"priority {' > '.join(r['segment'] for r in result['segments'])} "
+              f"(as of {result['as_of']})",
+              ["segment", "matches", "gets", "sendable", "lost to earlier"], rows)
+
+    emit(result, as_json, human)
+
+
+@main.command()
+@click.argument("segments", nargs=-1, required=True)
+@click.option("--groups", required=True, metavar="NAME=PCT,...",
+              help="Groups in order with their percentages (at most two decimals, sum 100).")
+@click.option("--seed", help="Seed of the bucket numbers (default: the SEGMENTS' names joined with +).")
+@click.option("--save", "prefix", metavar="PREFIX",
+              help="Save one segment per group, named PREFIX-NAME.")
+@as_of_option
+@engine_option()
+@json_option
+@click.pass_context
+def split(ctx, segments, groups, seed, prefix, as_of, engine, as_json) -> None:
+    """Cut the union of SEGMENTS into groups by bucket number: A/B tests and holdouts.
+
+    Groups take consecutive bucket ranges in the order given: a=45,b=45,holdout=10 gives
+    a the buckets [0, 4500), b [4500, 9000) and holdout [9000, 10000). A contact's bucket
+    depends only on the seed and its email, so it stays in its group however the
+    audience changes. With --save PREFIX each group becomes a segment PREFIX-NAME
+    (the SEGMENTS plus the group's bucket rule) to count, export or send to.
+
+    \b
+    Example: segengine split newsletter --groups a=45,b=45,holdout=10 --save spring
+    Example: segengine send spring-a --segment spring-a ...
+    """
+    result = workspace(ctx).split(*segments, groups=groups, seed=seed, save=prefix, as_of=as_of,
+                                  engine=engine)
+
+    def human() -> None:
+        rows = [[g["name"], f"{g['percent']:g} %", f"[{g['from']}, {g['to']})", g["total"],
+                 g["sendable"]] for g in result["groups"]]
+        table(f"split of {' + '.join(segments)} by seed {result['seed']!r} "
+              f"(as of {result['as_of']})", ["group", "share", "buckets", "total", "sendable"], rows)
+        if result.get("saved"):
+            click.echo("saved segments: " + ", ".join(result["saved"]))
+
+    emit(result, as_json, human)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .definition.nodes import ActivityRule, FieldRule, Group, Rule, SegmentRef
+from .definition.nodes import ActivityRule, BucketRule, FieldRule, Group, Rule, SegmentRef
 from .definition.rewrite import rule_to_dict
 from .engines.base import Engine
 
@@ -59,7 +59,9 @@ def _explain(engine: Engine, node: Rule, resolved: Rule, as_of: dt.date, path: s
     empty = None
     if isinstance(node, FieldRule) and node.field not in ("status",):
         empty = _count(engine, FieldRule(node.field, "is_empty"), as_of)
-    kind = {FieldRule: "field", ActivityRule: "activity", SegmentRef: "segment"}[type(node)]
+    kind = {
+        FieldRule: "field", ActivityRule: "activity", BucketRule: "bucket", SegmentRef: "segment"
+    }[type(node)]
     return Explained(path, kind, rule_to_dict(node), matches, empty)
 
 
@@ -101,6 +103,9 @@ def render(tree: Explained, total: int) -> list[str]:
             return f"{neg}{r['field']} {r['op']}{value}"
         if node.kind == "segment":
             return f"{neg}segment {yaml_value(r['segment'])}"
+        if node.kind == "bucket":
+            b = r["bucket"]
+            return f"{neg}bucket of seed {yaml_value(b['seed'])} in [{b['from']}, {b['to']})"
         extras = ", ".join(f"{k}: {yaml_value(v)}" for k, v in r.items() if k not in ("activity", "negate"))
         return f"{neg}{r['activity']} {extras}".rstrip()
 

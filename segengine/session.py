@@ -172,34 +172,44 @@ class Session:
 
     def save_segment(self, source: SegmentArg) -> Segment:
         """Validate and save a definition; an existing name is replaced unless that makes a cycle."""
+        return self.save_segments([source])[0]
+
+    def save_segments(self, sources: Iterable[SegmentArg]) -> list[Segment]:
+        """`save_segment` of several definitions in one commit: all are saved, or none."""
         with self.store.transaction() as tx:
             snap = tx.base
-            if isinstance(source, Mapping):
-                segment = parse_definition(dict(source), snap.schema)
-            elif isinstance(source, Segment):
-                segment = source
-            else:
-                segment = load_definition(Path(source), snap.schema, origin=os.fspath(source))
+            segments = [self._definition(source, snap) for source in sources]
             graph = {
                 name: references(parse_definition(doc, snap.schema).root)
                 for name, doc in snap.segments.items()
             }
-            graph[segment.name] = references(segment.root)
-            missing = sorted(r for r in graph[segment.name] if r not in graph)
-            if missing:
-                raise SegmentNotFound(
-                    [Problem("rules", f"segment {segment.name!r} references {m!r}, which is not saved: "
-                             f"save {m!r} first") for m in missing]
-                )
-            cycle = find_cycle(segment.name, graph)
-            if cycle:
-                raise ReferenceCycle(
-                    f"saving {segment.name!r} would make a reference cycle: {' -> '.join(cycle)}"
-                )
-            tx.manifest["segments"][segment.name] = to_dict(segment)
+            for segment in segments:
+                graph[segment.name] = references(segment.root)
+            for segment in segments:
+                missing = sorted(r for r in graph[segment.name] if r not in graph)
+                if missing:
+                    raise SegmentNotFound(
+                        [Problem("rules", f"segment {segment.name!r} references {m!r}, which is not saved: "
+                                 f"save {m!r} first") for m in missing]
+                    )
+                cycle = find_cycle(segment.name, graph)
+                if cycle:
+                    raise ReferenceCycle(
+                        f"saving {segment.name!r} would make a reference cycle: {' -> '.join(cycle)}"
+                    )
+            for segment in segments:
+                tx.manifest["segments"][segment.name] = to_dict(segment)
             tx.commit()
         self.after_write()
-        return segment
+        return segments
+
+    @staticmethod
+    def _definition(source: SegmentArg, snap: Snapshot) -> Segment:
+        if isinstance(source, Mapping):
+            return parse_definition(dict(source), snap.schema)
+        if isinstance(source, Segment):
+            return source
+        return load_definition(Path(source), snap.schema, origin=os.fspath(source))
 
     def saved_segments(self) -> dict[str, Segment]:
         """The saved segments by name, parsed against the current fields."""
@@ -275,6 +285,17 @@ class Session:
         snap = self.snapshot()
         roots = self.roots(segments, snap)
         return count_result(self.engine(engine, snap).count(roots, day), day)
+
+    # --- several segments, each by its name --------------------------------------------
+
+    def named_roots(
+        self, segments: Iterable[SegmentArg], snapshot: Snapshot
+    ) -> list[tuple[Segment, Group]]:
+        """Each of `segments` (at least one) with its resolved tree, in the order given."""
+        loaded = [self.load_segment(s, snapshot) for s in segments]
+        if not loaded:
+            raise InputError("name at least one segment")
+        return [(s, self.resolve(s, snapshot)) for s in loaded]
 
 
 # --- data that was never imported (docs/sql.md) -------------------------------------

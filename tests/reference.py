@@ -8,9 +8,17 @@ shared helper shows up as a difference. Slow by design; only tests use it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
-from segengine.definition.nodes import ActivityRule, FieldRule, Group, LastCampaigns, SegmentRef
+from segengine.definition.nodes import (
+    ActivityRule,
+    BucketRule,
+    FieldRule,
+    Group,
+    LastCampaigns,
+    SegmentRef,
+)
 from segengine.fields import FieldType, Schema
 
 NEGATIVE = {
@@ -146,6 +154,9 @@ class _Evaluator:
             result = self.field(rule, contact)
         elif isinstance(rule, ActivityRule):
             result = self.activity(rule, contact["contact_id"])
+        elif isinstance(rule, BucketRule):
+            email = contact.get("email")
+            result = email is not None and rule.low <= bucket_of(rule.seed, email) < rule.high
         elif isinstance(rule, SegmentRef):
             raise AssertionError("the oracle evaluates resolved trees only")
         else:
@@ -204,6 +215,12 @@ class _Evaluator:
                 continue
             n += 1
         return count_holds(rule.count.op, rule.count.value, n)
+
+
+def bucket_of(seed: str, email: str) -> int:
+    """The bucket number as the contract words it, with nothing shared with the engines."""
+    digest = hashlib.sha256((seed + ":" + email).encode("utf-8")).hexdigest()
+    return int(digest[:15], 16) % 10000
 
 
 def count_holds(op: str, value: Any, n: int) -> bool:

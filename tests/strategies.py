@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from segengine.definition.nodes import (
     ANY_CAMPAIGN,
     ActivityRule,
+    BucketRule,
     CountCondition,
     FieldRule,
     Group,
@@ -335,14 +336,27 @@ def activity_rules(campaigns: tuple[str, ...]) -> st.SearchStrategy[ActivityRule
     )
 
 
+#: Seeds with a colon, non-ASCII text and quotes: they are hashed with the email.
+SEEDS = ("ab", "spring:2026", "Ärger 'x'", "a")
+#: Bucket bounds at the ends of the range and around its middle.
+_BOUNDS = st.sampled_from((0, 1, 2500, 4999, 5000, 5001, 9999, 10000)) | st.integers(0, 10_000)
+bucket_rules = st.builds(
+    lambda seed, pair, negate: BucketRule(seed, pair[0], pair[1], negate),
+    st.sampled_from(SEEDS),
+    _sorted_pair(_BOUNDS),
+    st.booleans(),
+)
+
+
 @functools.cache
 def leaf_rules(schema: Schema, campaigns: tuple[str, ...]) -> st.SearchStrategy[Any]:
-    """One field or activity rule, either kind equally likely.
+    """One field, activity or bucket rule: field and activity rules equally likely,
+    bucket rules less often.
 
     (A plain `|` would flatten the per-field choices into the per-kind one, making
     activity rules two branches out of thirteen.)"""
-    kinds = (field_rules(schema), activity_rules(tuple(campaigns)))
-    return st.sampled_from((0, 1)).flatmap(kinds.__getitem__)
+    kinds = (field_rules(schema), activity_rules(tuple(campaigns)), bucket_rules)
+    return st.sampled_from((0, 0, 1, 1, 2)).flatmap(kinds.__getitem__)
 
 
 def _rules(schema: Schema, campaigns: tuple[str, ...], depth: int) -> st.SearchStrategy[Any]:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from segengine.definition.nodes import (
     ActivityRule,
+    BucketRule,
     CountCondition,
     FieldRule,
     Group,
@@ -682,7 +683,7 @@ RULE_PROBLEMS = [
     ({"match": "any", "rule": []}, "rules[0].rule: unknown key (did you mean 'rules'?)"),
     (
         {"op": "is", "value": 3},
-        "rules[0]: a rule needs one of the keys 'field', 'activity', "
+        "rules[0]: a rule needs one of the keys 'field', 'activity', 'bucket', "
         "'segment' or 'rules' (a group)",
     ),
 ]
@@ -711,7 +712,7 @@ def test_a_misspelt_value_key_is_suggested_and_the_value_missed():
 def test_a_misspelt_kind_key_is_suggested():
     assert rule_problems({"feild": "title", "op": "is", "value": "x"}) == [
         "rules[0].feild: unknown key (did you mean 'field'?)",
-        "rules[0]: a rule needs one of the keys 'field', 'activity', 'segment' or 'rules' "
+        "rules[0]: a rule needs one of the keys 'field', 'activity', 'bucket', 'segment' or 'rules' "
         "(a group)",
     ]
 
@@ -1131,4 +1132,4 @@ def test_the_docs_show_every_operator_and_rule_kind():
         elif isinstance(node, FieldRule):
             shown.add((family(DOCS_SCHEMA[node.field]), node.op))
     assert shown == {(family(t), op) for t, ops in OPERATORS.items() for op in ops}
-    assert kinds == {Group, FieldRule, ActivityRule, SegmentRef}
+    assert kinds == {Group, FieldRule, ActivityRule, BucketRule, SegmentRef}

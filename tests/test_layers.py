@@ -124,7 +124,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("segengine.cli", "segengine.__main__")),
     ("api", ("segengine", "segengine.api", "segengine.demo")),
     ("operations", ("segengine.export", "segengine.unsubscribe", "segengine.history",
-                    "segengine.send", "segengine.explain")),
+                    "segengine.send", "segengine.explain", "segengine.splits")),
     ("session", ("segengine.session",)),
     ("engines", ("segengine.engines",)),
     ("definition", ("segengine.definition",)),

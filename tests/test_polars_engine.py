@@ -16,6 +16,7 @@ from strategies import SCHEMA, Workspace, field_ops, rule_trees, workspaces, wri
 
 from segengine.definition.nodes import (
     ActivityRule,
+    BucketRule,
     CountCondition,
     FieldRule,
     Group,
@@ -412,6 +413,8 @@ def test_strategies_reach_every_node_kind():
                 walk(child)
         elif isinstance(rule, FieldRule):
             seen.add(("field", str(SCHEMA[rule.field])))
+        elif isinstance(rule, BucketRule):
+            seen.add(("bucket", "empty" if rule.low == rule.high else "range"))
         else:
             seen.add(("activity", type(rule.campaigns).__name__))
             seen.add(("activity", rule.activity))
@@ -424,7 +427,8 @@ def test_strategies_reach_every_node_kind():
     collect()
     assert {("field", t) for t in EXPECTED_OPS} <= seen
     assert {("group", "all"), ("group", "any"), ("activity", "str"), ("activity", "tuple"),
-            ("activity", "LastCampaigns"), ("activity", "clicked"), ("activity", "sent")} <= seen
+            ("activity", "LastCampaigns"), ("activity", "clicked"), ("activity", "sent"),
+            ("bucket", "range")} <= seen
 
 
 def test_schema_has_every_custom_type():

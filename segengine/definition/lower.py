@@ -15,7 +15,9 @@ language means beyond "and / or / not of simple tests" is decided here, once:
   all" is explicitly ``Not(HasEvents)``, ranges every contact or none passes fold to a
   `Constant`; a `CountIn` range that holds 0 also matches contacts without events;
 * values become tuples, text (values, list names, url parts) lower-cased, campaign
-  ids sorted and distinct.
+  ids sorted and distinct;
+* a bucket rule becomes `Bucket` (its range holds at least one bucket) or
+  ``Constant(False)`` for an empty range.
 
 Unknown fields, operators a field type lacks, unresolved references and foreign
 objects in a tree fail here, with one message whatever the engine.
@@ -33,7 +35,9 @@ from ..errors import EngineError
 from ..fields import FieldType, Schema
 from .nodes import (
     ANY_CAMPAIGN,
+    BUCKETS,
     ActivityRule,
+    BucketRule,
     FieldRule,
     Group,
     LastCampaigns,
@@ -149,11 +153,24 @@ class CountIn:
         return self.low == 0
 
 
-Lowered = Union[AllOf, AnyOf, Not, Constant, Present, Compare, DayRange, HasEvents, CountIn]  # noqa: UP007
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """The contact's bucket number for `seed` (`nodes.bucket_number` of its stored
+    email) is in ``[low, high)``, never an empty range; false for a contact without
+    an email (only data never imported can lack one)."""
+
+    seed: str
+    low: int
+    high: int
+
+
+Lowered = Union[  # noqa: UP007
+    AllOf, AnyOf, Not, Constant, Present, Compare, DayRange, HasEvents, CountIn, Bucket
+]
 
 #: Every kind a lowered tree holds. Engines handle all but `Not` (the base class does).
 LOWERED_KINDS: tuple[type, ...] = (
-    AllOf, AnyOf, Not, Constant, Present, Compare, DayRange, HasEvents, CountIn,
+    AllOf, AnyOf, Not, Constant, Present, Compare, DayRange, HasEvents, CountIn, Bucket,
 )
 
 TRUE, FALSE = Constant(True), Constant(False)
@@ -194,6 +211,8 @@ def _lower(rule: Any, schema: Schema, as_of: dt.date) -> Lowered:
         return lower_field(rule, schema, as_of)
     if isinstance(rule, ActivityRule):
         return lower_activity(rule, as_of)
+    if isinstance(rule, BucketRule):
+        return lower_bucket(rule)
     if isinstance(rule, SegmentRef):
         raise EngineError(
             f"segment reference {rule.segment!r} was not resolved: engines evaluate resolved "
@@ -202,7 +221,7 @@ def _lower(rule: Any, schema: Schema, as_of: dt.date) -> Lowered:
     raise EngineError(
         f"no handler for {type(rule).__name__}: engines cannot evaluate a "
         f"{type(rule).__name__} node ({rule!r}); a segment tree holds groups, field, "
-        "activity and segment rules"
+        "activity, bucket and segment rules"
     )
 
 
@@ -284,6 +303,16 @@ def lower_activity(rule: ActivityRule, as_of: dt.date) -> Lowered:
     if (low, high) == (0, 0):
         return Not(HasEvents(events))
     return CountIn(events, low, high)
+
+
+def lower_bucket(rule: BucketRule) -> Lowered:
+    if not 0 <= rule.low <= rule.high <= BUCKETS:
+        raise EngineError(
+            f"bucket range [{rule.low}, {rule.high}) is not within [0, {BUCKETS}] with from <= to"
+        )
+    if rule.low == rule.high:  # holds no bucket
+        return FALSE
+    return Bucket(rule.seed, rule.low, rule.high)
 
 
 # --- reading lowered trees ------------------------------------------------------------

@@ -25,6 +25,7 @@ is_empty/is_not_empty             ``None``
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -88,14 +89,25 @@ class SegmentRef:
 
 
 @dataclass(frozen=True, slots=True)
+class BucketRule:
+    """``{bucket: {seed, from, to}}``: the contact's bucket number for `seed` is in
+    ``[low, high)`` (`bucket_number`); ``0 <= low <= high <= BUCKETS``."""
+
+    seed: str
+    low: int
+    high: int
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     match: str = "all"  # all | any
     rules: tuple[Rule, ...] = ()
     negate: bool = False
 
 
-Rule = Union[Group, FieldRule, ActivityRule, SegmentRef]  # noqa: UP007
-NODE_TYPES: tuple[type, ...] = (Group, FieldRule, ActivityRule, SegmentRef)
+Rule = Union[Group, FieldRule, ActivityRule, BucketRule, SegmentRef]  # noqa: UP007
+NODE_TYPES: tuple[type, ...] = (Group, FieldRule, ActivityRule, BucketRule, SegmentRef)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +175,20 @@ def _day_bounds(op: str, value: Any, as_of: dt.date) -> tuple[dt.date | None, dt
     if op == "older_than_days":
         return None, as_of - dt.timedelta(days=value) - one
     raise ValueError(f"{op!r} is not a day-range operator")
+
+
+#: Bucket numbers run from 0 to BUCKETS - 1: a bucket is one hundredth of a percent.
+BUCKETS = 10_000
+#: How many leading hex digits of the SHA-256 make the number (60 bits: every SQL
+#: dialect's signed 64-bit integer holds it).
+BUCKET_HEX_DIGITS = 15
+
+
+def bucket_number(seed: str, email: str) -> int:
+    """The contact's bucket number for `seed`: stable, it depends on nothing but the
+    seed and the (normalised, as stored) email, never on the engine or the day."""
+    digest = hashlib.sha256(f"{seed}:{email}".encode()).hexdigest()
+    return int(digest[:BUCKET_HEX_DIGITS], 16) % BUCKETS
 
 
 def today_utc() -> dt.date:

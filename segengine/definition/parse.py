@@ -20,6 +20,7 @@ from . import validate as v
 from .nodes import (
     ANY_CAMPAIGN,
     ActivityRule,
+    BucketRule,
     CountCondition,
     FieldRule,
     Group,
@@ -232,7 +233,8 @@ class _Parser:
             self.unknown_keys(raw, _ALL_RULE_KEYS, path, "a rule")
             self.problem(
                 path,
-                "a rule needs one of the keys 'field', 'activity', 'segment' or 'rules' (a group)",
+                "a rule needs one of the keys 'field', 'activity', 'bucket', 'segment' or 'rules' "
+                "(a group)",
             )
             return None
         kind = kinds[0]
@@ -347,6 +349,39 @@ class _Parser:
         checked = self.check(v.url_part, url, path)
         return _BAD if checked is None else checked
 
+    # --- bucket rules -------------------------------------------------------------------
+
+    def bucket_rule(self, raw: Mapping[str, Any], path: str) -> BucketRule | None:
+        negate = self.negate(raw, path)
+        doc = raw["bucket"]
+        path = _at(path, "bucket")
+        if not isinstance(doc, Mapping):
+            self.problem(
+                path,
+                f"expected {{seed: TEXT, from: LOW, to: HIGH}}, e.g. {{seed: spring-ab, from: 0, "
+                f"to: 5000}}, got {v.describe(doc)}",
+            )
+            return None
+        self.unknown_keys(doc, v.BUCKET_KEYS, path, "a bucket")
+        checks = {"seed": v.bucket_seed, "from": v.bucket_bound, "to": v.bucket_bound}
+        parts: dict[str, Any] = {}
+        for key, value_check in checks.items():
+            if doc.get(key) is None:
+                self.problem(_at(path, key), f"missing: a bucket takes {v.one_of(v.BUCKET_KEYS)}")
+                parts[key] = None
+            else:
+                parts[key] = self.check(value_check, doc[key], _at(path, key))
+        if any(part is None for part in parts.values()) or negate is None:
+            return None
+        if parts["from"] > parts["to"]:
+            self.problem(
+                _at(path, "to"),
+                f"to {parts['to']} is less than from {parts['from']}: buckets [from, to) "
+                "need from <= to",
+            )
+            return None
+        return BucketRule(seed=parts["seed"], low=parts["from"], high=parts["to"], negate=negate)
+
     # --- segment rules ------------------------------------------------------------------
 
     def segment_rule(self, raw: Mapping[str, Any], path: str) -> SegmentRef | None:
@@ -367,6 +402,7 @@ class _Parser:
     KINDS = (
         _RuleKind("a field rule", ("field",), v.FIELD_RULE_KEYS, field_rule),
         _RuleKind("an activity rule", ("activity",), v.ACTIVITY_RULE_KEYS, activity_rule),
+        _RuleKind("a bucket rule", ("bucket",), v.BUCKET_RULE_KEYS, bucket_rule),
         _RuleKind("a segment rule", ("segment",), v.SEGMENT_RULE_KEYS, segment_rule),
         _RuleKind("a group", ("rules", "match"), v.GROUP_KEYS, group_body),
     )

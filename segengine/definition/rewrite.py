@@ -16,6 +16,7 @@ from ..errors import ReferenceCycle, SegmentNotFound
 from .nodes import (
     ANY_CAMPAIGN,
     ActivityRule,
+    BucketRule,
     CountCondition,
     FieldRule,
     Group,
@@ -205,6 +206,10 @@ def _activity_dict(rule: ActivityRule) -> dict[str, Any]:
     return doc
 
 
+def _bucket_dict(rule: BucketRule) -> dict[str, Any]:
+    return {"bucket": {"seed": rule.seed, "from": rule.low, "to": rule.high}}
+
+
 def _ref_dict(rule: SegmentRef) -> dict[str, Any]:
     return {"segment": rule.segment}
 
@@ -213,6 +218,7 @@ _RULE_DICTS: dict[type, Callable[[Any], dict[str, Any]]] = {
     Group: _group_dict,
     FieldRule: _field_dict,
     ActivityRule: _activity_dict,
+    BucketRule: _bucket_dict,
     SegmentRef: _ref_dict,
 }
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..fields import ACTIVITY_EVENT_TYPE, STATUSES, FieldType
-from .nodes import ANY_CAMPAIGN, LastCampaigns
+from .nodes import ANY_CAMPAIGN, BUCKETS, LastCampaigns
 
 #: A segment name (also the name a segment rule refers to).
 NAME_PATTERN = "[a-z0-9][a-z0-9_-]{0,63}"
@@ -35,6 +35,9 @@ GROUP_KEYS = ("match", "rules", "negate")
 FIELD_RULE_KEYS = ("field", "op", "value", "negate")
 ACTIVITY_RULE_KEYS = ("activity", "campaigns", "when", "count", "url_contains", "negate")
 SEGMENT_RULE_KEYS = ("segment", "negate")
+BUCKET_RULE_KEYS = ("bucket", "negate")
+#: What the mapping under `bucket` holds: exactly these keys.
+BUCKET_KEYS = ("seed", "from", "to")
 MATCH_KINDS = ("all", "any")
 
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
@@ -210,6 +213,18 @@ def url_part(value: Any) -> str:
         raise Invalid(f"expected text, got {describe(value)}{quote_hint(value)}")
     if value == "":
         raise Invalid('url_contains may not be "" (leave it out to count every click)')
+    return value
+
+
+bucket_bound = whole_number(0, BUCKETS, "a bucket bound")
+
+
+def bucket_seed(value: Any) -> str:
+    """A bucket rule's seed: non-empty text (the same seed gives the same buckets)."""
+    if not isinstance(value, str):
+        raise Invalid(f"expected text, got {describe(value)}{quote_hint(value)}")
+    if value == "":
+        raise Invalid('the seed may not be "": name the test, e.g. seed: spring-ab')
     return value
 
 

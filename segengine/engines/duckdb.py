@@ -23,7 +23,7 @@ from ..fields import FieldType, Schema
 from ..store.duck import connect_reader as connect
 from ..store.manifest import Tables
 from .base import Engine, empty_by_status
-from .sql import CONTACTS, EVENTS, compile_lowered
+from .sql import CONTACTS, EVENTS, bucket_number, compile_lowered
 
 #: DuckDB column types of the contract (engines/base.py), built-ins first.
 CONTACT_COLUMNS: dict[str, str] = {
@@ -108,6 +108,28 @@ def create_views(con: duckdb.DuckDBPyConnection, tables: Tables) -> None:
             expression=view_query(con, files, columns),
         )
         con.execute(view.sql("duckdb"))
+
+
+def bucket_numbers(tables: Tables, seed: str) -> tuple[np.ndarray, np.ndarray]:
+    """(contact ids, bucket numbers for `seed`) of every contact, in the files' order.
+
+    The numbers come from the same SQL that `segengine sql` prints (`sql.bucket_number`);
+    a contact without an email gets -1.
+    """
+    con = connect()
+    try:
+        create_views(con, tables)
+        number = exp.Coalesce(this=bucket_number(seed, "duckdb"), expressions=[exp.Literal.number(-1)])
+        query = exp.select(
+            exp.column("contact_id", table=CONTACTS, quoted=True), exp.alias_(number, "bucket")
+        ).from_(exp.Table(this=exp.to_identifier(CONTACTS, quoted=True)))
+        result = con.sql(query.sql("duckdb")).fetchnumpy()
+    finally:
+        con.close()
+    return (
+        np.asarray(result["contact_id"], dtype=np.int64),
+        np.asarray(result["bucket"], dtype=np.int64),
+    )
 
 
 class DuckDBEngine(Engine):

@@ -29,6 +29,7 @@ from pyroaring import BitMap
 from ..definition.lower import (
     AllOf,
     AnyOf,
+    Bucket,
     Compare,
     Constant,
     CountIn,
@@ -43,6 +44,8 @@ from ..errors import EngineError
 from ..fields import EVENT_TYPES, STATUSES, FieldType
 from ..store.aggregates import RECENT
 from ..store.index.bitmaps import bitmap_rows, runs, to_bitmap
+from ..store.index.buckets import NO_BUCKET
+from ..store.index.events import contact_rows
 from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
@@ -383,6 +386,30 @@ class Evaluator(Visitor[Rows]):
             if names
             else everyone(self.n)
         )
+
+    # --- bucket rules ----------------------------------------------------------------
+
+    def visit_bucket(self, node: Bucket) -> Rows:
+        """From the index's cache: the seed's numbers are computed once per snapshot."""
+        return self.index.buckets.rows(
+            node.seed, node.low, node.high, lambda: self.bucket_numbers(node.seed)
+        )
+
+    def bucket_numbers(self, seed: str) -> np.ndarray:
+        """Every row's bucket number for `seed` (`NO_BUCKET` without an email)."""
+        from .duckdb import bucket_numbers
+
+        ids, numbers = bucket_numbers(self.tables, seed)
+        rows, known = contact_rows(ids, self.index.ids, bool(self.index.meta["contacts"]["dense"]))
+        if not known.all() or len(ids) != self.n:
+            raise EngineError(
+                "the engagement index does not hold the same contacts as the data; "
+                "use --engine auto or duckdb"
+            )
+        out = np.full(self.n, NO_BUCKET, dtype=np.uint16)
+        has = numbers >= 0
+        out[rows[has]] = numbers[has]
+        return out
 
     # --- activity rules --------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import polars as pl
 from ..definition.lower import (
     AllOf,
     AnyOf,
+    Bucket,
     Compare,
     Constant,
     CountIn,
@@ -33,7 +34,7 @@ from ..definition.lower import (
     Present,
     events_of,
 )
-from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns
+from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns, bucket_number
 from ..fields import EMAIL_DOMAIN_PATTERN, STATUSES, FieldType, Schema
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
@@ -315,6 +316,17 @@ class Compiler(Visitor[pl.Expr]):
 
     def visit_day_range(self, node: DayRange) -> pl.Expr:
         return self.positive(node.field, node.type, lambda c: _in_days(c, node.low, node.high))
+
+    def visit_bucket(self, node: Bucket) -> pl.Expr:
+        # Polars has no SHA-256: the one Python rule, per batch of emails
+        def numbers(emails: pl.Series) -> pl.Series:
+            return pl.Series(
+                [None if e is None else bucket_number(node.seed, e) for e in emails.to_list()],
+                dtype=pl.Int32,
+            )
+
+        number = pl.col("email").map_batches(numbers, return_dtype=pl.Int32, is_elementwise=True)
+        return number.is_between(node.low, node.high - 1).fill_null(False)
 
     def count(self, events: Events) -> pl.Expr:
         return pl.col(self.activity_columns[events]).fill_null(0)

@@ -55,6 +55,7 @@ from sqlglot import exp
 from ..definition.lower import (
     AllOf,
     AnyOf,
+    Bucket,
     Compare,
     Constant,
     CountIn,
@@ -65,7 +66,13 @@ from ..definition.lower import (
     Present,
     lower_all,
 )
-from ..definition.nodes import ANY_CAMPAIGN, Group, LastCampaigns
+from ..definition.nodes import (
+    ANY_CAMPAIGN,
+    BUCKET_HEX_DIGITS,
+    BUCKETS,
+    Group,
+    LastCampaigns,
+)
 from ..errors import InputError
 from ..fields import FieldType, Schema
 from .base import Visitor
@@ -484,6 +491,75 @@ def email_domain(email: exp.Expression | None = None) -> exp.Expression:
     return exp.Substring(this=email, start=start)
 
 
+# --- bucket numbers ------------------------------------------------------------------
+# A contact's bucket number for a seed is int(sha256(seed + ":" + email)[:15 hex], 16)
+# % 10000 (`nodes.bucket_number`). Each dialect takes the SHA-256 of the text's UTF-8
+# bytes as hex, then the number its first 15 hex digits spell: 60 bits, so a signed
+# BIGINT holds it in every dialect (checked on DuckDB, PostgreSQL and Spark by
+# tests/test_sql_on_engines.py; Snowflake and BigQuery from their docs).
+
+
+def _hex_digits(hex_text: exp.Expression) -> exp.Expression:
+    return exp.Substring(this=hex_text, start=_int(1), length=_int(BUCKET_HEX_DIGITS))
+
+
+def _duckdb_bucket_hash(text: exp.Expression) -> exp.Expression:
+    # sha256 hashes a VARCHAR's UTF-8 bytes to lower-case hex; a '0x' text casts to BIGINT
+    digits = _hex_digits(_call("SHA256", text))
+    return exp.cast(exp.DPipe(this=_string("0x"), expression=digits, safe=True),
+                    exp.DataType.Type.BIGINT)
+
+
+def _postgres_bucket_hash(text: exp.Expression) -> exp.Expression:
+    # sha256 takes bytea: the text's UTF-8 bytes; 'x' and 16 hex digits is a bit string,
+    # and a bit(64) casts to bigint bit for bit
+    digest = _call("SHA256", _call("CONVERT_TO", text, _string("UTF8")))
+    digits = _hex_digits(_call("ENCODE", digest, _string("hex")))
+    bits = exp.DPipe(
+        this=_string("x"), expression=_call("LPAD", digits, _int(16), _string("0")), safe=True
+    )
+    return exp.cast(exp.cast(bits, exp.DataType.build("BIT(64)", dialect="postgres")),
+                    exp.DataType.Type.BIGINT)
+
+
+def _spark_bucket_hash(text: exp.Expression) -> exp.Expression:
+    # sha2(text, 256): lower-case hex of the UTF-8 bytes; conv(.., 16, 10): decimal text
+    digits = _hex_digits(_call("SHA2", text, _int(256)))
+    return exp.cast(_call("CONV", digits, _int(16), _int(10)), exp.DataType.Type.BIGINT)
+
+
+def _snowflake_bucket_hash(text: exp.Expression) -> exp.Expression:
+    # SHA2 returns the hex of the UTF-8 bytes; the X format model reads hex digits
+    digits = _hex_digits(exp.Upper(this=_call("SHA2", text, _int(256))))
+    return _call("TO_NUMBER", digits, _string("X" * BUCKET_HEX_DIGITS))
+
+
+def _bigquery_bucket_hash(text: exp.Expression) -> exp.Expression:
+    # SHA256(STRING) hashes its UTF-8 bytes to BYTES; a '0x' STRING casts to INT64
+    digits = _hex_digits(_call("TO_HEX", _call("SHA256", text)))
+    return exp.cast(exp.Concat(expressions=[_string("0x"), digits]), exp.DataType.Type.BIGINT)
+
+
+#: The number the first 15 hex digits of SHA-256(text) spell, per dialect.
+_BUCKET_HASH: dict[str, Callable[[exp.Expression], exp.Expression]] = {
+    "duckdb": _duckdb_bucket_hash,
+    "postgres": _postgres_bucket_hash,
+    "spark": _spark_bucket_hash,
+    "snowflake": _snowflake_bucket_hash,
+    "bigquery": _bigquery_bucket_hash,
+}
+
+
+def bucket_number(seed: str, dialect: str, email: exp.Expression | None = None) -> exp.Expression:
+    """The bucket number (0..9999) of `email` (default: the contacts' ``email``) for
+    `seed` in `dialect`; NULL for a NULL email. The seed is a literal: no seed can
+    change the statement's shape."""
+    email = _column("email", CONTACTS) if email is None else email.copy()
+    text = exp.Concat(expressions=[_string(f"{seed}:"), email])
+    hashed = exp.paren(_BUCKET_HASH[dialect](text), copy=False)
+    return exp.Mod(this=hashed, expression=_int(BUCKETS))
+
+
 # --- the compiler --------------------------------------------------------------------
 
 
@@ -555,6 +631,14 @@ class SqlCompiler(Visitor[exp.Expression]):
         if ftype is FieldType.TEXT and all(values):
             return exp.Not(this=exp.Is(this=column.copy(), expression=exp.null()))
         return _present(column, ftype)
+
+    # bucket rules
+
+    def visit_bucket(self, node: Bucket) -> exp.Expression:
+        email = _column("email", CONTACTS)
+        number = bucket_number(node.seed, self.dialect, email)
+        in_range = exp.Between(this=number, low=_int(node.low), high=_int(node.high - 1))
+        return _and(exp.Not(this=exp.Is(this=email.copy(), expression=exp.null())), in_range)
 
     # activity rules
 

@@ -46,12 +46,20 @@ def export_contacts(
     as_of: str | dt.date | None = None,
     engine: str = "auto",
     partitioned: bool = False,
+    label_column: str | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Write the active contacts of the union of `segments` to `output`, ordered by email.
 
-    `partitioned` writes a directory of part files through Spark instead.
+    `partitioned` writes a directory of part files through Spark instead. `label_column`
+    adds a column naming, per row, the first of `segments` the contact matches.
     """
+    if partitioned and label_column is not None:
+        from ..errors import InputError
+
+        raise InputError(
+            "--label-column writes one file: leave out --partitioned to label the rows"
+        )
     if partitioned:
         from .partitioned import export_partitioned
 
@@ -60,7 +68,7 @@ def export_contacts(
     from .file import export_file
 
     return export_file(session, segments, output, fmt=fmt, columns=columns, raw=raw,
-                       as_of=as_of, engine=engine, progress=progress)
+                       as_of=as_of, engine=engine, label_column=label_column, progress=progress)
 
 
 def __getattr__(name: str) -> Any:

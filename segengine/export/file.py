@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from ..progress import NullProgress, Progress, Task
 from ..session import SegmentArg, Session
-from ..store.duck import ids_table, lit, quiet
+from ..store.duck import ids_table, lit, q, quiet
 from ..store.workspace import fsync_path
 from .cells import cell
 from .options import ExportResult, output_format, output_path, parse_columns
@@ -112,9 +114,14 @@ def export_file(
     raw: bool = False,
     as_of: str | dt.date | None = None,
     engine: str = "auto",
+    label_column: str | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Write the active contacts of the union of `segments` to `output`, ordered by email."""
+    """Write the active contacts of the union of `segments` to `output`, ordered by email.
+
+    With `label_column`, a last column of that name holds, per row, the first of the
+    `segments` (in the order given) that the contact matches: a priority list.
+    """
     progress = progress or NullProgress()
     session.store.check_outside(output, "-o")
     target = output_path(output)
@@ -122,22 +129,75 @@ def export_file(
     snap = session.snapshot()
     schema = snap.schema
     names = parse_columns(columns, schema)
+    if label_column is not None:
+        check_label_column(label_column, names)
     with progress.task("matching contacts"):
-        ids = session.contact_ids(segments, as_of=as_of, engine=engine, snapshot=snap)
+        if label_column is None:
+            matched = ids_table(session.contact_ids(segments, as_of=as_of, engine=engine, snapshot=snap))
+        else:
+            matched = first_matches(session, segments, as_of=as_of, engine=engine, snapshot=snap)
     con = quiet(session.connection(snap))
     view = f"export_ids_{uuid.uuid4().hex[:12]}"
+    cells = [cell(n, schema[n], fmt, raw) for n in names]
+    if label_column is None:
+        source = f"contacts c SEMI JOIN {view} m ON c.contact_id = m.contact_id "
+    else:
+        # segment names never start like a formula, so the label needs no guard
+        cells.append(f"m.label AS {q(label_column)}")
+        source = f"contacts c JOIN {view} m ON c.contact_id = m.contact_id "
     select = (
-        f"SELECT {', '.join(cell(n, schema[n], fmt, raw) for n in names)} "
-        f"FROM contacts c SEMI JOIN {view} m ON c.contact_id = m.contact_id "
+        f"SELECT {', '.join(cells)} FROM {source}"
         "WHERE c.status = 'active' "
         # Qualified, so that it sorts by the stored address, not by the guarded cell;
         # binary collation is code-point order for UTF-8.
         'ORDER BY c.email COLLATE "binary"'
     )
-    con.register(view, ids_table(ids))
+    con.register(view, matched)
     try:
         with progress.task(f"writing {target.name}", total=100) as task, optional_columns(con, fmt):
             rows = write_atomically(con, select, fmt, target, task)
     finally:
         con.unregister(view)
-    return ExportResult(rows, str(target), fmt, names)
+    written = names if label_column is None else (*names, label_column)
+    return ExportResult(rows, str(target), fmt, written)
+
+
+def check_label_column(name: str, columns: Sequence[str]) -> None:
+    """`--label-column` names a new column: not empty, not one of the exported fields."""
+    from ..errors import InputError
+
+    if not name or name != name.strip():
+        raise InputError("--label-column: give the new column a name, e.g. --label-column audience")
+    if name in columns:
+        raise InputError(
+            f"--label-column: {name!r} is already an exported column: choose another name"
+        )
+
+
+def first_matches(
+    session: Session,
+    segments: Sequence[SegmentArg],
+    *,
+    as_of: str | dt.date | None,
+    engine: str,
+    snapshot: Any,
+) -> pa.Table:
+    """``(contact_id, label)``: every contact of the union with the name of the first of
+    `segments` (in the order given) that it matches."""
+    named = session.named_roots(segments, snapshot)
+    evaluator = session.engine(engine, snapshot)
+    from ..session import parse_as_of
+
+    day = parse_as_of(as_of)
+    ids = [evaluator.contact_ids([root], day) for _, root in named]
+    codes = [np.full(len(found), i, dtype=np.int32) for i, found in enumerate(ids)]
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    all_codes = np.concatenate(codes) if codes else np.zeros(0, np.int32)
+    # a stable sort by id keeps each contact's segments in the order given: the first wins
+    order = np.argsort(all_ids, kind="stable")
+    unique, first = np.unique(all_ids[order], return_index=True)
+    labels = pa.DictionaryArray.from_arrays(
+        pa.array(all_codes[order][first], pa.int32()),
+        pa.array([segment.name for segment, _ in named], pa.string()),
+    )
+    return pa.table({"contact_id": pa.array(unique, pa.int64()), "label": labels.cast(pa.string())})

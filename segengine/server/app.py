@@ -121,6 +121,19 @@ class ExportRequest(Evaluate):
     raw: bool = False
 
 
+class SplitGroupItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    percent: str | float = Field(description="at most two decimals; all groups sum to 100")
+
+
+class SplitRequest(Evaluate):
+    groups: str | list[SplitGroupItem] = Field(
+        description="'a=45,b=45,holdout=10' or [{name, percent}, ...], in bucket order")
+    seed: str | None = Field(None, description="default: the segments' names joined with +")
+    save: str | None = Field(None, description="save one segment per group, named SAVE-NAME")
+
+
 # --- the workspace behind the routes -----------------------------------------------------
 
 
@@ -513,6 +526,25 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
             except DefinitionError as exc:  # the only other refusal: it is still referenced
                 raise ApiError(409, problems(exc)) from None
         return {"deleted": name}
+
+    # --- splits ------------------------------------------------------------------------
+
+    def split_now(body: SplitRequest) -> dict[str, Any]:
+        groups = body.groups if isinstance(body.groups, str) else [
+            (g.name, g.percent) for g in body.groups]
+        if body.seed is None and any(isinstance(s, dict) and "name" not in s for s in body.segments):
+            # the default seed is the segments' names: unnamed ones would all share one cut
+            raise error(400, "seed", "a definition sent without a name needs a seed for its split, "
+                        'e.g. "seed": "spring-ab"')
+        with evaluating() as snap:
+            segs = served.segments(body.segments, snap)
+            return served.ws.split(*segs, groups=groups, seed=body.seed, save=body.save,
+                                   as_of=body.as_of, engine=body.engine)
+
+    @app.post("/api/split", tags=["segments"], response_model=None)
+    async def split(body: SplitRequest) -> JSONResponse:
+        """The `split --json` document: the union cut into groups by bucket number."""
+        return JSONResponse(await run_in_threadpool(split_now, body))
 
     # --- the page ----------------------------------------------------------------------
 

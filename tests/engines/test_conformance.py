@@ -27,7 +27,7 @@ from strategies import contacts_table, rule_trees, workspaces, write_workspace
 from test_polars_engine import CASES, FIXTURE, as_root
 
 from engines.engine_matrix import TREES_RUN, build
-from segengine.definition.nodes import ActivityRule, FieldRule, Group
+from segengine.definition.nodes import ActivityRule, BucketRule, FieldRule, Group
 from segengine.engines.base import Tables
 from segengine.errors import EngineError
 from segengine.fields import FieldType, Schema, email_domain
@@ -175,3 +175,44 @@ def test_as_of_is_the_only_clock(fixture_engine):
     today = set(fixture_engine.contact_ids([root], FIXTURE.as_of).tolist())
     tomorrow = FIXTURE.as_of + dt.timedelta(days=1)
     assert today != set(fixture_engine.contact_ids([root], tomorrow).tolist())
+
+
+# --- bucket rules: the contract's number, on every engine -------------------------------
+
+#: Non-ASCII, a plus, a quote, upper case as stored (data never imported may hold it) and
+#: no email at all: the number hashes the stored text's UTF-8 bytes.
+BUCKET_EMAILS = ["anna@example.com", "çelik@bücher.de", "e+tag@x.io", "ǅemal'O@Ärger.de", None]
+BUCKET_SEEDS = ("spring-ab", "a:b", "Ärger 'seed'")
+
+
+def test_bucket_rules_on_every_engine(make_engine, tmp_path):
+    from reference import bucket_of
+
+    contacts = contacts_table(FIXTURE).slice(0, len(BUCKET_EMAILS))
+    contacts = contacts.set_column(1, "email", pa.array(BUCKET_EMAILS, pa.string()))
+    pq.write_table(contacts, tmp_path / "contacts.parquet")
+    engine = make_engine(Tables((str(tmp_path / "contacts.parquet"),), (), FIXTURE.schema), tmp_path)
+    ids = contacts.column("contact_id").to_pylist()
+
+    def matching(*rules, match="all"):
+        return set(engine.contact_ids([Group(match, rules)], FIXTURE.as_of).tolist())
+
+    for seed in BUCKET_SEEDS:
+        numbers = {i: bucket_of(seed, e) for i, e in zip(ids, BUCKET_EMAILS, strict=True) if e}
+        with_email = set(numbers)
+        assert matching(BucketRule(seed, 0, 10_000)) == with_email
+        assert matching(BucketRule(seed, 0, 0)) == set()
+        assert matching(BucketRule(seed, 0, 10_000, negate=True)) == set(ids) - with_email
+        for contact, number in numbers.items():
+            assert contact in matching(BucketRule(seed, number, number + 1)), (seed, contact)
+            assert contact not in matching(BucketRule(seed, number, number)), (seed, contact)
+            assert contact not in matching(BucketRule(seed, number + 1, 10_000))
+        for low, high in ((0, 5000), (5000, 10_000), (2500, 7500), (0, 1)):
+            inside = {i for i, n in numbers.items() if low <= n < high}
+            assert matching(BucketRule(seed, low, high)) == inside, (seed, low, high)
+            assert matching(BucketRule(seed, low, high, negate=True)) == set(ids) - inside
+    # the halves of one seed split the contacts with an email exactly
+    halves = [matching(BucketRule("spring-ab", 0, 5000)), matching(BucketRule("spring-ab", 5000, 10_000))]
+    assert not halves[0] & halves[1] and halves[0] | halves[1] == set(ids) - {ids[-1]}
+    assert matching(BucketRule("spring-ab", 0, 5000), BucketRule("spring-ab", 5000, 10_000),
+                    match="any") == set(ids) - {ids[-1]}

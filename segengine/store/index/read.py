@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from .bitmaps import (
     BitmapStore,
 )
+from .buckets import BucketCache
 from .layout import (
     BLOCK_FILES,
     META,
@@ -132,6 +133,8 @@ class IndexData:
         self._blocks: list[EventBlock] | None = None
         self._days: dict[str, np.ndarray] = {}
         self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
+        #: bucket numbers per seed and bucket ranges' rows, computed on first use
+        self.buckets = BucketCache(self.n)
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
