@@ -1,4 +1,4 @@
-"""``python -m benchmarks.buckets [--workspace DIR] [--rounds R] [--json]``: bucket splits.
+"""``python -m benchmarks.buckets WORKSPACE [--rounds R] [--json] [--write]``: bucket splits.
 
 Times, on an existing workspace (only read: nothing is saved), an A/B/holdout split
 of a newsletter audience (``a=45,b=45,holdout=10``) and one group's count, side by side
@@ -11,7 +11,9 @@ with hand-written DuckDB SQL over the same Parquet files that gives the same num
   the query (the fair baseline for a whole split), and one group's count.
 
 Every figure is the median of `rounds` runs in this process (the first-use figure uses
-a new seed each round). The answers are compared before any time is reported.
+a new seed each round). The answers are compared before any time is reported. With
+``--write``, the figures go into benchmarks/RESULTS.md (section "Bucket splits", one part
+per scale).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_WORKSPACE = Path("/work/bench/ws1m")
 AUDIENCE = {"name": "newsletter", "rules": [
     {"field": "lists", "op": "includes", "value": "newsletter"}]}
 GROUPS = (("a", 0, 4500), ("b", 4500, 9000), ("holdout", 9000, 10_000))
@@ -131,27 +132,56 @@ def run(workspace: Path, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
+    parser.add_argument("workspace", type=Path, help="an imported workspace (only read)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="Print one JSON document.")
+    parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     args = parser.parse_args()
     result = run(args.workspace, args.rounds)
+    if args.write:
+        write(result)
     if args.json:
         print(json.dumps(result, indent=1))
         return
     s = result["seconds"]
     print(f"{result['contacts']:,} contacts, audience {result['audience']:,}, "
           f"median of {result['rounds']} rounds")
-    rows = [
+    print(f"{'':42} {'segengine':>12} {'DuckDB SQL':>12} {'ratio':>8}")
+    for name, ours, sql in table_rows(s):
+        print(f"{name:42} {ours * 1000:10.2f}ms {sql * 1000:10.1f}ms {sql / ours:7.0f}x")
+
+
+def table_rows(s: dict[str, float]) -> list[tuple[str, float, float]]:
+    return [
         ("split a/b/holdout, first use of a seed", s["split_first_use_of_seed"], s["duckdb_sql_split"]),
         ("split a/b/holdout, seed cached", s["split_cached"], s["duckdb_sql_split"]),
         ("one group's count, first use of a seed", s["group_count_first_use_of_seed"],
          s["duckdb_sql_group_count"]),
         ("one group's count, seed cached", s["group_count_cached"], s["duckdb_sql_group_count"]),
     ]
-    print(f"{'':42} {'segengine':>12} {'DuckDB SQL':>12} {'ratio':>8}")
-    for name, ours, sql in rows:
-        print(f"{name:42} {ours * 1000:10.2f}ms {sql * 1000:10.1f}ms {sql / ours:7.0f}x")
+
+
+def write(result: dict[str, Any]) -> None:
+    import os
+    import platform
+
+    from .report import write_scale_section
+
+    s = result["seconds"]
+    lines = [f"`python -m benchmarks.buckets WORKSPACE --rounds {result['rounds']} --write` on "
+             f"{platform.node() or 'this machine'} ({os.cpu_count()} cores, load average "
+             f"{os.getloadavg()[0]:.1f}: the cores are shared). An a=45,b=45,holdout=10 split of the "
+             f"newsletter audience ({result['audience']:,} contacts), medians of {result['rounds']} rounds in "
+             "one process, next to hand-written DuckDB SQL over the same Parquet that gives the same numbers.",
+             "", "| | segengine | DuckDB SQL | ratio |", "|---|---|---|---|"]
+    for name, ours, sql in table_rows(s):
+        lines.append(f"| {name} | {ours * 1000:,.2f} ms | {sql * 1000:,.0f} ms | {sql / ours:,.1f}x |")
+    lines += ["", f"- Targets: a cached split count <= 10 ms: "
+              f"{'met' if s['group_count_cached'] <= 0.010 else 'missed'} ({s['group_count_cached'] * 1000:.2f} ms); "
+              f"the first use of a seed <= 5 s: {'met' if s['split_first_use_of_seed'] <= 5 else 'missed'} "
+              f"({s['split_first_use_of_seed']:.2f} s)."]
+    write_scale_section("buckets benchmark", "Bucket splits (`python -m benchmarks.buckets`)",
+                        result["contacts"], lines)
 
 
 if __name__ == "__main__":

@@ -653,6 +653,27 @@ def kept_sections(text: str) -> list[str]:
     return [m.group(0) for m in re.finditer(r"<!-- ([\w ]+) -->\n.*?<!-- /\1 -->\n", text, re.S)]
 
 
+def write_scale_section(name: str, title: str, contacts: int, lines: list[str],
+                        results: Path = RESULTS) -> None:
+    """Write ``### At N contacts`` (`lines`) into the section ``<!-- name -->`` of RESULTS.md,
+    keeping the section's other scales: a 1M run does not erase the 10M figures."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = results.read_text() if results.exists() else ""
+    parts: dict[int, str] = {}
+    if start in text:
+        before, rest = text.split(start, 1)
+        inside, after = rest.split(end, 1)
+        for chunk in inside.split("\n### At ")[1:]:
+            digits = chunk.split(" ", 1)[0].replace(",", "")
+            if digits.isdigit():
+                parts[int(digits)] = "### At " + chunk.rstrip("\n")
+    else:
+        before, after = text.rstrip("\n") + "\n\n", "\n"
+    parts[contacts] = "\n".join([f"### At {contacts:,} contacts", "", *lines]).rstrip("\n")
+    body = "\n\n".join(parts[k] for k in sorted(parts))
+    results.write_text(f"{before}{start}\n## {title}\n\n{body}\n{end}\n{after.lstrip(chr(10))}")
+
+
 def write_runs(runs: list[Run], results: Path = RESULTS, chart_path: Path = CHART) -> list[str]:
     """RESULTS.md with one section per run, and the chart of `charted_run`."""
     charted = charted_run(runs)

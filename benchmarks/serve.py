@@ -187,7 +187,6 @@ def run(args: argparse.Namespace) -> dict:
         server.wait(10)
 
 
-MARK_START, MARK_END = "<!-- serve benchmark -->", "<!-- /serve benchmark -->"
 
 
 def write_section(report: dict, single: dict, workspace: str) -> None:
@@ -196,10 +195,11 @@ def write_section(report: dict, single: dict, workspace: str) -> None:
 
     from segengine.store.workspace import Store
 
+    from .report import write_scale_section
+
     counts = Store(workspace).snapshot().manifest["counts"]
     load = os.getloadavg()[0]
-    lines = [f"### At {counts['contacts']:,} contacts", "",
-             f"`python -m benchmarks.serve WORKSPACE {' '.join(sys.argv[2:])}` on {platform.node() or 'this machine'} "
+    lines = [f"`python -m benchmarks.serve WORKSPACE {' '.join(sys.argv[2:])}` on {platform.node() or 'this machine'} "
              f"({os.cpu_count()} cores, load average {load:.1f} while measuring: the cores are shared). "
              "HTTP `/api/count` from concurrent clients (one process each, with its own keep-alive "
              "connection) against the warm in-process `Workspace.count` of the same definitions (the "
@@ -240,25 +240,7 @@ def write_section(report: dict, single: dict, workspace: str) -> None:
               f"a request waits for the ones ahead of it, about {report['clients']} x {cpu:.2f} ms = "
               f"{report['clients'] * cpu:.1f} ms.",
               ""]
-    section_for(str(counts["contacts"]), lines)
-
-
-def section_for(key: str, lines: list[str]) -> None:
-    """Replace this scale's part of the RESULTS.md section, keeping the other scales'."""
-    path = Path(__file__).resolve().parent / "RESULTS.md"
-    text = path.read_text()
-    parts: dict[str, str] = {}
-    if MARK_START in text:
-        before, rest = text.split(MARK_START, 1)
-        inside, after = rest.split(MARK_END, 1)
-        for chunk in inside.split("\n### At ")[1:]:
-            parts[chunk.split(" ", 1)[0].replace(",", "")] = "### At " + chunk.rstrip("\n")
-    else:
-        before, after = text.rstrip("\n") + "\n\n", "\n"
-    parts[key] = "\n".join(lines).rstrip("\n")
-    body = "\n\n".join(parts[k] for k in sorted(parts, key=int))
-    section = f"{MARK_START}\n## `segengine serve`\n\n{body}\n{MARK_END}"
-    path.write_text(before + section + "\n" + after.lstrip("\n"))
+    write_scale_section("serve benchmark", "`segengine serve`", int(counts["contacts"]), lines)
 
 
 def keystroke_to_count(url: str, rounds: int = 10) -> dict[str, float]:
