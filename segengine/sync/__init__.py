@@ -15,11 +15,12 @@ session; `segengine.api.Workspace.sync_*` is the public entry.
 from __future__ import annotations
 
 from .jobs import JobNotFound, create_job, delete_job, list_jobs, reset_job, show_job
-from .run import SyncRunResult, run_job
+from .run import SyncRunResult, SyncWriteError, run_job
 
 __all__ = [
     "JobNotFound",
     "SyncRunResult",
+    "SyncWriteError",
     "create_job",
     "delete_job",
     "list_jobs",

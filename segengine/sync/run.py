@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import numpy as np
 from pyroaring import BitMap64
 
-from ..errors import InputError
+from ..errors import InputError, SegengineError
 from ..export.cells import cell
 from ..export.file import copy_options, optional_columns, run_with_progress
 from ..progress import NullProgress, Progress
@@ -56,10 +57,8 @@ from .jobs import (
 )
 
 if TYPE_CHECKING:
-    import duckdb
-
     from ..session import Session
-    from ..store.manifest import SyncJob
+    from ..store.manifest import SyncJob, SyncRunEntry
 
 #: why a contact is in the removed file: its status when it stopped being active, else
 #: it no longer matches the segments (docs/sync.md)
@@ -67,6 +66,10 @@ REASON_SQL = (
     "CASE c.status WHEN 'unsubscribed' THEN 'unsubscribed' WHEN 'bounced' THEN 'bounced' "
     "ELSE 'left_segment' END AS reason"
 )
+
+
+class SyncWriteError(SegengineError):
+    """A run could not write its files or commit (a full disk, say): nothing was committed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,31 @@ def publish(con: duckdb.DuckDBPyConnection, select: str, fmt: str, target: Path,
     return int(rows)
 
 
+def changes(previous: Any, current: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The member bitmap now, and the ids added and removed since `previous` (None: nothing)."""
+    wide = bool(current.size and current[-1] >= WIDE) or isinstance(previous, BitMap64)
+    now = to_bitmap(current, wide)
+    if previous is None:
+        return now, current, np.array([], dtype=np.int64)
+    if wide and not isinstance(previous, BitMap64):
+        previous = to_bitmap(to_ids(previous), True)
+    return now, to_ids(now - previous), to_ids(previous - now)
+
+
+def change_files(name: str, run: int, job: SyncJob, snap: Snapshot, added: np.ndarray,
+                 removed: np.ndarray) -> list[tuple[str, str, np.ndarray, str]]:
+    """(file name, format, contact ids, SQL columns) of the added and the removed file."""
+    fmt, schema = job["format"], snap.schema
+    added_name, removed_name = file_names(name, run, fmt)
+    # the removed file's emails are rendered as the added file's are, so that they
+    # match as keys: guarded only in a CSV job without `raw`
+    plain_email = job["raw"] or fmt == "parquet"
+    return [
+        (added_name, fmt, added, ", ".join(cell(c, schema[c], fmt, job["raw"]) for c in job["columns"])),
+        (removed_name, "csv", removed, f"{cell('email', schema['email'], 'csv', plain_email)}, {REASON_SQL}"),
+    ]
+
+
 def run_job(
     session: Session,
     name: str,
@@ -170,8 +198,7 @@ def run_job(
     """Run the sync job `name`: write the changes since its last committed run, then commit."""
     day = parse_as_of(as_of)
     progress = progress or NullProgress()
-    store = session.store
-    with store.transaction() as tx:
+    with session.store.transaction() as tx:
         snap = tx.base
         job = find_job(snap, name)
         directory = check_runnable(session, name, job, snap)
@@ -183,53 +210,34 @@ def run_job(
         con = quiet(session.connection(snap))
         current = active_members(con, ids)
         previous = load_members(tx.root, job["members"])
-        wide = bool(current.size and current[-1] >= WIDE) or isinstance(previous, BitMap64)
-        now = to_bitmap(current, wide)
-        if previous is None:
-            added_ids, removed_ids = current, np.array([], dtype=np.int64)
-        else:
-            if wide and not isinstance(previous, BitMap64):
-                previous = to_bitmap(to_ids(previous), True)
-            added_ids, removed_ids = to_ids(now - previous), to_ids(previous - now)
-        members = write_members(tx, name, now)
-        crash_point("sync:members-written")
-
-        fmt, schema = job["format"], snap.schema
-        added_name, removed_name = file_names(name, run, fmt)
-        # the removed file's emails are rendered as the added file's are, so that they
-        # match as keys: guarded only in a CSV job without `raw`
-        plain_email = job["raw"] or fmt == "parquet"
-        selects = (
-            (added_name, fmt, added_ids,
-             ", ".join(cell(c, schema[c], fmt, job["raw"]) for c in job["columns"])),
-            (removed_name, "csv", removed_ids,
-             f"{cell('email', schema['email'], 'csv', plain_email)}, {REASON_SQL}"),
-        )
+        now, added, removed = changes(previous, current)
+        files = change_files(name, run, job, snap, added, removed)
         published: list[Path] = []
         committed = False
         try:
-            for file_name, file_fmt, rows, columns in selects:
+            members = write_members(tx, name, now)
+            crash_point("sync:members-written")
+            for file_name, fmt, rows, columns in files:
+                target = directory / file_name
+                published.append(target)
                 view = f"sync_rows_{uuid.uuid4().hex[:12]}"
                 con.register(view, ids_table(rows))
                 try:
-                    target = directory / file_name
                     publish(con, f"SELECT {columns} FROM contacts c SEMI JOIN {view} m "
                             'ON c.contact_id = m.contact_id ORDER BY c.email COLLATE "binary"',
-                            file_fmt, target, f".{name}.{run:06d}.{uuid.uuid4().hex[:12]}.tmp",
-                            progress)
+                            fmt, target, f".{name}.{run:06d}.{uuid.uuid4().hex[:12]}.tmp", progress)
                 finally:
                     con.unregister(view)
-                published.append(target)
                 crash_point(f"sync:{file_name.split('.')[2]}-written")
-            entry = {
+            entry: SyncRunEntry = {
                 "run": run,
                 "committed_at": now_text(),
                 "as_of": day.isoformat(),
                 "full": previous is None,
-                "added": int(added_ids.size),
-                "removed": int(removed_ids.size),
+                "added": int(added.size),
+                "removed": int(removed.size),
                 "members": int(current.size),
-                "files": [added_name, removed_name],
+                "files": [f[0] for f in files],
             }
             state = tx.manifest["syncs"][name]
             state["run"] = run
@@ -237,6 +245,13 @@ def run_job(
             state["runs"] = [*state["runs"], entry][-RUNS_KEPT:]
             tx.commit()
             committed = True
+        except (OSError, duckdb.Error) as exc:
+            # a full disk, a directory made read-only: the job stays as it was
+            reason = " ".join(str(exc).split())
+            raise SyncWriteError(
+                f"sync job {name!r}: run {run} failed and was not committed ({reason}); "
+                f"fix the cause and run it again: it writes run {run} again"
+            ) from exc
         finally:
             if not committed and not committed_on_disk(session, name, run):
                 for path in published:
