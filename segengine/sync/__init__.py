@@ -14,10 +14,12 @@ session; `segengine.api.Workspace.sync_*` is the public entry.
 
 from __future__ import annotations
 
-from .jobs import JobNotFound, create_job, delete_job, list_jobs, reset_job, show_job
+from ..errors import JobExists, JobNotFound
+from .jobs import create_job, delete_job, list_jobs, reset_job, show_job
 from .run import SyncRunResult, SyncWriteError, run_job
 
 __all__ = [
+    "JobExists",
     "JobNotFound",
     "SyncRunResult",
     "SyncWriteError",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..definition.validate import NAME_RE
-from ..errors import InputError
+from ..errors import InputError, JobExists, JobNotFound
 from ..export.options import FORMATS, parse_columns
 from ..store.manifest import SyncJob, SyncMembers
 from ..store.workspace import SYNCS_DIR, Snapshot, Transaction
@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 RUNS_KEPT = 100
 #: ids at or above this need the 64-bit bitmap
 WIDE = 2**32
-
-
-class JobNotFound(InputError):
-    """A sync job name that is not saved."""
 
 
 def job_files(name: str) -> re.Pattern[str]:
@@ -118,7 +114,7 @@ def create_job(
     with session.store.transaction() as tx:
         snap = tx.base
         if name in jobs_of(snap):
-            raise InputError(
+            raise JobExists(
                 f"sync job {name!r} exists: `segengine sync reset {name}` starts it again from "
                 f"nothing, `segengine sync delete {name}` removes it"
             )

@@ -38,6 +38,8 @@ import duckdb
 import numpy as np
 from pyroaring import BitMap64
 
+from ..definition.nodes import Group, Segment
+from ..definition.parse import parse_definition
 from ..errors import InputError, SegengineError
 from ..export.cells import cell
 from ..export.file import copy_options, optional_columns, run_with_progress
@@ -70,6 +72,10 @@ REASON_SQL = (
 
 class SyncWriteError(SegengineError):
     """A run could not write its files or commit (a full disk, say): nothing was committed."""
+
+
+#: a member is an active contact, as an export writes only those
+ACTIVE = {"field": "status", "op": "is", "value": "active"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,18 +131,16 @@ def check_runnable(session: Session, name: str, job: SyncJob, snap: Snapshot) ->
     return directory
 
 
-def active_members(con: duckdb.DuckDBPyConnection, ids: np.ndarray) -> np.ndarray:
-    """The active contacts among `ids`, sorted."""
-    view = f"sync_matched_{uuid.uuid4().hex[:12]}"
-    con.register(view, ids_table(ids))
-    try:
-        found = con.execute(
-            f"SELECT c.contact_id FROM contacts c SEMI JOIN {view} m ON c.contact_id = m.contact_id "
-            "WHERE c.status = 'active' ORDER BY c.contact_id"
-        ).fetchnumpy()["contact_id"]
-    finally:
-        con.unregister(view)
-    return np.asarray(found, dtype=np.int64)
+def active_members(session: Session, name: str, segments: list[str], day: dt.date,
+                   snap: Snapshot) -> np.ndarray:
+    """The active contacts of the union of `segments`, sorted: one evaluation of
+    (any of the segments) and (status is active), so the engine intersects the status
+    with the union itself (on the engagement index: two bitmaps)."""
+    roots = session.roots(segments, snap)
+    active = parse_definition({"name": "active", "rules": [ACTIVE]}, snap.schema).root.rules
+    union = Group(match="any", rules=tuple(roots))
+    members = Segment(name=f"sync-{name}", root=Group(match="all", rules=(union, *active)))
+    return np.asarray(session.contact_ids([members], as_of=day, snapshot=snap), dtype=np.int64)
 
 
 def publish(con: duckdb.DuckDBPyConnection, select: str, fmt: str, target: Path, scratch: str,
@@ -206,9 +210,8 @@ def run_job(
         for leftover in temp_dirs(directory, name):
             shutil.rmtree(leftover, ignore_errors=True)
         with progress.task("matching contacts"):
-            ids = session.contact_ids(job["segments"], as_of=day, snapshot=snap)
+            current = active_members(session, name, job["segments"], day, snap)
         con = quiet(session.connection(snap))
-        current = active_members(con, ids)
         previous = load_members(tx.root, job["members"])
         now, added, removed = changes(previous, current)
         files = change_files(name, run, job, snap, added, removed)
@@ -221,10 +224,13 @@ def run_job(
                 target = directory / file_name
                 published.append(target)
                 view = f"sync_rows_{uuid.uuid4().hex[:12]}"
+                # no rows: a constant-false filter writes the header (or the Parquet schema)
+                # without scanning the contacts
+                rows_of = f"SEMI JOIN {view} m ON c.contact_id = m.contact_id" if rows.size else "WHERE false"
                 con.register(view, ids_table(rows))
                 try:
-                    publish(con, f"SELECT {columns} FROM contacts c SEMI JOIN {view} m "
-                            'ON c.contact_id = m.contact_id ORDER BY c.email COLLATE "binary"',
+                    publish(con, f"SELECT {columns} FROM contacts c {rows_of} "
+                            'ORDER BY c.email COLLATE "binary"',
                             fmt, target, f".{name}.{run:06d}.{uuid.uuid4().hex[:12]}.tmp", progress)
                 finally:
                     con.unregister(view)
