@@ -310,3 +310,27 @@ def test_cli_bad_input_is_one_line_and_exit_2(filled, out, tmp_path, args, messa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert (filled.path / "manifest.json").read_bytes() == before
+
+
+def test_a_failed_commit_removes_the_runs_files(filled, out, monkeypatch):
+    """A commit that fails (its manifest cannot be written) leaves the job as it was and
+    no file of the failed run in the directory."""
+    import errno
+
+    from segengine.store.workspace import Transaction
+    from segengine.sync import SyncWriteError
+
+    filled.sync_create("crm", "ca", to=out)
+    filled.sync_run("crm")
+    before = (filled.path / "manifest.json").read_bytes()
+
+    def full_disk(self, progress=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Transaction, "commit", full_disk)
+    with pytest.raises(SyncWriteError, match=r"run 2 failed and was not committed \(.*No space left"):
+        filled.sync_run("crm")
+    monkeypatch.undo()
+    assert (filled.path / "manifest.json").read_bytes() == before
+    assert sorted(os.listdir(out)) == ["crm.000001.added.csv", "crm.000001.removed.csv"]
+    assert filled.sync_run("crm").run == 2

@@ -355,3 +355,25 @@ def test_a_full_disk_leaves_the_job_as_it_was(tmp_path):
         again = ws.sync_run(JOB)
         assert (again.run, again.added, again.removed, again.full) == (2, first.added, 0, True)
         assert Path(again.files[0]).read_bytes() == Path(first.files[0]).read_bytes()
+
+
+def test_an_interrupted_run_is_replaced_by_the_next_with_the_changes_since(big, tmp_path):
+    """Killed after both files of run 2 were in place but before its commit; the data
+    changes; the next run is run 2 again, its files replaced with the new changes."""
+    work = tmp_path / "ws"
+    shutil.copytree(big, work)
+    out = tmp_path / "out"
+    out.mkdir()
+    ws = segengine.open(work)
+    ws.sync_create(JOB, "audience", to=out)
+    ws.sync_run(JOB)
+    rng = random.Random(3)
+    change_membership(ws, rng, 1, tmp_path)
+    run_and_kill(work, out, ("point", "sync:removed-written"))
+    interrupted = (out / f"{JOB}.000002.removed.csv").read_bytes()
+    assert check(work, out, after_run=False) == 1
+    change_membership(segengine.open(work), rng, 2, tmp_path)
+    again = segengine.open(work).sync_run(JOB)
+    assert again.run == 2 and not again.full
+    assert (out / f"{JOB}.000002.removed.csv").read_bytes() != interrupted
+    assert check(work, out, after_run=True) == 2

@@ -207,8 +207,6 @@ def run_job(
         job = find_job(snap, name)
         directory = check_runnable(session, name, job, snap)
         run = job["run"] + 1
-        for leftover in temp_dirs(directory, name):
-            shutil.rmtree(leftover, ignore_errors=True)
         with progress.task("matching contacts"):
             current = active_members(session, name, job["segments"], day, snap)
         con = quiet(session.connection(snap))
@@ -218,6 +216,8 @@ def run_job(
         published: list[Path] = []
         committed = False
         try:
+            for leftover in temp_dirs(directory, name):
+                shutil.rmtree(leftover, ignore_errors=True)
             members = write_members(tx, name, now)
             crash_point("sync:members-written")
             for file_name, fmt, rows, columns in files:
