@@ -334,3 +334,17 @@ def test_a_failed_commit_removes_the_runs_files(filled, out, monkeypatch):
     assert (filled.path / "manifest.json").read_bytes() == before
     assert sorted(os.listdir(out)) == ["crm.000001.added.csv", "crm.000001.removed.csv"]
     assert filled.sync_run("crm").run == 2
+
+
+def test_the_benchmark_section_survives_a_rewrite_of_the_results(tmp_path, monkeypatch):
+    import benchmarks.sync as bench
+    from benchmarks.report import kept_sections
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# segengine benchmarks\n\n## 1m\n\nold\n\n## How it is measured\n\nsteps\n")
+    monkeypatch.setattr(bench, "RESULTS", results)
+    bench.write_section("| run | sync |\n")
+    bench.write_section("| run | sync, again |\n")  # replaced, not added twice
+    (section,) = kept_sections(results.read_text())
+    assert section.startswith(bench.BEGIN) and "again" in section
+    assert results.read_text().index(bench.END) < results.read_text().index("## How it is measured")
