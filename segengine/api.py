@@ -364,6 +364,63 @@ class Workspace:
         self._after_write()
         return result
 
+    # --- sync jobs (docs/sync.md) -------------------------------------------------------
+
+    def sync_create(
+        self,
+        job: str,
+        *segments: str,
+        to: str | os.PathLike[str],
+        format: str | None = None,  # noqa: A002 - the `--format` option's name
+        columns: str | Iterable[str] | None = None,
+        raw: bool = False,
+    ) -> dict[str, Any]:
+        """Save sync job `job`: the active contacts of `segments` (saved names or definition
+        files), exported to the directory `to` as changes since the previous run."""
+        from .sync import create_job
+
+        cols = columns if columns is None or isinstance(columns, str) else list(columns)
+        result = create_job(self.session, job, list(segments), to, fmt=format, columns=cols, raw=raw)
+        self._after_write()
+        return result
+
+    def sync_run(self, job: str, *, as_of: str | dt.date | None = None,
+                 progress: Progress | None = None):
+        """Run sync job `job`: a `SyncRunResult` (``.as_dict()`` is the ``--json`` document)."""
+        from .sync import run_job
+
+        result = run_job(self.session, job, as_of=as_of, progress=progress)
+        self._after_write()
+        return result
+
+    def sync_jobs(self) -> list[dict[str, Any]]:
+        """The sync jobs, by name: definition, last committed run and members."""
+        from .sync import list_jobs
+
+        return list_jobs(self.session)
+
+    def sync_show(self, job: str) -> dict[str, Any]:
+        """One sync job with the history of its latest runs."""
+        from .sync import show_job
+
+        return show_job(self.session, job)
+
+    def sync_reset(self, job: str) -> dict[str, Any]:
+        """Make the job's next run start from nothing (export every member again)."""
+        from .sync import reset_job
+
+        result = reset_job(self.session, job)
+        self._after_write()
+        return result
+
+    def sync_delete(self, job: str) -> dict[str, Any]:
+        """Delete the job; the files it wrote stay where they are."""
+        from .sync import delete_job
+
+        result = delete_job(self.session, job)
+        self._after_write()
+        return result
+
 
     # --- splits and priorities ---------------------------------------------------------
 

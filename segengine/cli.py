@@ -959,6 +959,149 @@ def split(ctx, segments, groups, seed, prefix, as_of, engine, as_json) -> None:
             click.echo("saved segments: " + ", ".join(result["saved"]))
 
     emit(result, as_json, human)
+# --- sync jobs (docs/sync.md) ------------------------------------------------------
+
+
+@main.group(cls=Cli)
+def sync() -> None:
+    """Sync jobs: export the changes of segments since the previous run (docs/sync.md).
+
+    A run writes JOB.NNNNNN.added.csv (or .parquet) and JOB.NNNNNN.removed.csv in the
+    job's directory, then commits; after a crash the next run repeats or goes on from
+    the interrupted one, so every change is in exactly one committed run.
+
+    Example: segengine sync create crm --segment newsletter --to /srv/exports
+    """
+
+
+@sync.command(name="create")
+@click.argument("job")
+@click.option("--segment", "segments", multiple=True, required=True, metavar="SEG",
+              help="A saved segment (or definition file) to sync; repeat for several (their union).")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False),
+              help="The existing directory, outside the workspace, that runs write to.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True, help="The added file's format (the removed file is CSV).")
+@click.option("--columns", metavar="A,B,...",
+              help="Fields of the added file (default: email, then the custom fields now).")
+@click.option("--raw", is_flag=True,
+              help="CSV: no leading ' on cells that look like formulas (for programs).")
+@json_option
+@click.pass_context
+def sync_create(ctx, job, segments, to, fmt, columns, raw, as_json) -> None:
+    """Save sync job JOB over the active contacts of the segments.
+
+    The columns are fixed now, so every run's added file has the same ones. The
+    first run exports every member; `sync reset` makes the next run do so again.
+
+    Example: segengine sync create crm --segment newsletter --segment ca-ctos --to /srv/exports --format parquet
+    """
+    result = workspace(ctx).sync_create(job, *segments, to=to, format=fmt, columns=columns, raw=raw)
+    emit(result, as_json, lambda: click.echo(
+        f"created sync job {job}: {', '.join(result['segments'])} -> {result['to']} "
+        f"({result['format']}, columns {','.join(result['columns'])})"))
+
+
+@sync.command(name="run")
+@click.argument("job")
+@as_of_option
+@json_option
+@click.pass_context
+def sync_run(ctx, job, as_of, as_json) -> None:
+    """Write the changes since JOB's previous run, then commit the run.
+
+    Writes JOB.NNNNNN.added.csv (or .parquet: who became a member) and
+    JOB.NNNNNN.removed.csv (email, reason: who stopped being one), both ordered by
+    email, both even when empty. Exit 2, changing nothing, when a segment or the
+    directory of the job no longer exists.
+
+    Example: segengine sync run crm --json
+    """
+    result = workspace(ctx).sync_run(job, as_of=as_of, progress=progress())
+
+    def human() -> None:
+        kind = " (full: from nothing)" if result.full else ""
+        click.echo(f"sync {job} run {result.run}{kind}: {result.added:,} added, "
+                   f"{result.removed:,} removed, {result.members:,} members")
+        for path in result.files:
+            click.echo(f"  {path}")
+
+    emit(result.as_dict(), as_json, human)
+
+
+@sync.command(name="list")
+@json_option
+@click.pass_context
+def sync_list(ctx, as_json) -> None:
+    """List the sync jobs with their last committed run and members.
+
+    Example: segengine sync list --json
+    """
+    jobs = workspace(ctx).sync_jobs()
+
+    def human() -> None:
+        if not jobs:
+            click.echo("no sync jobs")
+            return
+        table(None, ["job", "segments", "to", "format", "run", "last run (UTC)", "members"],
+              [[j["job"], ", ".join(j["segments"]), j["to"], j["format"], j["run"],
+                j["last_run_at"] or "-", "-" if j["members"] is None else j["members"]]
+               for j in jobs])
+
+    emit({"jobs": jobs}, as_json, human)
+
+
+@sync.command(name="show")
+@click.argument("job")
+@json_option
+@click.pass_context
+def sync_show(ctx, job, as_json) -> None:
+    """Show sync job JOB and its latest committed runs.
+
+    Example: segengine sync show crm
+    """
+    data = workspace(ctx).sync_show(job)
+
+    def human() -> None:
+        click.echo(f"sync job {job}: {', '.join(data['segments'])} -> {data['to']} "
+                   f"({data['format']}, columns {','.join(data['columns'])})")
+        click.echo(f"committed run: {data['run'] or 'none yet'}"
+                   + ("; the next run starts from nothing" if data["next_run_full"] else ""))
+        if data["runs"]:
+            table("runs", ["run", "committed (UTC)", "as of", "full", "added", "removed", "members"],
+                  [[r["run"], r["committed_at"], r["as_of"], "yes" if r["full"] else "",
+                    r["added"], r["removed"], r["members"]] for r in data["runs"]])
+
+    emit(data, as_json, human)
+
+
+@sync.command(name="reset")
+@click.argument("job")
+@json_option
+@click.pass_context
+def sync_reset(ctx, job, as_json) -> None:
+    """Make JOB's next run start from nothing: it exports every member again.
+
+    Run numbers go on; the next run's added file holds every member and its removed
+    file is empty, so a consumer rebuilds its copy from that run.
+
+    Example: segengine sync reset crm
+    """
+    result = workspace(ctx).sync_reset(job)
+    emit(result, as_json, f"sync job {job}: the next run (run {result['run'] + 1}) starts from nothing")
+
+
+@sync.command(name="delete")
+@click.argument("job")
+@json_option
+@click.pass_context
+def sync_delete(ctx, job, as_json) -> None:
+    """Delete sync job JOB; the files its runs wrote stay in its directory.
+
+    Example: segengine sync delete crm
+    """
+    result = workspace(ctx).sync_delete(job)
+    emit(result, as_json, f"deleted sync job {job} ({result['runs']} runs; its files stay in {result['to']})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,3 +70,11 @@ class SegmentNotFound(DefinitionError):
 
 class ReferenceCycle(DefinitionError):
     """Saved segments that reference each other in a loop."""
+
+
+class JobNotFound(InputError):
+    """A sync job name that is not saved (docs/sync.md)."""
+
+
+class JobExists(InputError):
+    """Creating a sync job under a name that is taken."""

@@ -123,6 +123,8 @@ def cycle_in(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("command line", ("segengine.cli", "segengine.__main__")),
     ("api", ("segengine", "segengine.api", "segengine.demo")),
+    # jobs built from operations: a sync run writes its files with the export's rules
+    ("jobs", ("segengine.sync",)),
     ("operations", ("segengine.export", "segengine.unsubscribe", "segengine.history",
                     "segengine.send", "segengine.explain", "segengine.splits")),
     ("session", ("segengine.session",)),

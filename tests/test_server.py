@@ -404,3 +404,50 @@ def test_saving_a_segment_keeps_the_engines_warm(ws_path: Path, tmp_path: Path) 
     assert ws.session.engine("auto") is not engine
     after = ws.count("kept-warm", as_of=AS_OF)
     assert after["total"] == before["total"] - 1
+# --- sync jobs -----------------------------------------------------------------------------
+
+
+def test_sync_jobs_routes(client: TestClient, ws_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    created = client.post("/api/sync", json={"job": "crm", "segments": ["never-opened", "state-ca"],
+                                             "to": str(out), "columns": ["email", "state"]})
+    assert created.status_code == 200, created.text
+    assert created.json()["columns"] == ["email", "state"] and created.json()["run"] == 0
+    assert [j["job"] for j in client.get("/api/sync").json()["jobs"]] == ["crm"]
+    run = client.post("/api/sync/crm/run", json={"as_of": AS_OF})
+    assert run.status_code == 200, run.text
+    expected = segengine.open(ws_path).count("never-opened", "state-ca", as_of=AS_OF)["sendable"]
+    assert run.json() == {"job": "crm", "run": 1, "added": expected, "removed": 0, "members": expected,
+                          "files": [str(out / "crm.000001.added.csv"), str(out / "crm.000001.removed.csv")],
+                          "full": True, "as_of": AS_OF}
+    assert len((out / "crm.000001.added.csv").read_text().splitlines()) == expected + 1
+    again = client.post("/api/sync/crm/run", json={})
+    assert again.json()["run"] == 2 and again.json()["added"] == again.json()["removed"] == 0
+    assert [r["run"] for r in client.get("/api/sync/crm").json()["runs"]] == [1, 2]
+
+
+def test_sync_jobs_route_errors(client: TestClient, ws_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    job = {"job": "crm", "segments": ["never-opened"], "to": str(out)}
+    assert client.post("/api/sync", json=job).status_code == 200
+    errors_of(client.post("/api/sync", json=job), 409)
+    errors_of(client.get("/api/sync/nope"), 404)
+    errors_of(client.post("/api/sync/nope/run", json={}), 404)
+    assert errors_of(client.get("/api/sync/Bad.Name"), 400)[0]["location"] == "job"
+    assert errors_of(client.post("/api/sync", json={**job, "job": "x", "segments": ["no-such"]}),
+                     404)[0]["location"] == "segments[0]"
+    errors_of(client.post("/api/sync", json={**job, "job": "x", "to": str(ws_path / "data")}), 400)
+    errors_of(client.post("/api/sync", json={**job, "job": "x", "format": "xlsx"}), 400)
+    assert errors_of(client.post("/api/sync/crm/run", json={"as_of": "2026-13-01"}),
+                     400)[0]["location"] == "as_of"
+    store = segengine.open(ws_path).store
+    with store.lock():
+        errors_of(client.post("/api/sync/crm/run", json={}), 503)
+        assert client.get("/api/sync/crm").status_code == 200  # reads are never refused
+    assert client.delete("/api/segments/never-opened").status_code == 200
+    before = (ws_path / "manifest.json").read_bytes()
+    message = errors_of(client.post("/api/sync/crm/run", json={}), 400)[0]["message"]
+    assert "segment 'never-opened' no longer exists" in message
+    assert (ws_path / "manifest.json").read_bytes() == before and os.listdir(out) == []

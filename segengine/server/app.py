@@ -5,7 +5,9 @@ of about a kilobyte, read per request), so a commit by another process is visibl
 the next request; the session keeps engines warm per snapshot. Evaluation runs in the
 thread pool, never on the event loop, several at a time: the hot routes hop to it once per
 request (FastAPI's plain ``def`` routes would hop for the body and the response as well). The
-writers' lock is held only inside a segment's ``PUT`` or ``DELETE``.
+writers' lock is held only inside a segment's ``PUT`` or ``DELETE`` and a sync job's create
+or run; a sync run evaluates on a session of its own, so other requests are answered while it
+writes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from ..definition.validate import OPERATORS
 from ..errors import (
     DefinitionError,
     InputError,
+    JobExists,
+    JobNotFound,
     ReferenceCycle,
     SegengineError,
     SegmentNotFound,
@@ -132,6 +136,19 @@ class SplitRequest(Evaluate):
         description="'a=45,b=45,holdout=10' or [{name, percent}, ...], in bucket order")
     seed: str | None = Field(None, description="default: the segments' names joined with +")
     save: str | None = Field(None, description="save one segment per group, named SAVE-NAME")
+class SyncCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job: str
+    segments: list[str] = Field(min_length=1, description="saved segment names; several mean their union")
+    to: str = Field(description="an existing directory on the server, outside the workspace")
+    format: Literal["csv", "parquet"] = "csv"
+    columns: list[str] | None = None
+    raw: bool = False
+
+
+class SyncRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    as_of: str | None = Field(None, description="YYYY-MM-DD (UTC); default today")
 
 
 # --- the workspace behind the routes -----------------------------------------------------
@@ -185,9 +202,9 @@ def inline(item: SegmentItem) -> SegmentItem:
 
 
 def status_of(exc: SegengineError) -> int:
-    if isinstance(exc, ReferenceCycle):
+    if isinstance(exc, ReferenceCycle | JobExists):
         return 409
-    if isinstance(exc, SegmentNotFound):
+    if isinstance(exc, SegmentNotFound | JobNotFound):
         return 404
     if isinstance(exc, WorkspaceBusy):
         return 503
@@ -545,6 +562,44 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     async def split(body: SplitRequest) -> JSONResponse:
         """The `split --json` document: the union cut into groups by bucket number."""
         return JSONResponse(await run_in_threadpool(split_now, body))
+    # --- sync jobs (docs/sync.md) -------------------------------------------------------
+
+    def checked_job(name: str) -> str:
+        if not SEGMENT_NAME_RE.match(name):
+            raise error(400, "job", f"{name!r} is not a sync job name: use [a-z0-9][a-z0-9_-]{{0,63}}")
+        return name
+
+    @app.get("/api/sync", tags=["sync jobs"])
+    def list_sync_jobs() -> dict[str, Any]:
+        """The sync jobs with their last committed run (as `sync list --json`)."""
+        with evaluating():
+            return {"jobs": served.ws.sync_jobs()}
+
+    @app.get("/api/sync/{job}", tags=["sync jobs"])
+    def show_sync_job(job: str) -> dict[str, Any]:
+        """One sync job and its latest committed runs (as `sync show --json`)."""
+        checked_job(job)
+        with evaluating():
+            return served.ws.sync_show(job)
+
+    @app.post("/api/sync", tags=["sync jobs"])
+    def create_sync_job(body: SyncCreate) -> dict[str, Any]:
+        """Save a sync job over saved segments (as `sync create --json`); a taken name is a 409."""
+        checked_job(body.job)
+        snap = served.ws.snapshot()
+        for i, name in enumerate(body.segments):
+            if name not in snap.segments:  # never a definition file of the server's directory
+                raise error(404, f"segments[{i}]", f"no saved segment {name!r}")
+        return Workspace(served.ws.path).sync_create(
+            body.job, *body.segments, to=body.to, format=body.format, columns=body.columns, raw=body.raw)
+
+    @app.post("/api/sync/{job}/run", tags=["sync jobs"])
+    def run_sync_job(job: str, body: SyncRun | None = None) -> dict[str, Any]:
+        """Run the job (as `sync run --json`); a busy workspace is a 503, a job whose segments
+        or directory are gone a 400, and nothing changes then."""
+        checked_job(job)
+        # a session of its own: the served one stays free for counts during the run
+        return Workspace(served.ws.path).sync_run(job, as_of=body.as_of if body else None).as_dict()
 
     # --- the page ----------------------------------------------------------------------
 

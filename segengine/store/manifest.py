@@ -33,6 +33,47 @@ class Counts(TypedDict):
     events: int
 
 
+class SyncMembers(TypedDict):
+    """The members of a sync job's last committed run: a serialised Roaring bitmap of
+    contact ids (ids are never reused or changed, so the set is exact across imports)."""
+
+    path: str  # workspace-relative, under ``syncs/``
+    kind: str  # "roaring32" (every id below 2**32) or "roaring64"
+    count: int
+
+
+class SyncRunEntry(TypedDict):
+    """One committed run of a sync job."""
+
+    run: int
+    committed_at: str
+    as_of: str
+    #: the run started from nothing (the first run, or the first after a reset)
+    full: bool
+    added: int
+    removed: int
+    members: int
+    files: list[str]
+
+
+class SyncJob(TypedDict):
+    """A sync job (segengine/sync/): what it exports, where, and its committed state."""
+
+    #: saved segment names, or absolute paths of definition files
+    segments: list[str]
+    to: str
+    format: str
+    columns: list[str]
+    raw: bool
+    created_at: str
+    #: the last committed run number (0: none yet)
+    run: int
+    #: None: the next run starts from nothing
+    members: SyncMembers | None
+    #: the latest committed runs, oldest first
+    runs: list[SyncRunEntry]
+
+
 class Manifest(TypedDict):
     """``manifest.json``: one committed version of the workspace."""
 
@@ -49,6 +90,8 @@ class Manifest(TypedDict):
     segments: dict[str, dict]
     next_contact_id: int
     index: IndexEntry | None
+    #: sync jobs by name (segengine/sync/); absent until the first one
+    syncs: NotRequired[dict[str, SyncJob]]
     counts: Counts
 
 

@@ -6,6 +6,7 @@ Layout of a workspace directory::
     manifest.json      the committed state: table files, fields, segments, index
     data/              immutable Parquet files (contacts, events), never modified in place
     index/             immutable engagement-index files
+    syncs/             member sets of sync jobs' committed runs
     rejects/           reject reports of imports (not part of the committed state)
     .lock              writers hold an exclusive flock on it
 
@@ -47,6 +48,8 @@ LOCK = ".lock"
 DATA_DIR = "data"
 INDEX_DIR = "index"
 REJECTS_DIR = "rejects"
+#: the member sets of sync jobs' committed runs (segengine/sync/)
+SYNCS_DIR = "syncs"
 STAGING_DIR = ".staging"
 
 
@@ -288,12 +291,15 @@ class Store:
             index = manifest.get("index") or {}
             if index.get("path"):
                 refs.add(index["path"])
+            for job in (manifest.get("syncs") or {}).values():
+                if job.get("members"):
+                    refs.add(job["members"]["path"])
         return refs
 
     def _collect_garbage(self) -> None:
         """Delete files of aborted or superseded writes. Called with the lock held."""
         refs = self._referenced()
-        for directory in (DATA_DIR, INDEX_DIR):
+        for directory in (DATA_DIR, INDEX_DIR, SYNCS_DIR):
             base = self.root / directory
             if not base.exists():
                 continue
