@@ -353,12 +353,19 @@ def test_real_server_keeps_the_token_out_of_its_log(ws_path: Path) -> None:
     assert "tok-123456" not in proc.stdout.read()
 
 
-def test_rewriting_results_keeps_the_serve_section() -> None:
-    from benchmarks.report import kept_sections
-    from benchmarks.serve import MARK_END, MARK_START
+def test_rewriting_results_keeps_the_serve_section(tmp_path: Path) -> None:
+    from benchmarks.report import kept_sections, write_scale_section
 
-    text = f"# segengine benchmarks\n\n## 1m\n\nold\n\n{MARK_START}\n## serve\n| a |\n{MARK_END}\n"
-    assert kept_sections(text) == [f"{MARK_START}\n## serve\n| a |\n{MARK_END}\n"]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# segengine benchmarks\n\n## 1m\n\nold\n")
+    write_scale_section("serve benchmark", "serve", 10_000_000, ["| ten |"], results)
+    write_scale_section("serve benchmark", "serve", 1_000_000, ["| one |"], results)
+    write_scale_section("serve benchmark", "serve", 1_000_000, ["| one again |"], results)
+    text = results.read_text()
+    assert text.startswith("# segengine benchmarks\n\n## 1m\n\nold\n")
+    (section,) = kept_sections(text)
+    assert section == ("<!-- serve benchmark -->\n## serve\n\n### At 1,000,000 contacts\n\n| one again |\n\n"
+                       "### At 10,000,000 contacts\n\n| ten |\n<!-- /serve benchmark -->\n")
     assert kept_sections("# nothing marked\n") == []
 
 
