@@ -107,5 +107,8 @@ def ids_table(contact_ids: Iterable[int] | np.ndarray | pa.Array) -> pa.Table:
     if isinstance(contact_ids, pa.ChunkedArray | pa.Array):
         array = contact_ids.cast(pa.int64())
     else:
-        array = pa.array(np.asarray(contact_ids, dtype=np.int64).reshape(-1), pa.int64())
-    return pa.table({"contact_id": array})
+        # Wrapping the buffer copies nothing, and does not import pandas: pyarrow's NumPy
+        # path for ``pa.array(ndarray)`` does, about 0.7 s of an export's start.
+        values = np.ascontiguousarray(np.asarray(contact_ids, dtype=np.int64).reshape(-1))
+        array = pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+    return pa.Table.from_arrays([array], names=["contact_id"])
