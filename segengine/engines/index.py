@@ -19,11 +19,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyroaring import BitMap
 
 from ..definition.lower import (
@@ -47,6 +45,9 @@ from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Rows = BitMap | np.ndarray
 
@@ -198,13 +199,44 @@ def in_range(days: np.ndarray, low: int | None, high: int | None) -> np.ndarray:
 
 # --- field rules ------------------------------------------------------------------
 
+def compute() -> Any:
+    """pyarrow.compute, imported by the first text or URL test: a count of behaviour,
+    lists, statuses, numbers or dates never loads PyArrow."""
+    import pyarrow.compute as pc
+
+    return pc
+
+
+def text_in(d: pa.Array, v: tuple) -> pa.Array:
+    import pyarrow as pa
+
+    return compute().is_in(d, value_set=pa.array(list(v), pa.string()))
+
+
+#: The same operators on a dictionary as Python text (exact alike: a substring of UTF-8
+#: bytes is a substring of code points), for the small dictionaries stored as JSON.
+WORD_TESTS: dict[str, Callable[[str, tuple], bool]] = {
+    "is": lambda w, v: w == v[0],
+    "contains": lambda w, v: v[0] in w,
+    "starts_with": lambda w, v: w.startswith(v[0]),
+    "ends_with": lambda w, v: w.endswith(v[0]),
+    "in": lambda w, v: w in v,
+}
+
+
+def word_hits(words: list[str], op: str, values: tuple) -> np.ndarray:
+    """Per dictionary entry, whether it passes the text operator."""
+    test = WORD_TESTS[op]
+    return np.fromiter((test(w, values) for w in words), dtype=bool, count=len(words))
+
+
 #: Positive text operators, on the lower-cased dictionary (values are lower-cased).
 TEXT_OPS: dict[str, Callable[[pa.Array, tuple], pa.Array]] = {
-    "is": lambda d, v: pc.equal(d, v[0]),
-    "contains": lambda d, v: pc.match_substring(d, v[0]),
-    "starts_with": lambda d, v: pc.starts_with(d, v[0]),
-    "ends_with": lambda d, v: pc.ends_with(d, v[0]),
-    "in": lambda d, v: pc.is_in(d, value_set=pa.array(list(v), pa.string())),
+    "is": lambda d, v: compute().equal(d, v[0]),
+    "contains": lambda d, v: compute().match_substring(d, v[0]),
+    "starts_with": lambda d, v: compute().starts_with(d, v[0]),
+    "ends_with": lambda d, v: compute().ends_with(d, v[0]),
+    "in": text_in,
 }
 
 NUMBER_OPS: dict[str, Callable[[np.ndarray, tuple], np.ndarray]] = {
@@ -320,7 +352,8 @@ class Evaluator(Visitor[Rows]):
 
     def present(self, column: FieldColumn) -> Rows:
         if column.type is FieldType.TEXT:
-            empty = len(column.lower)
+            words = column.words  # the JSON copy, when small: no PyArrow for its length
+            empty = len(words) if words is not None else len(column.lower)
             if column.value_bitmaps:
                 return complement(self.value_bitmap(column, empty), self.n)
             return np.asarray(column.arrays["codes"]) != empty
@@ -352,8 +385,12 @@ class Evaluator(Visitor[Rows]):
         A field with per-value bitmaps answers with the union of the matching values'
         bitmaps; a high-cardinality one with a pass over its codes.
         """
-        hits = TEXT_OPS[op](column.lower, value)
-        hits = pc.fill_null(hits, False).to_numpy(zero_copy_only=False)
+        words = column.words
+        if words is not None:
+            hits = word_hits(words, op, value)
+        else:
+            hits = TEXT_OPS[op](column.lower, value)
+            hits = compute().fill_null(hits, False).to_numpy(zero_copy_only=False)
         matching = np.flatnonzero(hits)
         if column.value_bitmaps:
             return union_all([self.value_bitmap(column, int(code)) for code in matching])
@@ -550,7 +587,11 @@ class Evaluator(Visitor[Rows]):
 
     def url_hits(self, url_contains: str) -> np.ndarray:
         """Per URL code, whether it contains `url_contains` (tested on the dictionary)."""
+        words = self.index.url_words()
+        if words is not None:
+            return word_hits(words, "contains", (url_contains.lower(),))
         urls = self.index.urls()
+        pc = compute()
         hits = pc.fill_null(pc.match_substring(urls, url_contains.lower()), False)
         return hits.to_numpy(zero_copy_only=False)
 
