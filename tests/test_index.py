@@ -92,8 +92,10 @@ def test_index_matches_reference_and_duckdb(ws, data, value_bitmaps, build, tmp_
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     with pytest.MonkeyPatch.context() as patch:
-        if not value_bitmaps:
+        if not value_bitmaps:  # and no JSON dictionaries: the Arrow text path too
             patch.setattr(store_index.contacts, "VALUE_BITMAPS_MAX", 0)
+            patch.setattr(store_index.contacts, "WORDS_MAX", -1)
+            patch.setattr(store_index.events, "WORDS_MAX", -1)
         if build == "full" or not tables.events:
             engine = index_engine(tables, directory / "index")
         else:

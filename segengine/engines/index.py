@@ -267,6 +267,95 @@ def count_in(low: int, high: int | None) -> Callable[[np.ndarray], np.ndarray]:
     return lambda n: (n >= low) & (n <= high)
 
 
+#: How many cumulative counts `CountMarks` keeps per event type: a window's count then
+#: reads at most 2/MARKS of the type's events besides two per-contact arrays.
+MARKS = 16
+
+
+@dataclass
+class CountMarks:
+    """Per-contact counts of one event type's events before each of a few days.
+
+    The days split the type's events into MARKS runs of about equal size, so the count
+    before any day is the mark at or before it plus the events of at most one run.
+    """
+
+    n: int
+    slices: list[tuple[np.ndarray, np.ndarray]]  # per block: rows, days (sorted by day)
+    days: np.ndarray  # the mark days, ascending
+    counts: list[np.ndarray]  # counts[i]: per row, events on days < days[i]
+    last_day: int | None
+
+    @classmethod
+    def build(cls, n: int, slices: list[tuple[np.ndarray, np.ndarray]]) -> CountMarks:
+        every = np.concatenate([np.asarray(d) for _, d in slices]) if slices else np.zeros(0, np.int32)
+        if len(every) == 0:
+            return cls(n, slices, np.zeros(0, np.int64), [], None)
+        ordered = np.sort(every)
+        picks = ordered[(np.arange(1, MARKS) * len(ordered)) // MARKS]
+        days = np.unique(picks.astype(np.int64))
+        counts, running, previous = [], np.zeros(n, np.int64), None
+        for day in days:
+            running = running + cls._between(n, slices, previous, int(day))
+            dtype = np.uint16 if running.max(initial=0) < 2**16 else np.uint32
+            counts.append(running.astype(dtype))
+            previous = int(day)
+        return cls(n, slices, days, counts, int(ordered[-1]))
+
+    @staticmethod
+    def _between(n: int, slices: list, low: int | None, high: int) -> np.ndarray:
+        """Per row, the events on days in [low, high) (low None: from the first)."""
+        parts = []
+        for rows, days in slices:
+            lo = 0 if low is None else int(np.searchsorted(days, day32(low), side="left"))
+            hi = int(np.searchsorted(days, day32(high), side="left"))
+            if hi > lo:
+                parts.append(np.asarray(rows[lo:hi]))
+        if not parts:
+            return np.zeros(n, np.int64)
+        return np.bincount(np.concatenate(parts), minlength=n)
+
+    def before(self, day: int) -> np.ndarray:
+        """Per row, the events on days before `day` (int64)."""
+        i = int(np.searchsorted(self.days, day, side="right")) - 1
+        if i < 0:
+            return self._between(self.n, self.slices, None, day)
+        mark = self.counts[i].astype(np.int64)
+        if int(self.days[i]) == day:
+            return mark
+        return mark + self._between(self.n, self.slices, int(self.days[i]), day)
+
+
+@dataclass
+class UrlCounts:
+    """Per click URL code, the rows that clicked it (sorted) and how many times."""
+
+    starts: np.ndarray  # starts[code]..starts[code + 1]: that URL's runs
+    rows: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def build(cls, blocks: list[tuple[np.ndarray, np.ndarray]]) -> UrlCounts:
+        rows = np.concatenate([np.asarray(r) for r, _ in blocks]) if blocks else np.zeros(0, np.uint32)
+        urls = np.concatenate([np.asarray(u) for _, u in blocks]) if blocks else np.zeros(0, np.int32)
+        has = urls >= 0
+        keys = np.sort((urls[has].astype(np.int64) << 32) | rows[has].astype(np.int64))
+        distinct, counts = runs(keys)
+        codes = distinct >> 32
+        size = int(codes[-1]) + 1 if len(codes) else 0
+        starts = np.searchsorted(codes, np.arange(size + 1))
+        return cls(starts, (distinct & 0xFFFFFFFF).astype(np.uint32), counts.astype(np.int64))
+
+    def of(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (row, count) runs of the URLs `codes` (a row repeats once per URL)."""
+        codes = codes[codes < len(self.starts) - 1]
+        spans = [(int(self.starts[c]), int(self.starts[c + 1])) for c in codes]
+        if not spans:
+            return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return (np.concatenate([self.rows[a:b] for a, b in spans]),
+                np.concatenate([self.counts[a:b] for a, b in spans]))
+
+
 @dataclass
 class Evaluator(Visitor[Rows]):
     """Evaluates lowered trees over one index at one `as_of`.
@@ -477,10 +566,73 @@ class Evaluator(Visitor[Rows]):
             if matched is not None:
                 return matched
             counts = self.counts_outside_window(etype, window)
+            if counts is None:
+                counts = self.window_counts(etype, window)
             if counts is not None:
                 return test(counts)
+        if campaigns is None and window == (None, None):  # a URL count, ever
+            return self.url_count_test(events.url_contains, test)
         rows = self.matching_rows(etype, campaigns, window, events.url_contains)
         return self.count_test(rows, test)
+
+    # --- per-contact count structures, derived once per loaded index ---------------------
+
+    def count_marks(self, etype: str) -> CountMarks:
+        """The cumulative per-contact counts of `etype` at MARKS days (built on first use)."""
+        key = ("count-marks", etype)
+        marks = self.index.derived.get(key)
+        if marks is None:
+            marks = self.index.derived[key] = CountMarks.build(self.n, self.type_slices(etype))
+        return marks
+
+    def type_slices(self, etype: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per event-store block, the (rows, days) of `etype`, sorted by day."""
+        return [(cols["rows"], cols["day"]) for cols, _, _ in self.window_slices(etype, (None, None))]
+
+    def window_counts(self, etype: str, window: tuple) -> np.ndarray | None:
+        """Per-row counts of `etype` in `window` as the difference of two cumulative counts.
+
+        Each is a stored mark plus the events between it and the bound (at most 1/MARKS
+        of the type's events), so no query counts the window's events one by one. None
+        when the window holds so few events that sorting them is cheaper.
+        """
+        slices = self.window_slices(etype, window)
+        inside = sum(hi - lo for _, lo, hi in slices)
+        if inside * SPARSE < self.n:
+            return None
+        low, high = window
+        marks = self.count_marks(etype)
+        before_high = (
+            np.asarray(self.index.count[self.type_code(etype)]).astype(np.int64)
+            if high is None or marks.last_day is None or high >= marks.last_day
+            else marks.before(high + 1)
+        )
+        return before_high if low is None else before_high - marks.before(low)
+
+    def url_counts(self) -> UrlCounts:
+        """Per click URL, the rows that clicked it and how often (built on first use)."""
+        counts = self.index.derived.get(("url-counts",))
+        if counts is None:
+            slices = self.window_slices("click", (None, None))
+            counts = UrlCounts.build([(c["rows"], c["url"]) for c, _, _ in slices])
+            self.index.derived[("url-counts",)] = counts
+        return counts
+
+    def url_count_test(self, url_contains: str, test: Callable[[np.ndarray], np.ndarray]) -> Rows:
+        """Contacts whose clicks on URLs containing `url_contains` pass `test`, from the
+        per-URL counts: the matching URLs' (row, count) runs, added up per row."""
+        codes = np.flatnonzero(self.url_hits(url_contains))
+        rows, counts = self.url_counts().of(codes)
+        if len(codes) > 1 and len(rows):
+            if len(rows) * SPARSE >= self.n:
+                return test(np.bincount(rows, weights=counts, minlength=self.n))
+            order = np.argsort(rows, kind="stable")
+            rows, counts = rows[order], counts[order]
+            starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+            rows, counts = rows[starts], np.add.reduceat(counts, starts)
+        if bool(test(np.zeros(1, np.int64))[0]):
+            return complement(to_bitmap(rows[~test(counts)]), self.n)
+        return to_bitmap(rows[test(counts)])
 
     def has_event(
         self, etype: str, campaigns: np.ndarray | None, window: tuple

@@ -161,6 +161,9 @@ class IndexData:
         self._blocks: list[EventBlock] | None = None
         self._days: dict[str, np.ndarray] = {}
         self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
+        #: structures an evaluator derives from this (immutable) index on first use and
+        #: keeps while it is loaded, e.g. cumulative event counts (engines/index.py)
+        self.derived: dict[tuple, object] = {}
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
