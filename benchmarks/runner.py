@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import worker
-from .baselines import BASELINES
+from .baselines import BASELINES, OPTIONAL, installed
 from .measure import BenchmarkError, Measured, Timing, child_env, machine, run_job, run_measured
 from .suite import AS_OF, DATA_SEED, SCALES, SUITE, BenchSegment, Scale, segment_files
 
@@ -326,7 +326,11 @@ def chosen_baselines(options: Options, run: Run) -> list[str]:
         skipped.discard("pandas")
     run.notes += [f"baseline `{name}` skipped on request (--skip-baselines)."
                   for name in BASELINES if name in skipped]
-    return [b for b in BASELINES if b not in skipped and (b != "pandas" or options.scale.pandas)]
+    absent = [b for b in BASELINES if b not in skipped and not installed(b)]
+    run.notes += [f"baseline `{name}` not measured: `{OPTIONAL[name]}` is not installed "
+                  "(`pip install -e .[bench]`)." for name in absent]
+    return [b for b in BASELINES if b not in skipped and b not in absent
+            and (b != "pandas" or options.scale.pandas)]
 
 
 def check_agreement(segment: str, totals: dict[str, int]) -> None:
@@ -353,7 +357,8 @@ def measure_segment(options: Options, run: Run, seg: BenchSegment, files: dict[s
         result, rss = step(options, {"step": "baseline", "baseline": name,
                                      "contacts": data["contacts_path"],
                                      "events": data["events_path"], "parts": list(seg.parts),
-                                     "as_of": AS_OF, "runs": options.runs})
+                                     "as_of": AS_OF, "runs": options.runs,
+                                     "work": str(options.cache / options.scale.name / "baselines")})
         paths[name] = _path_result(result, rss)
     check_agreement(seg.name, {path: r["total"] for path, r in paths.items()})
     first = next(iter(paths.values()))
@@ -397,8 +402,11 @@ def measure_spark(options: Options, run: Run, files: dict[str, Path], workspace:
 
 def _path_result(result: dict[str, Any], rss: int | None) -> dict[str, Any]:
     timing = Timing.of(result["times"])
-    return {"total": result["total"], "by_status": result.get("by_status"),
-            "warmup": result["warmup"], **timing.as_dict(), "max_rss": rss}
+    out = {"total": result["total"], "by_status": result.get("by_status"),
+           "warmup": result["warmup"], **timing.as_dict(), "max_rss": rss}
+    if "load_seconds" in result:  # a baseline's tables, loaded once before its counts
+        out["load_seconds"] = result["load_seconds"]
+    return out
 
 
 # --- export and index ------------------------------------------------------------------
@@ -514,6 +522,10 @@ def execute(options: Options) -> Run:
     for seg in SUITE:
         options.log(f"segment {seg.name} ...")
         run.segments.append(measure_segment(options, run, seg, files, workspace, run.data))
+    loads = {name: r["load_seconds"] for seg in run.segments
+             for name, r in seg["paths"].items() if "load_seconds" in r}
+    run.notes += [f"baseline `{name}` loaded its tables once in {seconds:,.1f} s, before and "
+                  "outside its timed counts." for name, seconds in loads.items()]
     if "spark" in run.engines:
         try:
             measure_spark(options, run, files, workspace)

@@ -23,7 +23,7 @@ import pytest
 
 import segengine
 from benchmarks.__main__ import parse_args
-from benchmarks.baselines import BASELINES
+from benchmarks.baselines import BASELINES, OPTIONAL, installed
 from benchmarks.report import MET, MISSED, UNMEASURED, step_peaks, targets, write
 from benchmarks.runner import (
     CountMismatch,
@@ -68,7 +68,8 @@ def test_suite_is_big_enough_and_not_vacuous(run):
 
 
 def test_every_path_ran_on_every_segment(run):
-    expected = {f"segengine-{e}" for e in run.engines} | set(BASELINES)
+    # every baseline whose package is installed (chdb is in the `bench` extra)
+    expected = {f"segengine-{e}" for e in run.engines} | {b for b in BASELINES if installed(b)}
     assert {"segengine-duckdb", "segengine-polars"} <= expected
     for seg in run.segments:
         assert set(seg["paths"]) == expected, seg["name"]
@@ -77,6 +78,8 @@ def test_every_path_ran_on_every_segment(run):
 @pytest.mark.parametrize("baseline", list(BASELINES))
 @pytest.mark.parametrize("segment", [s.name for s in SUITE])
 def test_baseline_matches_segengine_duckdb(run, baseline, segment):
+    if not installed(baseline):
+        pytest.skip(f"{baseline} needs {OPTIONAL[baseline]} (pip install -e '.[bench]')")
     seg = next(s for s in run.segments if s["name"] == segment)
     assert seg["paths"][baseline]["total"] == seg["paths"]["segengine-duckdb"]["total"]
 
@@ -238,10 +241,13 @@ def test_the_10m_command_line_is_valid():
     assert not report_only and not options.cold_cli and options.runs == 3
     assert options.engines == ("duckdb", "index", "auto")
     probe = Run(options)
-    assert chosen_baselines(options, probe) == ["duckdb-sql"]
-    assert len(probe.notes) == 2, probe.notes  # pandas noted once, polars-lazy once
+    optional = [b for b in OPTIONAL if b in BASELINES]
+    assert chosen_baselines(options, probe) == ["duckdb-sql", *filter(installed, optional)]
+    # pandas noted once, polars-lazy once, and each optional baseline not installed
+    absent = [b for b in optional if not installed(b)]
+    assert len(probe.notes) == 2 + len(absent), probe.notes
     with pytest.raises(SystemExit):
-        parse_args(["--skip-baselines", "duckdb-sql,polars-lazy,pandas"])
+        parse_args(["--skip-baselines", ",".join(BASELINES)])
 
 
 def test_a_prepared_cache_is_reused_without_generating_or_importing(run, tmp_path):
