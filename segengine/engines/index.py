@@ -34,6 +34,7 @@ from ..definition.lower import (
     Events,
     HasEvents,
     Lowered,
+    Not,
     Present,
 )
 from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns
@@ -255,6 +256,9 @@ BITMAP_OPS: dict[FieldType, tuple[str, ...]] = {
     FieldType.SET: ("includes", "includes_all"),
 }
 
+#: Field types whose `Compare` tests `row_test` runs on a column.
+COLUMN_COMPARES = frozenset({FieldType.NUMBER, FieldType.BOOLEAN, FieldType.TEXT})
+
 #: Field types whose positive tests are already false on empty values (text: the empty
 #: code is in no dictionary match; boolean: -1 equals neither 0 nor 1), so the extra
 #: pass that ANDs the present mask is skipped.
@@ -403,7 +407,70 @@ class Evaluator(Visitor[Rows]):
         return complement(rows, self.n)
 
     def visit_all_of(self, node: AllOf) -> Rows:
-        return all_of([self.visit(rule) for rule in node.rules], self.n)
+        """The AND of the rules; the field tests that need a pass over every contact go
+        last, and when the others leave few rows they test only those rows."""
+        per_row = [rule for rule in node.rules if self.row_testable(rule)]
+        first = [rule for rule in node.rules if not self.row_testable(rule)]
+        parts = [self.visit(rule) for rule in first]
+        if per_row and parts:
+            narrowed = all_of(parts, self.n)
+            if isinstance(narrowed, BitMap) and len(narrowed) * SPARSE < self.n:
+                rows = bitmap_rows(narrowed)
+                for rule in per_row:
+                    rows = rows[self.row_test(rule, rows)]
+                return to_bitmap(rows)
+            parts = [narrowed]
+        return all_of(parts + [self.visit(rule) for rule in per_row], self.n)
+
+    # --- field tests on some rows (the planner's selective path) ----------------------
+
+    def row_testable(self, node: Any) -> bool:
+        """Whether `row_test` answers `node`: a field test whose index form is a column
+        (numbers, booleans, dates without day bitmaps, text without value bitmaps)."""
+        if type(node) is Not:
+            return self.row_testable(node.rule)
+        if not isinstance(node, (Compare, Present, DayRange)) or node.type in BITMAP_OPS:
+            return False
+        if isinstance(node, Compare) and node.type not in COLUMN_COMPARES:
+            return False
+        if not self.supports(node):
+            return False
+        column = self.index.fields[node.field]
+        if column.type is FieldType.TEXT:
+            return not column.value_bitmaps and not isinstance(node, DayRange)
+        return not (isinstance(node, DayRange) and column.bitmap_days is not None)
+
+    def row_test(self, node: Any, rows: np.ndarray) -> np.ndarray:
+        """`node` on the contacts `rows` only, as a mask over `rows` (exactly the rows
+        `visit` would give, restricted)."""
+        if type(node) is Not:
+            return ~self.row_test(node.rule, rows)
+        column = self.index.fields[node.field]
+        arrays = column.arrays
+        if column.type is FieldType.TEXT:
+            empty = len(column.words) if column.words is not None else len(column.lower)
+            codes = np.asarray(arrays["codes"])[rows]
+            if isinstance(node, Present):
+                return codes != empty
+            words = column.words
+            if words is not None:
+                hits = word_hits(words, node.op, node.values)
+            else:
+                hits = TEXT_OPS[node.op](column.lower, node.values)
+                hits = compute().fill_null(hits, False).to_numpy(zero_copy_only=False)
+            return np.append(hits, False)[codes]
+        if column.type is FieldType.BOOLEAN:
+            values = np.asarray(arrays["values"])[rows]
+            if isinstance(node, Present):
+                return values >= 0
+            return values == int(bool(node.values[0]))
+        present = np.asarray(arrays["present"])[rows]
+        if isinstance(node, Present):
+            return present
+        if isinstance(node, DayRange):
+            low, high = day_numbers(node.low, node.high)
+            return in_range(np.asarray(arrays["days"])[rows], low, high) & present
+        return NUMBER_OPS[node.op](np.asarray(arrays["values"])[rows], node.values) & present
 
     def visit_any_of(self, node: AnyOf) -> Rows:
         return any_of([self.visit(rule) for rule in node.rules], self.n)
