@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .baselines import BASELINES
+from .baselines import BASELINES, installed
 from .measure import BenchmarkError
 from .report import CHART, RESULTS, saved_runs, write, write_runs
 from .runner import ALL_ENGINES, Options, default_engines, execute
@@ -55,7 +55,7 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
-    if not set(BASELINES) - set(args.skip_baselines):
+    if not {b for b in BASELINES if installed(b)} - set(args.skip_baselines):
         parser.error("--skip-baselines: keep at least one baseline (ratios are to the fastest)")
     options = Options(scale=SCALES[args.scale], runs=args.runs, engines=args.engines,
                       skip_baselines=args.skip_baselines, reimport=args.reimport,

@@ -404,6 +404,23 @@ def _polars_vs_duckdb(run: Run) -> Outcome:
                    _verdict(ratio <= POLARS_LIMIT))
 
 
+#: A one-shot count answered from the index, against `python -c "import polars, duckdb"`.
+COLD_LIMIT = 0.6
+
+
+def _cold_start(run: Run) -> Outcome:
+    target = (f"cold `segengine count` ≤ {COLD_LIMIT}x the time of "
+              "`python -c \"import polars, duckdb\"` (issue 21)")
+    cold = getattr(run, "cold", None)
+    if not cold:
+        return Outcome(target, "", UNMEASURED)
+    ratio = cold["count_seconds"] / cold["import_seconds"]
+    measured = (f"{ratio:.2f}x ({_ms(cold['count_seconds'])} ms / "
+                f"{_ms(cold['import_seconds'])} ms, medians of {cold['pairs']} alternating "
+                f"pairs, `{cold['segment']}`)")
+    return Outcome(target, measured, _verdict(ratio <= COLD_LIMIT))
+
+
 def targets(run: Run) -> list[Outcome]:
     """Every issue-6 target, checked against this run's own figures."""
     checks: list[Callable[[Run], Outcome]] = []
@@ -412,7 +429,7 @@ def targets(run: Run) -> list[Outcome]:
                    lambda r, n=name: _auto_speedup(r, n)]
     checks += [lambda r, n=name: _auto_within(r, n, AUTO_LIMIT) for name in FIELD_TARGETS]
     checks += [lambda r: _auto_within(r, "union-of-3", UNION_LIMIT), _index_build,
-               _index_update, _peak_memory, _polars_vs_duckdb]
+               _index_update, _peak_memory, _polars_vs_duckdb, _cold_start]
     return [check(run) for check in checks]
 
 

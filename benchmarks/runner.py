@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import worker
-from .baselines import BASELINES
+from .baselines import BASELINES, OPTIONAL, installed
 from .measure import BenchmarkError, Measured, Timing, child_env, machine, run_job, run_measured
 from .suite import AS_OF, DATA_SEED, SCALES, SUITE, BenchSegment, Scale, segment_files
 
@@ -95,10 +96,11 @@ class Run:
     export: dict[str, Any] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
     spark: dict[str, Any] = field(default_factory=dict)
+    cold: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     KEYS = ("machine", "data", "imports", "engines", "baselines", "segments", "export",
-            "index", "spark", "notes")
+            "index", "spark", "cold", "notes")
 
     def as_dict(self) -> dict[str, Any]:
         return {"scale": self.options.scale.name, "runs": self.options.runs,
@@ -143,6 +145,47 @@ def cold_count(workspace: Path, files: Sequence[Path], engine: str) -> tuple[int
         raise BenchmarkError(f"segengine count failed (exit {measured.returncode}): "
                              f"{measured.stderr.strip()[-2000:]}")
     return int(json.loads(measured.stdout)["total"]), measured
+
+
+#: The segment and the number of alternating pairs of the cold start comparison.
+COLD_SEGMENT, COLD_PAIRS = "opened-3x-in-90d", 9
+IMPORT_ENGINES = "import polars, duckdb"
+
+
+def compile_package() -> None:
+    """Byte-compile segengine as an installation does (pip writes the .pyc files): a cold
+    process then measures start-up, not compiling the sources of an editable checkout."""
+    import compileall
+
+    import segengine
+
+    compileall.compile_dir(Path(segengine.__file__).parent, quiet=1)
+
+
+def measure_cold_start(options: Options, run: Run, files: dict[str, Path],
+                       workspace: Path) -> None:
+    """A one-shot `segengine count` against merely importing Polars and DuckDB.
+
+    The two processes alternate, so both see the same load on a shared machine; the
+    report compares their medians.
+    """
+    compile_package()
+    count_cmd = [sys.executable, "-m", "segengine", "-w", str(workspace), "count",
+                 str(files[COLD_SEGMENT]), "--as-of", AS_OF, "--json"]
+    import_cmd = [sys.executable, "-c", IMPORT_ENGINES]
+    counts, imports = [], []
+    for _ in range(COLD_PAIRS):
+        for cmd, walls in ((count_cmd, counts), (import_cmd, imports)):
+            measured = run_measured(cmd, env=child_env())
+            if measured.returncode != 0:
+                raise BenchmarkError(f"{' '.join(cmd[:4])} failed: {measured.stderr[-500:]}")
+            walls.append(measured.wall)
+    run.cold = {"segment": COLD_SEGMENT, "pairs": COLD_PAIRS,
+                "count_seconds": statistics.median(counts),
+                "import_seconds": statistics.median(imports),
+                "count_walls": counts, "import_walls": imports}
+    options.log(f"cold count {run.cold['count_seconds'] * 1000:.0f} ms, "
+                f"{IMPORT_ENGINES} {run.cold['import_seconds'] * 1000:.0f} ms")
 
 
 # --- data and workspace ----------------------------------------------------------------
@@ -283,7 +326,11 @@ def chosen_baselines(options: Options, run: Run) -> list[str]:
         skipped.discard("pandas")
     run.notes += [f"baseline `{name}` skipped on request (--skip-baselines)."
                   for name in BASELINES if name in skipped]
-    return [b for b in BASELINES if b not in skipped and (b != "pandas" or options.scale.pandas)]
+    absent = [b for b in BASELINES if b not in skipped and not installed(b)]
+    run.notes += [f"baseline `{name}` not measured: `{OPTIONAL[name]}` is not installed "
+                  "(`pip install -e .[bench]`)." for name in absent]
+    return [b for b in BASELINES if b not in skipped and b not in absent
+            and (b != "pandas" or options.scale.pandas)]
 
 
 def check_agreement(segment: str, totals: dict[str, int]) -> None:
@@ -310,7 +357,8 @@ def measure_segment(options: Options, run: Run, seg: BenchSegment, files: dict[s
         result, rss = step(options, {"step": "baseline", "baseline": name,
                                      "contacts": data["contacts_path"],
                                      "events": data["events_path"], "parts": list(seg.parts),
-                                     "as_of": AS_OF, "runs": options.runs})
+                                     "as_of": AS_OF, "runs": options.runs,
+                                     "work": str(options.cache / options.scale.name / "baselines")})
         paths[name] = _path_result(result, rss)
     check_agreement(seg.name, {path: r["total"] for path, r in paths.items()})
     first = next(iter(paths.values()))
@@ -354,8 +402,11 @@ def measure_spark(options: Options, run: Run, files: dict[str, Path], workspace:
 
 def _path_result(result: dict[str, Any], rss: int | None) -> dict[str, Any]:
     timing = Timing.of(result["times"])
-    return {"total": result["total"], "by_status": result.get("by_status"),
-            "warmup": result["warmup"], **timing.as_dict(), "max_rss": rss}
+    out = {"total": result["total"], "by_status": result.get("by_status"),
+           "warmup": result["warmup"], **timing.as_dict(), "max_rss": rss}
+    if "load_seconds" in result:  # a baseline's tables, loaded once before its counts
+        out["load_seconds"] = result["load_seconds"]
+    return out
 
 
 # --- export and index ------------------------------------------------------------------
@@ -466,9 +517,15 @@ def execute(options: Options) -> Run:
                              f"({refreshed['seconds']:.1f} s).")
     if not run.engines:
         raise BenchmarkError(f"none of the engines {options.engines} exists in segengine")
+    if options.cold_cli and "auto" in run.engines:
+        measure_cold_start(options, run, files, workspace)
     for seg in SUITE:
         options.log(f"segment {seg.name} ...")
         run.segments.append(measure_segment(options, run, seg, files, workspace, run.data))
+    loads = {name: r["load_seconds"] for seg in run.segments
+             for name, r in seg["paths"].items() if "load_seconds" in r}
+    run.notes += [f"baseline `{name}` loaded its tables once in {seconds:,.1f} s, before and "
+                  "outside its timed counts." for name, seconds in loads.items()]
     if "spark" in run.engines:
         try:
             measure_spark(options, run, files, workspace)

@@ -115,6 +115,47 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
             ],
         },
     ),
+    # --- shapes a team writes beyond the first suite (issue 21) ---
+    "opened-2-5x-180d-scored": _rules(
+        {"activity": "opened", "when": {"in_last_days": 180}, "count": {"between": [2, 5]}},
+        field("score", "gte", 40),
+        field("state", "in", ["CA", "NY", "TX"]),
+    ),
+    "clicked-pricing-2x": _rules(
+        {"activity": "clicked", "url_contains": "pricing", "count": {"gte": 2}}
+    ),
+    "three-field-rules": _rules(
+        field("employees", "between", [50, 5000]),
+        field("state", "not_in", ["CA", "TX"]),
+        field("title", "is_not_empty"),
+    ),
+    "nested-negation-quiet": _rules(
+        field("status", "is_not", "unsubscribed"),
+        {
+            "match": "any",
+            "negate": True,
+            "rules": [
+                {"activity": "opened", "when": {"in_last_days": 30}},
+                {"activity": "clicked", "when": {"in_last_days": 90}},
+            ],
+        },
+        {
+            "match": "all",
+            "negate": True,
+            "rules": [field("lists", "includes", "customers"), field("score", "lt", 20)],
+        },
+    ),
+    "every-operator": _rules(
+        field("status", "in", ["active", "bounced"]),
+        field("lists", "excludes", "trial"),
+        field("company", "starts_with", "G"),
+        field("score", "ne", 50),
+        field("vip", "is", False),
+        field("birthday", "before", "1990-01-01"),
+        field("last_login", "older_than_days", 30),
+        {"activity": "sent", "when": {"in_last_days": 60}},
+        {"activity": "clicked", "count": {"lt": 3}},
+    ),
 }
 
 SUITE: tuple[BenchSegment, ...] = (
@@ -151,6 +192,29 @@ SUITE: tuple[BenchSegment, ...] = (
     BenchSegment("union-of-3", "union",
                  "state-ca OR opened-3x-in-90d OR ca-pricing-clickers-30d",
                  ("state-ca", "opened-3x-in-90d", "ca-pricing-clickers-30d")),
+    BenchSegment("opened-2-5x-180d-scored", "behavioral",
+                 "opened 2-5 times in 180 days, score >= 40, state in CA/NY/TX",
+                 ("opened-2-5x-180d-scored",)),
+    BenchSegment("clicked-pricing-2x", "behavioral",
+                 "clicked a URL containing pricing at least twice, ever",
+                 ("clicked-pricing-2x",)),
+    BenchSegment("three-field-rules", "field",
+                 "employees 50-5000, state not in CA/TX (empties in), has a title",
+                 ("three-field-rules",)),
+    BenchSegment("nested-negation-quiet", "behavioral",
+                 "not unsubscribed, not (opened 30d or clicked 90d), not (customer and score < 20)",
+                 ("nested-negation-quiet",)),
+    BenchSegment("every-operator", "behavioral",
+                 "status in, excludes, starts_with, ne, boolean, date before, older_than, "
+                 "sent in 60d, clicked < 3", ("every-operator",)),
+    BenchSegment("union-of-3-mixed", "union",
+                 "opened-2-5x-180d-scored OR clicked-pricing-2x OR nested-negation",
+                 ("opened-2-5x-180d-scored", "clicked-pricing-2x", "nested-negation")),
+    BenchSegment("union-of-5", "union",
+                 "state-ca OR three-field-rules OR opened-3x-in-90d OR clicked-pricing-2x "
+                 "OR opened-nl-0034-in-september",
+                 ("state-ca", "three-field-rules", "opened-3x-in-90d", "clicked-pricing-2x",
+                  "opened-nl-0034-in-september")),
 )
 
 SEED_NAMES = ("cto-or-sales-west", "inactive-newsletter", "never-opened", "state-ca")

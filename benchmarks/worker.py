@@ -94,11 +94,15 @@ def segengine_count(job: Job) -> dict[str, Any]:
 def baseline_count(job: Job) -> dict[str, Any]:
     from .baselines import RawData, open_baseline
 
-    baseline = open_baseline(job["baseline"], RawData(Path(job["contacts"]), Path(job["events"])))
+    work = Path(job["work"]) if job.get("work") else None
+    data = RawData(Path(job["contacts"]), Path(job["events"]), work)
+    baseline = open_baseline(job["baseline"], data)
     as_of = dt.date.fromisoformat(job["as_of"])
     parts = tuple(job["parts"])
     try:
-        return _timed_runs(lambda: {"total": baseline.count(parts, as_of)}, job["runs"])
+        timed = _timed_runs(lambda: {"total": baseline.count(parts, as_of)}, job["runs"])
+        loaded = getattr(baseline, "load_seconds", None)  # tables loaded before the counts
+        return timed if loaded is None else {**timed, "load_seconds": loaded}
     finally:
         baseline.close()
 

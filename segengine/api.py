@@ -16,9 +16,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from .definition.nodes import Group, Segment
 from .engines.base import Engine
@@ -33,8 +31,12 @@ from .session import (
     roots_in_place,
     segments_in_place,
 )
-from .store.imports import ImportSummary, import_contacts, import_events, parse_types_option
 from .store.workspace import Snapshot, Store
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from .store.imports import ImportSummary
 
 __all__ = [
     "PARTITIONED_NEEDS_SPARK",
@@ -79,6 +81,9 @@ class Workspace:
         rejects: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
     ) -> ImportSummary:
+        # imports (DuckDB, PyArrow) load with the first import, not with every command
+        from .store.imports import import_contacts, parse_types_option
+
         parsed = parse_types_option(types) if isinstance(types, str) or types is None else (
             parse_types_option(",".join(f"{k}={v}" for k, v in types.items()))
         )
@@ -99,6 +104,8 @@ class Workspace:
         rejects: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
     ) -> ImportSummary:
+        from .store.imports import import_events
+
         if rejects:
             self.store.check_outside(rejects, "--rejects")
         summary = import_events(
@@ -167,6 +174,8 @@ class Workspace:
         engine: str = "auto",
     ) -> pl.DataFrame:
         """The contact rows of the union of `segments`, ordered by email."""
+        import polars as pl
+
         snap = self.snapshot()
         ids = self.contact_ids(*segments, as_of=as_of, engine=engine, snapshot=snap)
         frame = contacts_frame(snap).filter(pl.col("contact_id").is_in(pl.Series(ids).implode()))
@@ -465,6 +474,8 @@ class Workspace:
 
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:
     """The contacts of a snapshot as a lazy frame (with `email_domain` derived)."""
+    import polars as pl
+
     files = list(snap.files("contacts"))
     if not files:
         return pl.LazyFrame(schema={"contact_id": pl.Int64, "email": pl.String, "status": pl.String})

@@ -25,10 +25,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import duckdb
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .definition.nodes import Group, Segment, today_utc
 from .definition.parse import load_definition, parse_definition
@@ -38,6 +35,10 @@ from .engines.base import Engine
 from .errors import DefinitionError, InputError, Problem, ReferenceCycle, SegmentNotFound
 from .fields import STATUSES, Schema
 from .store.workspace import Snapshot, Store
+
+if TYPE_CHECKING:
+    import duckdb
+    import numpy as np
 
 #: What names a segment: a saved name, a definition file, a definition dict or a `Segment`.
 SegmentArg = str | os.PathLike[str] | Mapping[str, Any] | Segment

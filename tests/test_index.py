@@ -22,7 +22,16 @@ from conftest import SAMPLE, Cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import reference_contact_ids
-from strategies import AS_OF, SCHEMA, rule_trees, workspaces, write_workspace
+from strategies import (
+    _COUNTS,
+    _URL_CONTAINS,
+    _WINDOWS,
+    AS_OF,
+    SCHEMA,
+    rule_trees,
+    workspaces,
+    write_workspace,
+)
 
 import segengine
 from segengine.definition.lower import Compare
@@ -36,6 +45,7 @@ from segengine.definition.nodes import (
     Window,
 )
 from segengine.engines import get_engine
+from segengine.engines import index as index_engine_module
 from segengine.engines.auto import AutoEngine
 from segengine.engines.duckdb import DuckDBEngine
 from segengine.engines.index import Evaluator, IndexEngine
@@ -68,6 +78,38 @@ def expected(ws, root, as_of=None) -> list[int]:
 INDEX_EXAMPLES = int(os.environ.get("SEGENGINE_INDEX_EXAMPLES", "25"))
 
 
+#: Random workspaces for the count structures (8 trees each); a deep run sets e.g.
+#: SEGENGINE_COUNT_EXAMPLES=300.
+COUNT_EXAMPLES = int(os.environ.get("SEGENGINE_COUNT_EXAMPLES", "15"))
+
+
+@settings(max_examples=COUNT_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), marks=st.integers(1, 4),
+       sparse=st.sampled_from([1, 8, 10**9]))
+def test_count_structures_match_the_reference(ws, data, marks, sparse, tmp_path_factory):
+    """Count ranges in windows (cumulative marks) and URL counts without a window
+    (per-URL runs), with few marks so bounds fall between them, and `sparse` choosing
+    the cumulative path (10**9: always) or sorting, against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    windowed = st.builds(
+        ActivityRule, st.sampled_from(["opened", "clicked", "sent"]),
+        when=_WINDOWS, count=_COUNTS, negate=st.booleans())
+    url_counts = st.builds(
+        ActivityRule, st.just("clicked"), url_contains=_URL_CONTAINS.filter(bool),
+        count=_COUNTS, negate=st.booleans())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "MARKS", marks)
+        patch.setattr(index_engine_module, "SPARSE", sparse)
+        for _ in range(8):
+            rule = data.draw(windowed | url_counts)
+            root = Group("all", (rule,))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, rule
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), rule
+
+
 def updated_index_engine(tables, directory: Path, delta: bool) -> IndexEngine:
     """An index of the first events file, then updated with the second: its aggregates
     in a delta over the first's base, or (`delta` False) folded into a new base."""
@@ -92,8 +134,10 @@ def test_index_matches_reference_and_duckdb(ws, data, value_bitmaps, build, tmp_
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     with pytest.MonkeyPatch.context() as patch:
-        if not value_bitmaps:
+        if not value_bitmaps:  # and no JSON dictionaries: the Arrow text path too
             patch.setattr(store_index.contacts, "VALUE_BITMAPS_MAX", 0)
+            patch.setattr(store_index.contacts, "WORDS_MAX", -1)
+            patch.setattr(store_index.events, "WORDS_MAX", -1)
         if build == "full" or not tables.events:
             engine = index_engine(tables, directory / "index")
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,10 +26,12 @@ from ..suite import SUITE
 
 @dataclass(frozen=True)
 class RawData:
-    """The generated files a baseline reads."""
+    """The generated files a baseline reads; `work`: a directory where a baseline may
+    keep what it loads once (tables of its own) across the processes of a run."""
 
     contacts: Path
     events: Path
+    work: Path | None = None
 
 
 class Baseline(Protocol):
@@ -44,7 +47,18 @@ BASELINES: dict[str, str] = {
     "duckdb-sql": "benchmarks.baselines.duckdb_sql:DuckDBBaseline",
     "polars-lazy": "benchmarks.baselines.polars_lazy:PolarsBaseline",
     "pandas": "benchmarks.baselines.pandas_frames:PandasBaseline",
+    "chdb-parquet": "benchmarks.baselines.chdb_sql:ChdbParquetBaseline",
+    "chdb-bitmap": "benchmarks.baselines.chdb_bitmap:ChdbBitmapBaseline",
 }
+
+#: baselines on packages of the `bench` extra, not the default ones: baseline -> package
+OPTIONAL: dict[str, str] = {"chdb-parquet": "chdb", "chdb-bitmap": "chdb"}
+
+
+def installed(name: str) -> bool:
+    """Whether the package a baseline runs on is installed."""
+    package = OPTIONAL.get(name)
+    return package is None or importlib.util.find_spec(package) is not None
 
 
 def open_baseline(name: str, data: RawData) -> Baseline:

@@ -151,6 +151,64 @@ def nested_negation(as_of: dt.date) -> str:
     )
 
 
+def _in_window(kind: str, low: dt.date, high: dt.date) -> str:
+    return (f"e.email = c.email AND e.type = '{kind}' "
+            f"AND CAST(e.timestamp AS DATE) BETWEEN {_d(low)} AND {_d(high)}")
+
+
+def opened_2_5x_180d_scored(as_of: dt.date) -> str:
+    return (
+        "SELECT email FROM contacts c WHERE c.score >= 40 AND lower(c.state) IN ('ca', 'ny', 'tx') "
+        "AND c.email IN (SELECT email FROM events WHERE type = 'open' "
+        f"AND CAST(timestamp AS DATE) BETWEEN {_d(days_before(as_of, 180))} AND {_d(as_of)} "
+        "GROUP BY email HAVING count(*) BETWEEN 2 AND 5)"
+    )
+
+
+def clicked_pricing_2x(as_of: dt.date) -> str:
+    return (
+        "SELECT email FROM contacts c WHERE c.email IN (SELECT email FROM events "
+        "WHERE type = 'click' AND contains(lower(url), 'pricing') "
+        "GROUP BY email HAVING count(*) >= 2)"
+    )
+
+
+def three_field_rules(as_of: dt.date) -> str:
+    return (
+        "SELECT email FROM contacts c WHERE c.employees BETWEEN 50 AND 5000 "
+        "AND NOT coalesce(lower(c.state) IN ('ca', 'tx'), false) "
+        "AND coalesce(c.title, '') <> ''"
+    )
+
+
+def nested_negation_quiet(as_of: dt.date) -> str:
+    return (
+        f"SELECT email FROM contacts c WHERE {STATUS} <> 'unsubscribed' "
+        "AND NOT EXISTS (SELECT 1 FROM events e WHERE "
+        f"{_in_window('open', days_before(as_of, 30), as_of)}) "
+        "AND NOT EXISTS (SELECT 1 FROM events e WHERE "
+        f"{_in_window('click', days_before(as_of, 90), as_of)}) "
+        f"AND NOT (coalesce(list_contains({LISTS}, 'customers'), false) "
+        "AND coalesce(c.score < 20, false))"
+    )
+
+
+def every_operator(as_of: dt.date) -> str:
+    last_login_by = as_of - dt.timedelta(days=31)  # older than 30 days
+    return (
+        "SELECT c.email FROM contacts c LEFT JOIN (SELECT email, count(*) AS n FROM events "
+        "WHERE type = 'click' GROUP BY email) k ON k.email = c.email "
+        f"WHERE {STATUS} IN ('active', 'bounced') "
+        f"AND NOT coalesce(list_contains({LISTS}, 'trial'), false) "
+        "AND starts_with(lower(c.company), 'g') AND coalesce(c.score <> 50, true) "
+        "AND c.vip = false AND c.birthday <= DATE '1989-12-31' "
+        f"AND CAST(c.last_login AS DATE) <= {_d(last_login_by)} "
+        "AND EXISTS (SELECT 1 FROM events e WHERE "
+        f"{_in_window('sent', days_before(as_of, 60), as_of)}) "
+        "AND coalesce(k.n, 0) < 3"
+    )
+
+
 QUERIES = queries(globals())
 
 

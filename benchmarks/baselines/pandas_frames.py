@@ -218,6 +218,66 @@ def nested_negation(r: Reader, as_of: dt.date) -> Mask:
     return ~status_is(c, "bounced") & (customers_quiet | engaged_mid_size) & ~excluded
 
 
+def _counts_of(c: pd.DataFrame, emails: pd.Series) -> np.ndarray:
+    """Per contact (file order), how many of `emails` are its email."""
+    counts = emails.value_counts().rename("n").reset_index()
+    return c[["email"]].merge(counts, on="email", how="left")["n"].fillna(0).to_numpy()
+
+
+def opened_2_5x_180d_scored(r: Reader, as_of: dt.date) -> Mask:
+    c = r.contacts("email", "score", "state")
+    opens = r.events("open", "email", "timestamp")
+    recent = opens["email"][day_between(opens["timestamp"], days_before(as_of, 180), as_of)]
+    n = _counts_of(c, recent)
+    fields = truth(c["score"].ge(40)) & truth(lower(c, "state").isin(["ca", "ny", "tx"]))
+    return fields & (n >= 2) & (n <= 5)
+
+
+def clicked_pricing_2x(r: Reader, as_of: dt.date) -> Mask:
+    c = r.contacts("email")
+    clicks = r.events("click", "email", "url")
+    hit = truth(clicks["url"].str.lower().str.contains("pricing", regex=False))
+    return _counts_of(c, clicks["email"][hit]) >= 2
+
+
+def three_field_rules(r: Reader, as_of: dt.date) -> Mask:
+    c = r.contacts("employees", "state", "title")
+    sized = truth(c["employees"].between(50, 5000, inclusive="both"))
+    not_ca_tx = ~truth(lower(c, "state").isin(["ca", "tx"]))
+    has_title = truth(c["title"].notna() & c["title"].ne(""))
+    return sized & not_ca_tx & has_title
+
+
+def nested_negation_quiet(r: Reader, as_of: dt.date) -> Mask:
+    c = r.contacts("email", "status", "lists", "score")
+    opens = r.events("open", "email", "timestamp")
+    clicks = r.events("click", "email", "timestamp")
+    opened = opens["email"][day_between(opens["timestamp"], days_before(as_of, 30), as_of)]
+    clicked = clicks["email"][day_between(clicks["timestamp"], days_before(as_of, 90), as_of)]
+    low_customer = in_lists(c, "customers") & truth(c["score"].lt(20))
+    active = ~members(c, opened) & ~members(c, clicked)
+    return ~status_is(c, "unsubscribed") & active & ~low_customer
+
+
+def every_operator(r: Reader, as_of: dt.date) -> Mask:
+    c = r.contacts("email", "status", "lists", "company", "score", "vip", "birthday", "last_login")
+    sent = r.events("sent", "email", "timestamp")
+    recent_sent = sent["email"][day_between(sent["timestamp"], days_before(as_of, 60), as_of)]
+    clicks = r.events("click", "email")["email"]
+    login_by = _midnight(as_of - dt.timedelta(days=30), "UTC")  # older than 30 days
+    return (
+        (is_active(c) | status_is(c, "bounced"))
+        & ~in_lists(c, "trial")
+        & truth(lower(c, "company").str.startswith("g"))
+        & ~truth(c["score"].eq(50))
+        & truth(c["vip"].astype("boolean").eq(False))
+        & truth(pd.to_datetime(c["birthday"]) < pd.Timestamp("1990-01-01"))
+        & truth(c["last_login"] < login_by)
+        & members(c, recent_sent)
+        & (_counts_of(c, clicks) < 3)
+    )
+
+
 QUERIES = queries(globals())
 
 

@@ -190,6 +190,68 @@ def nested_negation(f: Frames, as_of: dt.date) -> pl.LazyFrame:
     )
 
 
+def _who(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The distinct emails of some events, flagged for a left join."""
+    return frame.select("email").unique().with_columns(pl.lit(True).alias("hit"))
+
+
+def _counts(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.group_by("email").agg(pl.len().alias("n"))
+
+
+def opened_2_5x_180d_scored(f: Frames, as_of: dt.date) -> pl.LazyFrame:
+    opens = f.of_type("open").filter(day_between("timestamp", days_before(as_of, 180), as_of))
+    some = _counts(opens).filter(pl.col("n").is_between(2, 5, closed="both"))
+    who = f.contacts.filter((pl.col("score") >= 40) & lower("state").is_in(["ca", "ny", "tx"]))
+    return emails(who.join(some.select("email"), on="email", how="semi"))
+
+
+def clicked_pricing_2x(f: Frames, as_of: dt.date) -> pl.LazyFrame:
+    clicks = f.of_type("click").filter(lower("url").str.contains("pricing", literal=True))
+    twice = _counts(clicks).filter(pl.col("n") >= 2)
+    return emails(f.contacts.join(twice.select("email"), on="email", how="semi"))
+
+
+def three_field_rules(f: Frames, as_of: dt.date) -> pl.LazyFrame:
+    wanted = (
+        pl.col("employees").is_between(50, 5000, closed="both").fill_null(False)
+        & ~lower("state").is_in(["ca", "tx"]).fill_null(False)
+        & (pl.col("title").fill_null("") != "")
+    )
+    return emails(f.contacts.filter(wanted))
+
+
+def nested_negation_quiet(f: Frames, as_of: dt.date) -> pl.LazyFrame:
+    opened = f.of_type("open").filter(day_between("timestamp", days_before(as_of, 30), as_of))
+    clicked = f.of_type("click").filter(day_between("timestamp", days_before(as_of, 90), as_of))
+    low_customer = (
+        in_lists("customers").fill_null(False) & (pl.col("score") < 20).fill_null(False)
+    )
+    quiet = (
+        f.contacts.filter((status() != "unsubscribed") & ~low_customer)
+        .join(opened.select("email"), on="email", how="anti")
+        .join(clicked.select("email"), on="email", how="anti")
+    )
+    return emails(quiet)
+
+
+def every_operator(f: Frames, as_of: dt.date) -> pl.LazyFrame:
+    sent = f.of_type("sent").filter(day_between("timestamp", days_before(as_of, 60), as_of))
+    clicks = _counts(f.of_type("click"))
+    wanted = (
+        status().is_in(["active", "bounced"])
+        & ~in_lists("trial").fill_null(False)
+        & lower("company").str.starts_with("g").fill_null(False)
+        & (pl.col("score") != 50).fill_null(True)
+        & (pl.col("vip") == False).fill_null(False)  # noqa: E712 - a column, not a Python bool
+        & (pl.col("birthday") <= dt.date(1989, 12, 31)).fill_null(False)
+        & (utc_day("last_login") <= as_of - dt.timedelta(days=31)).fill_null(False)
+        & (pl.col("n").fill_null(0) < 3)
+    )
+    frame = f.contacts.join(clicks, on="email", how="left")
+    return emails(frame.filter(wanted).join(sent.select("email"), on="email", how="semi"))
+
+
 QUERIES = queries(globals())
 
 

@@ -29,7 +29,6 @@ from .nodes import (
     SegmentRef,
     Window,
 )
-from .yaml12 import load_yaml
 
 Source = Mapping[str, Any] | str | Path
 
@@ -62,6 +61,13 @@ def parse_definition(doc: Any, schema: Schema, *, origin: str | None = None) -> 
 
 
 # --- files ------------------------------------------------------------------------
+
+
+def load_yaml(text: str, *, origin: str | None = None) -> Any:
+    # ruamel loads with the first YAML definition: a count of a .json file skips it
+    from .yaml12 import load_yaml as load
+
+    return load(text, origin=origin)
 
 
 def _load_json(text: str, origin: str | None) -> Any:

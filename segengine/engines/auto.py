@@ -12,17 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..definition.lower import Lowered
 from ..errors import EngineError
-from ..store.index import IndexData, contact_rows, load_index
+from ..store.index.read import IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine
-from .duckdb import DuckDBEngine
 from .index import Evaluator, contact_ids_of, count_by_status
+
+if TYPE_CHECKING:
+    from .duckdb import DuckDBEngine
 
 
 class AutoEngine(Engine):
@@ -53,11 +55,16 @@ class AutoEngine(Engine):
         """The DuckDB engine, connected on first use only."""
         with self._connecting:  # one connection even when two threads need it first
             if self._duckdb is None:
+                # imported here: a count the index answers never loads DuckDB
+                from .duckdb import DuckDBEngine
+
                 self._duckdb = DuckDBEngine(self.tables)
         return self._duckdb
 
     def _fallback(self, as_of: dt.date):
         def rows_of(node: Any) -> np.ndarray:
+            from ..store.index.events import contact_rows
+
             assert self.index is not None
             ids = self.duckdb.evaluate_ids([node], as_of)
             rows, known = contact_rows(

@@ -19,11 +19,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyroaring import BitMap
 
 from ..definition.lower import (
@@ -37,6 +35,7 @@ from ..definition.lower import (
     Events,
     HasEvents,
     Lowered,
+    Not,
     Present,
 )
 from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns
@@ -50,6 +49,9 @@ from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Rows = BitMap | np.ndarray
 
@@ -201,13 +203,44 @@ def in_range(days: np.ndarray, low: int | None, high: int | None) -> np.ndarray:
 
 # --- field rules ------------------------------------------------------------------
 
+def compute() -> Any:
+    """pyarrow.compute, imported by the first text or URL test: a count of behaviour,
+    lists, statuses, numbers or dates never loads PyArrow."""
+    import pyarrow.compute as pc
+
+    return pc
+
+
+def text_in(d: pa.Array, v: tuple) -> pa.Array:
+    import pyarrow as pa
+
+    return compute().is_in(d, value_set=pa.array(list(v), pa.string()))
+
+
+#: The same operators on a dictionary as Python text (exact alike: a substring of UTF-8
+#: bytes is a substring of code points), for the small dictionaries stored as JSON.
+WORD_TESTS: dict[str, Callable[[str, tuple], bool]] = {
+    "is": lambda w, v: w == v[0],
+    "contains": lambda w, v: v[0] in w,
+    "starts_with": lambda w, v: w.startswith(v[0]),
+    "ends_with": lambda w, v: w.endswith(v[0]),
+    "in": lambda w, v: w in v,
+}
+
+
+def word_hits(words: list[str], op: str, values: tuple) -> np.ndarray:
+    """Per dictionary entry, whether it passes the text operator."""
+    test = WORD_TESTS[op]
+    return np.fromiter((test(w, values) for w in words), dtype=bool, count=len(words))
+
+
 #: Positive text operators, on the lower-cased dictionary (values are lower-cased).
 TEXT_OPS: dict[str, Callable[[pa.Array, tuple], pa.Array]] = {
-    "is": lambda d, v: pc.equal(d, v[0]),
-    "contains": lambda d, v: pc.match_substring(d, v[0]),
-    "starts_with": lambda d, v: pc.starts_with(d, v[0]),
-    "ends_with": lambda d, v: pc.ends_with(d, v[0]),
-    "in": lambda d, v: pc.is_in(d, value_set=pa.array(list(v), pa.string())),
+    "is": lambda d, v: compute().equal(d, v[0]),
+    "contains": lambda d, v: compute().match_substring(d, v[0]),
+    "starts_with": lambda d, v: compute().starts_with(d, v[0]),
+    "ends_with": lambda d, v: compute().ends_with(d, v[0]),
+    "in": text_in,
 }
 
 NUMBER_OPS: dict[str, Callable[[np.ndarray, tuple], np.ndarray]] = {
@@ -226,6 +259,9 @@ BITMAP_OPS: dict[FieldType, tuple[str, ...]] = {
     FieldType.SET: ("includes", "includes_all"),
 }
 
+#: Field types whose `Compare` tests `row_test` runs on a column.
+COLUMN_COMPARES = frozenset({FieldType.NUMBER, FieldType.BOOLEAN, FieldType.TEXT})
+
 #: Field types whose positive tests are already false on empty values (text: the empty
 #: code is in no dictionary match; boolean: -1 equals neither 0 nor 1), so the extra
 #: pass that ANDs the present mask is skipped.
@@ -236,6 +272,95 @@ def count_in(low: int, high: int | None) -> Callable[[np.ndarray], np.ndarray]:
     if high is None:
         return lambda n: n >= low
     return lambda n: (n >= low) & (n <= high)
+
+
+#: How many cumulative counts `CountMarks` keeps per event type: a window's count then
+#: reads at most 2/MARKS of the type's events besides two per-contact arrays.
+MARKS = 16
+
+
+@dataclass
+class CountMarks:
+    """Per-contact counts of one event type's events before each of a few days.
+
+    The days split the type's events into MARKS runs of about equal size, so the count
+    before any day is the mark at or before it plus the events of at most one run.
+    """
+
+    n: int
+    slices: list[tuple[np.ndarray, np.ndarray]]  # per block: rows, days (sorted by day)
+    days: np.ndarray  # the mark days, ascending
+    counts: list[np.ndarray]  # counts[i]: per row, events on days < days[i]
+    last_day: int | None
+
+    @classmethod
+    def build(cls, n: int, slices: list[tuple[np.ndarray, np.ndarray]]) -> CountMarks:
+        every = np.concatenate([np.asarray(d) for _, d in slices]) if slices else np.zeros(0, np.int32)
+        if len(every) == 0:
+            return cls(n, slices, np.zeros(0, np.int64), [], None)
+        ordered = np.sort(every)
+        picks = ordered[(np.arange(1, MARKS) * len(ordered)) // MARKS]
+        days = np.unique(picks.astype(np.int64))
+        counts, running, previous = [], np.zeros(n, np.int64), None
+        for day in days:
+            running = running + cls._between(n, slices, previous, int(day))
+            dtype = np.uint16 if running.max(initial=0) < 2**16 else np.uint32
+            counts.append(running.astype(dtype))
+            previous = int(day)
+        return cls(n, slices, days, counts, int(ordered[-1]))
+
+    @staticmethod
+    def _between(n: int, slices: list, low: int | None, high: int) -> np.ndarray:
+        """Per row, the events on days in [low, high) (low None: from the first)."""
+        parts = []
+        for rows, days in slices:
+            lo = 0 if low is None else int(np.searchsorted(days, day32(low), side="left"))
+            hi = int(np.searchsorted(days, day32(high), side="left"))
+            if hi > lo:
+                parts.append(np.asarray(rows[lo:hi]))
+        if not parts:
+            return np.zeros(n, np.int64)
+        return np.bincount(np.concatenate(parts), minlength=n)
+
+    def before(self, day: int) -> np.ndarray:
+        """Per row, the events on days before `day` (int64)."""
+        i = int(np.searchsorted(self.days, day, side="right")) - 1
+        if i < 0:
+            return self._between(self.n, self.slices, None, day)
+        mark = self.counts[i].astype(np.int64)
+        if int(self.days[i]) == day:
+            return mark
+        return mark + self._between(self.n, self.slices, int(self.days[i]), day)
+
+
+@dataclass
+class UrlCounts:
+    """Per click URL code, the rows that clicked it (sorted) and how many times."""
+
+    starts: np.ndarray  # starts[code]..starts[code + 1]: that URL's runs
+    rows: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def build(cls, blocks: list[tuple[np.ndarray, np.ndarray]]) -> UrlCounts:
+        rows = np.concatenate([np.asarray(r) for r, _ in blocks]) if blocks else np.zeros(0, np.uint32)
+        urls = np.concatenate([np.asarray(u) for _, u in blocks]) if blocks else np.zeros(0, np.int32)
+        has = urls >= 0
+        keys = np.sort((urls[has].astype(np.int64) << 32) | rows[has].astype(np.int64))
+        distinct, counts = runs(keys)
+        codes = distinct >> 32
+        size = int(codes[-1]) + 1 if len(codes) else 0
+        starts = np.searchsorted(codes, np.arange(size + 1))
+        return cls(starts, (distinct & 0xFFFFFFFF).astype(np.uint32), counts.astype(np.int64))
+
+    def of(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (row, count) runs of the URLs `codes` (a row repeats once per URL)."""
+        codes = codes[codes < len(self.starts) - 1]
+        spans = [(int(self.starts[c]), int(self.starts[c + 1])) for c in codes]
+        if not spans:
+            return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return (np.concatenate([self.rows[a:b] for a, b in spans]),
+                np.concatenate([self.counts[a:b] for a, b in spans]))
 
 
 @dataclass
@@ -285,7 +410,70 @@ class Evaluator(Visitor[Rows]):
         return complement(rows, self.n)
 
     def visit_all_of(self, node: AllOf) -> Rows:
-        return all_of([self.visit(rule) for rule in node.rules], self.n)
+        """The AND of the rules; the field tests that need a pass over every contact go
+        last, and when the others leave few rows they test only those rows."""
+        per_row = [rule for rule in node.rules if self.row_testable(rule)]
+        first = [rule for rule in node.rules if not self.row_testable(rule)]
+        parts = [self.visit(rule) for rule in first]
+        if per_row and parts:
+            narrowed = all_of(parts, self.n)
+            if isinstance(narrowed, BitMap) and len(narrowed) * SPARSE < self.n:
+                rows = bitmap_rows(narrowed)
+                for rule in per_row:
+                    rows = rows[self.row_test(rule, rows)]
+                return to_bitmap(rows)
+            parts = [narrowed]
+        return all_of(parts + [self.visit(rule) for rule in per_row], self.n)
+
+    # --- field tests on some rows (the planner's selective path) ----------------------
+
+    def row_testable(self, node: Any) -> bool:
+        """Whether `row_test` answers `node`: a field test whose index form is a column
+        (numbers, booleans, dates without day bitmaps, text without value bitmaps)."""
+        if type(node) is Not:
+            return self.row_testable(node.rule)
+        if not isinstance(node, (Compare, Present, DayRange)) or node.type in BITMAP_OPS:
+            return False
+        if isinstance(node, Compare) and node.type not in COLUMN_COMPARES:
+            return False
+        if not self.supports(node):
+            return False
+        column = self.index.fields[node.field]
+        if column.type is FieldType.TEXT:
+            return not column.value_bitmaps and not isinstance(node, DayRange)
+        return not (isinstance(node, DayRange) and column.bitmap_days is not None)
+
+    def row_test(self, node: Any, rows: np.ndarray) -> np.ndarray:
+        """`node` on the contacts `rows` only, as a mask over `rows` (exactly the rows
+        `visit` would give, restricted)."""
+        if type(node) is Not:
+            return ~self.row_test(node.rule, rows)
+        column = self.index.fields[node.field]
+        arrays = column.arrays
+        if column.type is FieldType.TEXT:
+            empty = len(column.words) if column.words is not None else len(column.lower)
+            codes = np.asarray(arrays["codes"])[rows]
+            if isinstance(node, Present):
+                return codes != empty
+            words = column.words
+            if words is not None:
+                hits = word_hits(words, node.op, node.values)
+            else:
+                hits = TEXT_OPS[node.op](column.lower, node.values)
+                hits = compute().fill_null(hits, False).to_numpy(zero_copy_only=False)
+            return np.append(hits, False)[codes]
+        if column.type is FieldType.BOOLEAN:
+            values = np.asarray(arrays["values"])[rows]
+            if isinstance(node, Present):
+                return values >= 0
+            return values == int(bool(node.values[0]))
+        present = np.asarray(arrays["present"])[rows]
+        if isinstance(node, Present):
+            return present
+        if isinstance(node, DayRange):
+            low, high = day_numbers(node.low, node.high)
+            return in_range(np.asarray(arrays["days"])[rows], low, high) & present
+        return NUMBER_OPS[node.op](np.asarray(arrays["values"])[rows], node.values) & present
 
     def visit_any_of(self, node: AnyOf) -> Rows:
         return any_of([self.visit(rule) for rule in node.rules], self.n)
@@ -323,7 +511,8 @@ class Evaluator(Visitor[Rows]):
 
     def present(self, column: FieldColumn) -> Rows:
         if column.type is FieldType.TEXT:
-            empty = len(column.lower)
+            words = column.words  # the JSON copy, when small: no PyArrow for its length
+            empty = len(words) if words is not None else len(column.lower)
             if column.value_bitmaps:
                 return complement(self.value_bitmap(column, empty), self.n)
             return np.asarray(column.arrays["codes"]) != empty
@@ -355,8 +544,12 @@ class Evaluator(Visitor[Rows]):
         A field with per-value bitmaps answers with the union of the matching values'
         bitmaps; a high-cardinality one with a pass over its codes.
         """
-        hits = TEXT_OPS[op](column.lower, value)
-        hits = pc.fill_null(hits, False).to_numpy(zero_copy_only=False)
+        words = column.words
+        if words is not None:
+            hits = word_hits(words, op, value)
+        else:
+            hits = TEXT_OPS[op](column.lower, value)
+            hits = compute().fill_null(hits, False).to_numpy(zero_copy_only=False)
         matching = np.flatnonzero(hits)
         if column.value_bitmaps:
             return union_all([self.value_bitmap(column, int(code)) for code in matching])
@@ -467,10 +660,73 @@ class Evaluator(Visitor[Rows]):
             if matched is not None:
                 return matched
             counts = self.counts_outside_window(etype, window)
+            if counts is None:
+                counts = self.window_counts(etype, window)
             if counts is not None:
                 return test(counts)
+        if campaigns is None and window == (None, None):  # a URL count, ever
+            return self.url_count_test(events.url_contains, test)
         rows = self.matching_rows(etype, campaigns, window, events.url_contains)
         return self.count_test(rows, test)
+
+    # --- per-contact count structures, derived once per loaded index ---------------------
+
+    def count_marks(self, etype: str) -> CountMarks:
+        """The cumulative per-contact counts of `etype` at MARKS days (built on first use)."""
+        key = ("count-marks", etype)
+        marks = self.index.derived.get(key)
+        if marks is None:
+            marks = self.index.derived[key] = CountMarks.build(self.n, self.type_slices(etype))
+        return marks
+
+    def type_slices(self, etype: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per event-store block, the (rows, days) of `etype`, sorted by day."""
+        return [(cols["rows"], cols["day"]) for cols, _, _ in self.window_slices(etype, (None, None))]
+
+    def window_counts(self, etype: str, window: tuple) -> np.ndarray | None:
+        """Per-row counts of `etype` in `window` as the difference of two cumulative counts.
+
+        Each is a stored mark plus the events between it and the bound (at most 1/MARKS
+        of the type's events), so no query counts the window's events one by one. None
+        when the window holds so few events that sorting them is cheaper.
+        """
+        slices = self.window_slices(etype, window)
+        inside = sum(hi - lo for _, lo, hi in slices)
+        if inside * SPARSE < self.n:
+            return None
+        low, high = window
+        marks = self.count_marks(etype)
+        before_high = (
+            np.asarray(self.index.count[self.type_code(etype)]).astype(np.int64)
+            if high is None or marks.last_day is None or high >= marks.last_day
+            else marks.before(high + 1)
+        )
+        return before_high if low is None else before_high - marks.before(low)
+
+    def url_counts(self) -> UrlCounts:
+        """Per click URL, the rows that clicked it and how often (built on first use)."""
+        counts = self.index.derived.get(("url-counts",))
+        if counts is None:
+            slices = self.window_slices("click", (None, None))
+            counts = UrlCounts.build([(c["rows"], c["url"]) for c, _, _ in slices])
+            self.index.derived[("url-counts",)] = counts
+        return counts
+
+    def url_count_test(self, url_contains: str, test: Callable[[np.ndarray], np.ndarray]) -> Rows:
+        """Contacts whose clicks on URLs containing `url_contains` pass `test`, from the
+        per-URL counts: the matching URLs' (row, count) runs, added up per row."""
+        codes = np.flatnonzero(self.url_hits(url_contains))
+        rows, counts = self.url_counts().of(codes)
+        if len(codes) > 1 and len(rows):
+            if len(rows) * SPARSE >= self.n:
+                return test(np.bincount(rows, weights=counts, minlength=self.n))
+            order = np.argsort(rows, kind="stable")
+            rows, counts = rows[order], counts[order]
+            starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+            rows, counts = rows[starts], np.add.reduceat(counts, starts)
+        if bool(test(np.zeros(1, np.int64))[0]):
+            return complement(to_bitmap(rows[~test(counts)]), self.n)
+        return to_bitmap(rows[test(counts)])
 
     def has_event(
         self, etype: str, campaigns: np.ndarray | None, window: tuple
@@ -577,7 +833,11 @@ class Evaluator(Visitor[Rows]):
 
     def url_hits(self, url_contains: str) -> np.ndarray:
         """Per URL code, whether it contains `url_contains` (tested on the dictionary)."""
+        words = self.index.url_words()
+        if words is not None:
+            return word_hits(words, "contains", (url_contains.lower(),))
         urls = self.index.urls()
+        pc = compute()
         hits = pc.fill_null(pc.match_substring(urls, url_contains.lower()), False)
         return hits.to_numpy(zero_copy_only=False)
 

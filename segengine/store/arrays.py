@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def save(path: Path, array_: np.ndarray) -> str:
@@ -25,6 +28,8 @@ def load(path: Path) -> np.ndarray:
 
 
 def save_strings(path: Path, values: pa.Array) -> str:
+    import pyarrow as pa
+
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"v": values.cast(pa.large_string())})
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -33,6 +38,9 @@ def save_strings(path: Path, values: pa.Array) -> str:
 
 
 def load_strings(path: Path) -> pa.Array:
+    # PyArrow loads with the first text dictionary a count reads, not with the index
+    import pyarrow as pa
+
     with pa.memory_map(str(path), "r") as source:
         return pa.ipc.open_file(source).read_all().column("v").combine_chunks()
 

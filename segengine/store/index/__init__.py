@@ -17,11 +17,30 @@ docs/index.md explains the layout and the alternatives we rejected.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ..manifest import covers_of
-from .build import build_index, refresh_index
-from .events import contact_rows
 from .layout import FORMAT, META, BitmapKeys, IndexUnavailable, day_number
-from .read import FieldColumn, IndexData, load_index
+
+if TYPE_CHECKING:
+    from .build import build_index, refresh_index
+    from .events import contact_rows
+    from .read import FieldColumn, IndexData, load_index
+
+#: name -> the module defining it, imported on first use: reading an index (numpy,
+#: roaring) must not load the builder's PyArrow and Parquet readers
+LAZY = {
+    "build_index": "build", "refresh_index": "build", "contact_rows": "events",
+    "FieldColumn": "read", "IndexData": "read", "load_index": "read",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 __all__ = [
     "FORMAT",

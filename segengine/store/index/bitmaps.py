@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyroaring import BitMap
 
 if TYPE_CHECKING:
-    pass
+    import pyarrow as pa
 from .layout import (
     DAY_US,
 )
@@ -34,6 +32,9 @@ def bitmap_rows(bitmap: BitMap) -> np.ndarray:
 
 def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """One contiguous array (table columns and some kernels give chunked ones)."""
+    # PyArrow is imported by the builders' helpers, never by a reader of the index
+    import pyarrow as pa
+
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
@@ -43,6 +44,9 @@ def python_lower(values: pa.Array) -> pa.Array:
     Arrow's ``utf8_lower`` agrees with Python on ASCII; only the non-ASCII values are
     lower-cased in Python (İ and the final sigma differ), one call per distinct value.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     values = flat(values).cast(pa.string())
     lowered = pc.utf8_lower(values)
     non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(values), True))
@@ -54,6 +58,8 @@ def python_lower(values: pa.Array) -> pa.Array:
 
 def timestamp_micros(column: pa.Array) -> pa.Array:
     """Timestamps (any unit, any zone) as int64 UTC microseconds; dates at midnight."""
+    import pyarrow as pa
+
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("us"))
     column = column.cast(pa.timestamp("us", tz=column.type.tz))
@@ -62,6 +68,9 @@ def timestamp_micros(column: pa.Array) -> pa.Array:
 
 def days_of(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(UTC day numbers int32, present mask) of a date or timestamp column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     present = pc.is_valid(column).to_numpy(zero_copy_only=False)
     if pa.types.is_date32(column.type):
         days = column.view(pa.int32()).to_numpy(zero_copy_only=False)
@@ -131,7 +140,9 @@ class BitmapStore:
 
     @classmethod
     def from_json(cls, directory: Path, entries: dict[str, list]) -> BitmapStore:
-        return cls(directory, {k: (v[0], int(v[1]), int(v[2])) for k, v in entries.items()})
+        # The lists JSON gives are used as they are: an index holds thousands of named
+        # bitmaps, and a count reads a few of them.
+        return cls(directory, dict(entries))
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:

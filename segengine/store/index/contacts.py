@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from .bitmaps import (
 )
 from .layout import (
     CONTACTS_VERSION,
+    WORDS_MAX,
     BitmapKeys,
 )
 
@@ -118,12 +120,17 @@ def build_field(
         codes, lowered = encode_text(column)
         bitmaps = value_bitmaps(name, codes, len(lowered))
         store.write_layer(bitmaps)
-        return {
+        spec = {
             "type": ftype.value,
             "codes": save(directory / f"{prefix}.codes.npy", codes),
             "lower": save_strings(directory / f"{prefix}.lower.arrow", lowered),
             "value_bitmaps": bool(bitmaps),
         }
+        if len(lowered) <= WORDS_MAX:
+            words = directory / f"{prefix}.words.json"
+            words.write_text(json.dumps(lowered.to_pylist()))
+            spec["words"] = words.name
+        return spec
     present = pc.is_valid(column).to_numpy(zero_copy_only=False)
     if ftype == FieldType.NUMBER:
         values = pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)

@@ -38,6 +38,7 @@ from .layout import (
     DAY_US,
     SENT,
     STORE_COLUMNS,
+    WORDS_MAX,
     BitmapKeys,
 )
 from .read import (
@@ -396,6 +397,7 @@ class EventPart:
             "campaigns": self.campaigns.values,
             "send_us": self.send_us,
             "urls": urls,
+            "url_words": self.urls.values if len(self.urls.values) <= WORDS_MAX else None,
             "bitmaps": self.bitmaps.to_json(),
             BLOCK_FILES: self.blocks,
             "day_range": self.day_range,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pyarrow as pa
 
 from ...fields import EVENT_TYPES, STATUSES, FieldType
 from ..aggregates import Aggregates
@@ -16,7 +16,7 @@ from ..arrays import load, load_strings
 from ..manifest import Manifest, covers_of
 
 if TYPE_CHECKING:
-    pass
+    import pyarrow as pa
 
 
 from .bitmaps import (
@@ -61,7 +61,17 @@ class FieldColumn:
     value_bitmaps: bool = False
     #: a date field's days that have a bitmap (None: the field has none)
     bitmap_days: np.ndarray | None = None
+    #: the lower-cased dictionary as JSON (a small one; None: only `lower` has it)
+    words_path: Path | None = None
     _lower: pa.Array | None = field(default=None, repr=False)
+    _words: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def words(self) -> list[str] | None:
+        """The lower-cased dictionary as Python text, when the index stores it so."""
+        if self._words is None and self.words_path is not None:
+            self._words = json.loads(self.words_path.read_text())
+        return self._words
 
     @property
     def lower(self) -> pa.Array | None:
@@ -96,6 +106,27 @@ def upgraded(meta: dict, directory: Path) -> dict:
     return meta
 
 
+class Fields(Mapping[str, FieldColumn]):
+    """The indexed fields by name, each memory-mapped when a rule first reads it: a
+    one-shot count opens the files of the fields it tests, not those of every field."""
+
+    def __init__(self, part: Path, specs: dict, open_field: Callable[[Path, str, dict], FieldColumn]):
+        self._part, self._specs, self._open = part, specs, open_field
+        self._opened: dict[str, FieldColumn] = {}
+
+    def __getitem__(self, name: str) -> FieldColumn:
+        column = self._opened.get(name)
+        if column is None:
+            column = self._opened[name] = self._open(self._part, name, self._specs[name])
+        return column
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
 class IndexData:
     """A loaded index: memory-mapped arrays and lazily deserialized bitmaps."""
 
@@ -108,9 +139,7 @@ class IndexData:
         self.ids = np.asarray(load(part / "ids.npy"))
         self.status = load(part / "status.npy")
         self.contact_bitmaps = BitmapStore.from_json(part, contacts["bitmaps"])
-        self.fields = {
-            name: self._field(part, name, spec) for name, spec in contacts["fields"].items()
-        }
+        self.fields = Fields(part, contacts["fields"], self._field)
         events = meta["events"]
         self.aggregates = Aggregates.open(self.directory, self.n, events["aggregates"])
         #: count[t], first[t], last[t] (days), recent[t] (RECENT, rows): full arrays per
@@ -135,6 +164,9 @@ class IndexData:
         self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
         #: bucket numbers per seed and bucket ranges' rows, computed on first use
         self.buckets = BucketCache(self.n)
+        #: structures an evaluator derives from this (immutable) index on first use and
+        #: keeps while it is loaded, e.g. cumulative event counts (engines/index.py)
+        self.derived: dict[tuple, object] = {}
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
@@ -150,12 +182,17 @@ class IndexData:
         return FieldColumn(
             name, ftype, arrays, lower, bool(spec.get("value_bitmaps")),
             None if days is None else np.array(days, np.int64),
+            part / spec["words"] if "words" in spec else None,
         )
 
     def urls(self) -> pa.Array:
         if self._urls is None:
             self._urls = load_strings(self.directory / self.meta["events"]["urls"])
         return self._urls
+
+    def url_words(self) -> list[str] | None:
+        """The lower-cased click URLs as Python text (None: too many, see `urls`)."""
+        return self.meta["events"].get("url_words")
 
     def blocks(self) -> list[EventBlock]:
         """The event store, memory-mapped on first use."""
