@@ -44,7 +44,6 @@ from ..fields import EVENT_TYPES, STATUSES, FieldType
 from ..store.aggregates import RECENT
 from ..store.index.bitmaps import bitmap_rows, runs, to_bitmap
 from ..store.index.buckets import NO_BUCKET
-from ..store.index.events import contact_rows
 from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
@@ -590,6 +589,7 @@ class Evaluator(Visitor[Rows]):
 
     def bucket_numbers(self, seed: str) -> np.ndarray:
         """Every row's bucket number for `seed` (`NO_BUCKET` without an email)."""
+        from ..store.index.events import contact_rows  # the build's module: it loads PyArrow
         from .duckdb import bucket_numbers
 
         ids, numbers = bucket_numbers(self.tables, seed)
