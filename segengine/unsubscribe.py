@@ -12,8 +12,8 @@ the events and appends the status log in one atomic transaction.
   the event types have no resubscribe, so the status log is its audit trail.
 
 Emails files are read as imports read them (UTF-8 with an optional BOM, RFC 4180)
-and normalised the same way (surrounding white space incl. tabs stripped,
-lower-cased). Unknown addresses are counted and, with a report path, written to a
+and normalised by the same rule (`segengine.addresses`: surrounding white space and
+invisible characters stripped, NFKC, lower-cased). Unknown addresses are counted and, with a report path, written to a
 CSV of ``line,email`` (the first line each appears on); they are never created.
 """
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
+from . import addresses
 from .definition.nodes import Segment
 from .errors import InputError
 from .progress import NullProgress, Progress
@@ -116,7 +117,9 @@ def _contacts_sql(snap: Snapshot) -> str:
     files = snap.files("contacts")
     if not files:
         return "SELECT NULL::BIGINT AS contact_id, NULL::VARCHAR AS email WHERE false"
-    return f"SELECT contact_id, email FROM read_parquet({file_list(files)})"
+    # Stored addresses are matched by the address rule too, so one written by an older
+    # rule (a full-width letter, a zero-width space) is still found and suppressed.
+    return f"SELECT contact_id, {email_expr('email')} AS email FROM read_parquet({file_list(files)})"
 
 
 def _write_report(con: duckdb.DuckDBPyConnection, report: Path) -> None:
@@ -139,7 +142,7 @@ def match_emails(path: str | os.PathLike[str], snap: Snapshot,
     path = Path(path)
     report_path = check_report_path(report)
     with tempfile.TemporaryDirectory(prefix="segengine-emails-") as spill:
-        con = quiet(connect(Path(spill)))
+        con = addresses.register(quiet(connect(Path(spill))))
         try:
             listed = _listed(con, path, Path(spill))
             con.execute(

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from .. import addresses
 from ..errors import ImportRejected, InputError
 from ..fields import CUSTOM_TYPES, EVENT_TYPES, FIELD_NAME_RE, RESERVED_NAMES, STATUSES, FieldType
 from ..progress import NullProgress, Progress
@@ -26,7 +27,6 @@ from .duck import file_list, lit, q
 from .staging import LINE, file_format, stage_csv
 from .workspace import REJECTS_DIR, Store, Transaction
 
-EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
 NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 # Inference is stricter than parsing: a leading zero (a postal code) means text.
 INFER_NUMBER_RE = r"^[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
@@ -294,8 +294,23 @@ def parse_types_option(spec: str | None) -> dict[str, FieldType]:
     return out
 
 
+#: the normalised address of a source row (a name no field can take: it has a space)
+EMAIL_KEY = "email key"
+
+
 def email_expr(col: str) -> str:
-    return f"lower({trim_ws(f'CAST({col} AS VARCHAR)')})"
+    """SQL of the address rule (segengine.addresses) for a source column; needs
+    `addresses.register` on the connection."""
+    return addresses.sql_email(f"CAST({col} AS VARCHAR)")
+
+
+def invalid_email(raw: str, normalised: str) -> tuple[str, str]:
+    """(condition, reason) of a row whose non-empty address the rule refuses."""
+    why = addresses.sql_problem(normalised)
+    return (
+        f"{normalised} <> '' AND ({why}) IS NOT NULL",
+        f"'invalid email ' || {quoted_value(raw)} || ': it ' || ({why})",
+    )
 
 
 def reason_sql(parts: list[tuple[str, str]]) -> str:
@@ -368,7 +383,7 @@ def import_contacts(
     progress = progress or NullProgress()
     types = dict(types or {})
     with ws.transaction() as tx:
-        con = connect(tx.staging)
+        con = addresses.register(connect(tx.staging))
         try:
             summary = _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress)
         finally:
@@ -424,14 +439,11 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
     new_fields.update(inferred)
 
     # Parse every record once into a temporary table with its reasons for rejection.
-    email = email_expr(q("email"))
+    email = q(EMAIL_KEY)
     select = [f"{LINE} AS line", f"{email} AS email"]
     reasons: list[tuple[str, str]] = width_check(source)
     reasons.append((f"{email} IS NULL OR {email} = ''", "'missing email'"))
-    reasons.append(
-        (f"{email} <> '' AND NOT regexp_matches({email}, {lit(EMAIL_RE)})",
-         f"'invalid email ' || {quoted_value(q('email'))}")
-    )
+    reasons.append(invalid_email(q("email"), email))
     if "status" in cols:
         s = f"lower({blank_to_null('CAST(' + q('status') + ' AS VARCHAR)')})"
         select.append(f"{s} AS status")
@@ -464,7 +476,10 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         )
     select.append(f"{reason_sql(reasons)} AS reason")
     with progress.task("parsing rows"):
-        con.execute(f"CREATE TEMP TABLE parsed AS SELECT {', '.join(select)} FROM src")
+        con.execute(
+            f"CREATE TEMP TABLE parsed AS SELECT {', '.join(select)} "
+            f"FROM (SELECT *, {email_expr(q('email'))} AS {email} FROM src)"
+        )
     con.execute("CREATE TEMP VIEW rejects AS SELECT line, email, reason FROM parsed WHERE reason <> ''")
     rejected, report, sample = (0, None, [])
     if strict:
@@ -501,11 +516,17 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
     next_id = int(tx.manifest["next_contact_id"])
     old_files = tx.base.files("contacts")
     if old_files:
-        con.execute(f"CREATE TEMP VIEW old AS SELECT * FROM read_parquet({file_list(old_files)})")
+        # Stored addresses are matched by the rule too: one written by an older rule
+        # (full-width letters, a zero-width space) is the contact its mailbox already is.
+        con.execute(
+            f"CREATE TEMP VIEW old AS SELECT *, {email_expr('email')} AS {q(EMAIL_KEY)} "
+            f"FROM read_parquet({file_list(old_files)})"
+        )
     else:
         old_cols = ", ".join(
             ["NULL::BIGINT AS contact_id", "NULL::VARCHAR AS email", "NULL::VARCHAR AS status",
-             "NULL::TIMESTAMP AS date_added", "NULL::VARCHAR[] AS lists"]
+             "NULL::TIMESTAMP AS date_added", "NULL::VARCHAR[] AS lists",
+             f"NULL::VARCHAR AS {q(EMAIL_KEY)}"]
         )
         con.execute(f"CREATE TEMP VIEW old AS SELECT {old_cols} WHERE false")
     duck_types = {FieldType.TEXT: "VARCHAR", FieldType.NUMBER: "DOUBLE", FieldType.DATE: "DATE",
@@ -532,7 +553,7 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
     with progress.task("writing contacts"):
         con.execute(
             f"COPY (SELECT {', '.join(merged)} FROM old o FULL OUTER JOIN incoming i "
-            f"ON o.email = i.email ORDER BY contact_id) TO {lit(str(out))} "
+            f"ON o.{q(EMAIL_KEY)} = i.email ORDER BY contact_id) TO {lit(str(out))} "
             "(FORMAT parquet, COMPRESSION zstd)"
         )
     log_status_changes(con, tx, path, now, out)
@@ -551,11 +572,11 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         "SELECT count(*) FILTER (WHERE o.email IS NULL), "
         f"count(*) FILTER (WHERE o.email IS NOT NULL AND ({' OR '.join(changed)})), "
         "count(*), (SELECT sum(n_rows) FROM incoming) "
-        "FROM incoming i LEFT JOIN old o ON o.email = i.email "
-        f"LEFT JOIN read_parquet({lit(str(out))}) n ON n.email = i.email"
+        f"FROM incoming i LEFT JOIN old o ON o.{q(EMAIL_KEY)} = i.email "
+        f"LEFT JOIN read_parquet({lit(str(out))}) n ON n.email = coalesce(o.email, i.email)"
     ).fetchone()
     existing_rows = con.execute(
-        "SELECT count(*) FROM incoming i JOIN old o ON o.email = i.email"
+        f"SELECT count(*) FROM incoming i JOIN old o ON o.{q(EMAIL_KEY)} = i.email"
     ).fetchone()[0]
     total = con.execute(f"SELECT count(*) FROM read_parquet({lit(str(out))})").fetchone()[0]
     tx.manifest["contacts"] = [tx.relative(out)]
@@ -590,9 +611,9 @@ def log_status_changes(con, tx: Transaction, path: Path, at: dt.datetime, writte
         f"TIMESTAMP {lit(at.isoformat(sep=' '))} AS timestamp, o.status AS from_status, "
         f"{IMPORTED_STATUS} AS to_status, 'import contacts' AS command, "
         f"{lit(path.name)} AS reason "
-        "FROM incoming i LEFT JOIN old o ON o.email = i.email "
+        f"FROM incoming i LEFT JOIN old o ON o.{q(EMAIL_KEY)} = i.email "
         f"LEFT JOIN read_parquet({lit(str(written))}) n "
-        "ON n.email = i.email "
+        "ON n.email = coalesce(o.email, i.email) "
         f"WHERE i.suppressed IS NOT NULL AND {IMPORTED_STATUS} IS DISTINCT FROM o.status"
     )
     if con.execute(f"SELECT count(*) FROM ({changes})").fetchone()[0] == 0:
@@ -618,7 +639,7 @@ def import_events(
     path = Path(path)
     progress = progress or NullProgress()
     with ws.transaction() as tx:
-        con = connect(tx.staging)
+        con = addresses.register(connect(tx.staging))
         try:
             summary = _import_events(con, ws, tx, path, strict, rejects_path, progress)
         finally:
@@ -651,7 +672,8 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
     if not contacts:
         raise ImportRejected("the workspace has no contacts yet: import contacts before events")
     con.execute(
-        f"CREATE TEMP VIEW known AS SELECT email AS known_email, contact_id FROM read_parquet({file_list(contacts)})"
+        f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
+        f"FROM read_parquet({file_list(contacts)})"
     )
     campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
     etype = f"lower({blank_to_null('CAST(' + q('type') + ' AS VARCHAR)')})"
@@ -668,7 +690,8 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
     ])
     reasons = width_check(source) + [
         ("n.email IS NULL OR n.email = ''", "'missing email'"),
-        ("n.email <> '' AND NOT n.valid_email", f"'invalid email ' || {quoted_value('raw_email')}"),
+        ("n.email <> '' AND NOT n.valid_email",
+         f"'invalid email ' || {quoted_value('raw_email')} || ': it ' || n.email_problem"),
         ("n.valid_email AND k.contact_id IS NULL",
          f"'unknown email ' || {quoted_value('n.email')} || ' (import the contact first)'"),
         ("campaign IS NULL", "'missing campaign'"),
@@ -681,8 +704,10 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         con.execute(
             "CREATE TEMP TABLE checked AS SELECT line, n.email, k.contact_id, campaign, type, "
             f"timestamp, url, {reason_sql(reasons)} AS reason FROM ("
-            f"SELECT *, coalesce(regexp_matches(email, {lit(EMAIL_RE)}), false) AS valid_email "
-            f"FROM (SELECT {normalised} FROM src)) n LEFT JOIN known k ON k.known_email = n.email"
+            f"SELECT *, coalesce(email <> '' AND email_problem IS NULL, false) AS valid_email FROM ("
+            f"SELECT *, {addresses.sql_problem('email')} AS email_problem "
+            f"FROM (SELECT {normalised} FROM src)))"
+            " n LEFT JOIN known k ON k.known_email = n.email"
         )
     con.execute(
         "CREATE TEMP TABLE rejects AS SELECT line, email, reason FROM checked WHERE reason <> ''"
