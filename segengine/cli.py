@@ -880,5 +880,39 @@ def send(ctx, campaign, segments, subject, html_file, text_file, from_addr, smtp
     _print_send(result, as_json)
 
 
+@main.command()
+@json_option
+@click.pass_context
+def verify(ctx, as_json: bool) -> None:
+    """Check every committed file against the checksum recorded at its commit.
+
+    Lists damaged and missing files and exits 1 if there is one: an index file is
+    rebuilt by `segengine reindex`, a data file must come from a backup. Files of a
+    workspace written before checksums existed show as "no checksum recorded".
+
+    Example: segengine -w ws verify
+    """
+    result = workspace(ctx).verify()
+
+    def human() -> None:
+        words = {"damaged": "DAMAGED", "missing": "MISSING", "unchecked": "no checksum recorded"}
+        for f in result["files"]:
+            if f["state"] != "ok":
+                click.echo(f"{words[f['state']]}: {f['path']}")
+        click.echo(f"{result['ok']} ok, {result['damaged']} damaged, {result['missing']} missing, "
+                   f"{result['unchecked']} without a checksum")
+
+    emit(result, as_json, human)
+    if not result["healthy"]:
+        index = any(f["path"].startswith("index/") for f in result["files"]
+                    if f["state"] in ("damaged", "missing"))
+        data = any(not f["path"].startswith("index/") for f in result["files"]
+                   if f["state"] in ("damaged", "missing"))
+        fixes = (["run `segengine reindex` for the index files"] if index else []) + (
+            ["restore the data files from a backup"] if data else [])
+        click.echo(f"error: the workspace has damaged or missing files: {'; '.join(fixes)}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .checksums import check
+
 
 def save(path: Path, array_: np.ndarray) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +23,7 @@ def save(path: Path, array_: np.ndarray) -> str:
 
 
 def load(path: Path) -> np.ndarray:
+    check(path)
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -33,6 +36,7 @@ def save_strings(path: Path, values: pa.Array) -> str:
 
 
 def load_strings(path: Path) -> pa.Array:
+    check(path)
     with pa.memory_map(str(path), "r") as source:
         return pa.ipc.open_file(source).read_all().column("v").combine_chunks()
 

@@ -50,6 +50,9 @@ class Manifest(TypedDict):
     next_contact_id: int
     index: IndexEntry | None
     counts: Counts
+    #: workspace-relative path -> ``xxh3_128:<hex>`` of every file referenced above
+    #: (store/checksums.py); absent in manifests written before checksums existed
+    checksums: NotRequired[dict[str, str]]
 
 
 def empty_manifest() -> Manifest:

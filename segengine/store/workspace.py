@@ -36,6 +36,7 @@ from typing import Any
 from ..errors import InputError, WorkspaceBusy, WorkspaceError
 from ..fields import Schema
 from ..progress import Progress
+from . import checksums
 from .manifest import Manifest, Tables, empty_manifest, schema_of
 
 FORMAT_NAME = "segengine-workspace"
@@ -86,6 +87,9 @@ class Snapshot:
     root: Path
     manifest: Manifest
 
+    def __post_init__(self) -> None:
+        checksums.expect(self.root, self.manifest)
+
     @property
     def version(self) -> int:
         return int(self.manifest["version"])
@@ -99,7 +103,12 @@ class Snapshot:
         return self.manifest["segments"]
 
     def files(self, table: str) -> tuple[str, ...]:
-        return tuple(str(self.root / rel) for rel in self.manifest[table])
+        """Absolute paths of a table's files, each checked against its checksum on the
+        first use in this process (store/checksums.py)."""
+        paths = tuple(str(self.root / rel) for rel in self.manifest.get(table, []))
+        for path in paths:
+            checksums.check(path)
+        return paths
 
     @property
     def tables(self) -> Tables:
@@ -154,6 +163,7 @@ class Transaction:
         for directory in {p.parent for p in self.new_files}:
             fsync_path(directory)
         crash_point("files-synced")
+        self.manifest["checksums"] = checksums.for_commit(self.root, self.manifest, self.base.manifest)
         self.manifest["committed_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         current = self.root / MANIFEST
         if current.exists():

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyroaring import BitMap
 
+from ..checksums import check
+
 if TYPE_CHECKING:
     pass
 from .layout import (
@@ -99,6 +101,7 @@ class BitmapStore:
         file, offset, size = entry
         data = self._maps.get(file)
         if data is None:
+            check(self.directory / file)
             data = self._maps[file] = np.memmap(self.directory / file, dtype=np.uint8, mode="r")
         bitmap = BitMap.deserialize(data[offset : offset + size].tobytes())
         self._cache[name] = bitmap
