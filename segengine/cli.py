@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .errors import SegengineError
+from .errors import SegengineError, os_error_line
 
 
 class Cli(click.Group):
@@ -25,6 +25,13 @@ class Cli(click.Group):
         except SegengineError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            # a full or read-only disk, a permission: one line naming the file and the fix
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: the workspace holds the last completed commit", err=True)
             sys.exit(130)

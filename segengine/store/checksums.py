@@ -23,16 +23,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SegengineError
+from ..errors import StorageError
 
 ALGORITHM = "xxh3_128"
 CHUNK = 8 << 20
 
 
-class DamagedFile(SegengineError):
+class DamagedFile(StorageError):
     """A committed file does not match the checksum its manifest recorded."""
-
-    exit_code = 1
 
 
 #: absolute path -> (the checksum the manifest recorded, the workspace-relative path);

@@ -351,11 +351,15 @@ def write_rejects(
         rejects_path = ws_root / REJECTS_DIR / f"{stamp}-{input_path.stem}.rejects.csv"
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
-    con.execute(
-        f"COPY (SELECT line, email, reason FROM rejects ORDER BY line) "
-        f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
-    )
-    os.replace(tmp, rejects_path)
+    try:
+        con.execute(
+            f"COPY (SELECT line, email, reason FROM rejects ORDER BY line) "
+            f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
+        )
+        os.replace(tmp, rejects_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written report
+        raise
     return total, str(rejects_path), sample
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, WorkspaceBusy, WorkspaceError
+from ..errors import InputError, StorageError, WorkspaceBusy, WorkspaceError
 from ..fields import Schema
 from ..progress import Progress
 from . import checksums
@@ -70,12 +70,16 @@ def fsync_path(path: Path) -> None:
 def write_durably(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically and durably (write, fsync, rename, fsync dir)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    crash_point(f"before-rename:{path.name}")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point(f"before-rename:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
     crash_point(f"after-rename:{path.name}")
     fsync_path(path.parent)
 
@@ -185,7 +189,16 @@ class Store:
             if not self.root.exists():
                 raise WorkspaceError(f"workspace {self.root} does not exist: {hint}")
             raise WorkspaceError(f"{self.root} is not a segengine workspace: {hint}")
-        marker = json.loads((self.root / MARKER).read_text())
+        try:
+            marker = json.loads((self.root / MARKER).read_text())
+            if not isinstance(marker, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            expected = json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
+            raise StorageError(
+                f"{self.root / MARKER} is damaged ({exc}): it holds the workspace's format; "
+                f"write {expected} back into it"
+            ) from None
         if marker.get("format") != FORMAT_NAME or marker.get("format_version") != FORMAT_VERSION:
             raise WorkspaceError(
                 f"{self.root}: unsupported workspace format {marker!r}; "
@@ -228,8 +241,16 @@ class Store:
     def snapshot(self) -> Snapshot:
         try:
             manifest = json.loads((self.root / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), int):
+                raise ValueError("not a segengine manifest")
+        except FileNotFoundError as exc:
             raise WorkspaceError(f"{self.root}: cannot read {MANIFEST}: {exc}") from exc
+        except ValueError as exc:
+            raise StorageError(
+                f"{self.root / MANIFEST} is damaged ({exc}): {PREVIOUS} holds the state one "
+                f"commit earlier (copy it over {MANIFEST} to go back to it), or restore the "
+                "workspace from a backup"
+            ) from None
         return Snapshot(self.root, manifest)
 
     # --- writing -------------------------------------------------------------------
@@ -262,8 +283,8 @@ class Store:
         commit (or with an exception) deletes every file the transaction created.
         """
         with self.lock():
+            base = self.snapshot()  # a damaged manifest stops here, with its own message
             self._collect_garbage()
-            base = self.snapshot()
             manifest = copy.deepcopy(base.manifest)
             manifest["version"] = base.version + 1
             staging = self.root / STAGING_DIR / uuid.uuid4().hex
@@ -285,17 +306,24 @@ class Store:
                 crash_point("committed")
                 self._collect_garbage()
 
-    def _referenced(self) -> set[str]:
+    def _referenced(self) -> set[str] | None:
+        """Files the current and the previous manifest reference; None when the previous
+        one is unreadable (its files are then kept: the next commit replaces it)."""
         refs: set[str] = set()
         for name in (MANIFEST, PREVIOUS):
             path = self.root / name
             if not path.exists():
                 continue
-            manifest = json.loads(path.read_text())
-            refs.update(manifest["contacts"])
-            refs.update(manifest["events"])
-            refs.update(manifest.get("status_log", []))  # the audit trail (store/status.py)
-            index = manifest.get("index") or {}
+            try:
+                manifest = json.loads(path.read_text())
+                files = [*manifest["contacts"], *manifest["events"],
+                         *manifest.get("status_log", [])]  # the audit trail (store/status.py)
+                index = manifest.get("index") or {}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                if name == PREVIOUS:
+                    return None  # garbage must not block every later writer
+                raise
+            refs.update(files)
             if index.get("path"):
                 refs.add(index["path"])
         return refs
@@ -303,7 +331,7 @@ class Store:
     def _collect_garbage(self) -> None:
         """Delete files of aborted or superseded writes. Called with the lock held."""
         refs = self._referenced()
-        for directory in (DATA_DIR, INDEX_DIR):
+        for directory in (DATA_DIR, INDEX_DIR) if refs is not None else ():
             base = self.root / directory
             if not base.exists():
                 continue
