@@ -37,7 +37,7 @@ from .progress import NullProgress, Progress
 from .store.duck import connect_writer as connect
 from .store.duck import file_list, lit, q, quiet
 from .store.imports import email_expr
-from .store.staging import LINE, file_format, stage_csv
+from .store.staging import LINE, check_names, file_format, stage_csv
 from .store.status import StatusChange, change_status, utc_naive
 from .store.workspace import Snapshot
 
@@ -101,8 +101,10 @@ def _listed(con: duckdb.DuckDBPyConnection, path: Path, spill: Path) -> str:
     """SQL of (line, raw) rows of the file's addresses; stages a CSV into `spill`."""
     if file_format(path) == "parquet":
         source = f"read_parquet({lit(str(path))}, file_row_number = true)"
-        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-        column, _ = email_column([c for c in columns if c != "file_row_number"], path)
+        columns = [row[0] for row in con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet({lit(str(path))})").fetchall()]
+        check_names(path, columns)
+        column, _ = email_column(columns, path)
         return f"SELECT file_row_number + 1 AS line, CAST({q(column)} AS VARCHAR) AS raw FROM {source}"
     staged = spill / "emails.parquet"
     header, _ = stage_csv(path, staged)

@@ -84,6 +84,9 @@ def load_yaml(text: str, *, origin: str | None = None) -> Any:
         raise DefinitionError(Problem("", _describe(err)), source=origin) from None
     except YAMLError as err:
         raise DefinitionError(Problem("", f"invalid YAML: {err}"), source=origin) from None
+    except RecursionError:
+        raise DefinitionError(Problem("", "nests too deeply to read: flatten the definition"),
+                              source=origin) from None
 
 
 def _describe(err: MarkedYAMLError) -> str:

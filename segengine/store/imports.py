@@ -24,7 +24,7 @@ from ..fields import CUSTOM_TYPES, EVENT_TYPES, FIELD_NAME_RE, RESERVED_NAMES, S
 from ..progress import NullProgress, Progress
 from .duck import connect_writer as connect
 from .duck import file_list, lit, q
-from .staging import LINE, file_format, stage_csv
+from .staging import LINE, check_names, file_format, stage_csv
 from .workspace import REJECTS_DIR, Store, Transaction
 
 NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
@@ -94,6 +94,8 @@ def open_source(
         rows = pq.ParquetFile(path).metadata.num_rows
     except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
         raise ImportRejected(f"{path}: not a readable Parquet file: {exc}") from None
+    check_names(path, [row[0] for row in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet({lit(str(path))})").fetchall()])
     con.execute(
         "CREATE VIEW src AS SELECT * EXCLUDE (file_row_number), "
         f"file_row_number + 1 AS {LINE}, NULL::INTEGER AS _width "
@@ -220,8 +222,32 @@ def parse_value(col: str, source_type: str, ftype: FieldType) -> tuple[str, str]
     )
 
 
-def parquet_field_type(source_type: str) -> FieldType:
+def check_builtin_shapes(path: Path, source: Source, builtins: tuple[str, ...]) -> None:
+    """Refuse a Parquet built-in column holding lists or structs (`lists` excepted):
+    cast to text it would import as a rendering of the structure, not a value."""
+    for name, duck_type in source.columns.items():
+        if name in builtins and name != "lists" and duck_type.upper().endswith(("[]", ")")):
+            raise ImportRejected(
+                f"{path}: column {name!r} holds {duck_type} values: it must hold one value "
+                "per cell"
+            )
+
+
+def nul_checks(columns: dict[str, str]) -> list[tuple[str, str]]:
+    """Reasons for text cells holding a NUL character (CSV refuses one while reading);
+    `columns` maps a column's name to the SQL of its text."""
+    return [(f"coalesce(contains({sql}, chr(0)), false)",
+             f"'{name}: the value holds a NUL character (byte 0x00)'")
+            for name, sql in columns.items()]
+
+
+def parquet_field_type(source_type: str, name: str = "") -> FieldType:
     t = source_type.upper()
+    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION")):
+        raise ImportRejected(
+            f"column {name!r} holds {source_type} values (one structure per cell), which "
+            "cannot be a field: flatten it into columns of text, numbers or dates, or drop it"
+        )
     if t == "VARCHAR":
         return FieldType.TEXT
     if t == "BOOLEAN":
@@ -233,13 +259,29 @@ def parquet_field_type(source_type: str) -> FieldType:
     if any(k in t for k in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")):
         return FieldType.NUMBER
     raise ImportRejected(
-        f"a column of Parquet type {source_type} cannot be a field: "
-        "use text, number, date, timestamp or boolean columns"
+        f"column {name!r} has the Parquet type {source_type}, which cannot be a field: "
+        "use text, number, date, timestamp or boolean columns, or drop it"
     )
+
+
+#: columns whose types one query infers
+INFER_BATCH = 16
+#: more custom columns than this make a "wide" file (see `_import_contacts`)
+WIDE = 64
+#: custom columns one contacts file may have: 256 import in seconds, 1,000 took minutes
+MAX_CUSTOM_COLUMNS = 256
 
 
 def infer_types(con: duckdb.DuckDBPyConnection, columns: list[str]) -> dict[str, FieldType]:
     """Infer the type of CSV columns from all their non-empty values (docs/importing.md)."""
+    if len(columns) > INFER_BATCH:
+        # DuckDB plans one query's aggregates in super-linear time (1,000 columns, i.e.
+        # 5,000 aggregates, took minutes): a few columns per query, each query reading
+        # only its own columns of the staged Parquet file
+        inferred: dict[str, FieldType] = {}
+        for i in range(0, len(columns), INFER_BATCH):
+            inferred.update(infer_types(con, columns[i:i + INFER_BATCH]))
+        return inferred
     if not columns:
         return {}
     checks = []
@@ -408,6 +450,12 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
             "name the column of addresses email"
         )
     customs = [c for c in cols if c not in ("email", "status", "date_added", "lists", LINE, "_width")]
+    if len(customs) > MAX_CUSTOM_COLUMNS:
+        raise ImportRejected(
+            f"{path}: {len(customs)} custom columns; an import takes at most "
+            f"{MAX_CUSTOM_COLUMNS} (checking every value of a wider file grows faster than "
+            "its size): split the columns over several files, each with the email column"
+        )
     for c in customs:
         if c in RESERVED_NAMES:
             raise ImportRejected(f"{path}: column {c!r} is reserved: rename or drop it")
@@ -434,9 +482,14 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         elif c in types:
             field_types[c] = new_fields[c] = types[c]
         elif source.fmt == "parquet":
-            field_types[c] = new_fields[c] = parquet_field_type(cols[c])
+            field_types[c] = new_fields[c] = parquet_field_type(cols[c], c)
         else:
             to_infer.append(c)
+    if len(customs) > WIDE:
+        # DuckDB's common-subexpression pass takes super-linear time in the number of
+        # expressions of one query: 400 columns spent 8 of 9 s there. A wide file's
+        # queries run without it (a narrow file keeps the pass and its speed-up).
+        con.execute("SET disabled_optimizers = 'common_subexpressions'")
     with progress.task("checking values"):
         inferred = infer_types(con, to_infer)
     field_types.update(inferred)
@@ -446,6 +499,9 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
     email = q(EMAIL_KEY)
     select = [f"{LINE} AS line", f"{email} AS email"]
     reasons: list[tuple[str, str]] = width_check(source)
+    if source.fmt == "parquet":
+        check_builtin_shapes(path, source, BUILTIN_CONTACT_COLUMNS)
+        reasons += nul_checks({c: q(c) for c, t in cols.items() if is_text_type(t)})
     reasons.append((f"{email} IS NULL OR {email} = ''", "'missing email'"))
     reasons.append(invalid_email(q("email"), email))
     if "status" in cols:
@@ -692,7 +748,12 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         f"{q('type')} AS raw_type", f"CAST({ts} AS TIMESTAMP) AS timestamp",
         f"{q('timestamp')} AS raw_timestamp", f"{url} AS url",
     ])
-    reasons = width_check(source) + [
+    nul = []
+    if source.fmt == "parquet":
+        check_builtin_shapes(path, source, EVENT_COLUMNS)
+        nul = nul_checks({name: f"CAST(n.{column} AS VARCHAR)" for name, column in (
+            ("email", "raw_email"), ("campaign", "campaign"), ("type", "raw_type"), ("url", "url"))})
+    reasons = width_check(source) + nul + [
         ("n.email IS NULL OR n.email = ''", "'missing email'"),
         ("n.email <> '' AND NOT n.valid_email",
          f"'invalid email ' || {quoted_value('raw_email')} || ': it ' || n.email_problem"),
