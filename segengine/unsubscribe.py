@@ -39,7 +39,7 @@ from .store.duck import file_list, lit, q, quiet
 from .store.imports import email_expr
 from .store.staging import LINE, check_names, file_format, stage_csv
 from .store.status import StatusChange, change_status, utc_naive
-from .store.workspace import Snapshot
+from .store.workspace import Snapshot, make_private
 
 if TYPE_CHECKING:
     from .session import SegmentArg, Session
@@ -132,6 +132,7 @@ def _write_report(con: duckdb.DuckDBPyConnection, report: Path) -> None:
             "COPY (SELECT line, email FROM found WHERE contact_id IS NULL ORDER BY line) "
             f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
         )
+        make_private(tmp)  # it holds emails
         os.replace(tmp, report)
     except BaseException:
         tmp.unlink(missing_ok=True)

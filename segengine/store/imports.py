@@ -25,7 +25,7 @@ from ..progress import NullProgress, Progress
 from .duck import connect_writer as connect
 from .duck import file_list, lit, q
 from .staging import LINE, check_names, file_format, stage_csv
-from .workspace import REJECTS_DIR, Store, Transaction
+from .workspace import PRIVATE_DIR, REJECTS_DIR, Store, Transaction, make_private
 
 NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 # Inference is stricter than parsing: a leading zero (a postal code) means text.
@@ -391,13 +391,14 @@ def write_rejects(
     if rejects_path is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         rejects_path = ws_root / REJECTS_DIR / f"{stamp}-{input_path.stem}.rejects.csv"
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    rejects_path.parent.mkdir(PRIVATE_DIR, parents=True, exist_ok=True)
     tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
     try:
         con.execute(
             f"COPY (SELECT line, email, reason FROM rejects ORDER BY line) "
             f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
         )
+        make_private(tmp)  # it holds emails
         os.replace(tmp, rejects_path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written report

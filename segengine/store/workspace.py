@@ -67,11 +67,31 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+#: modes of what segengine writes: contacts are personal data, private to their owner
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def make_private(path: Path) -> None:
+    """Owner-only modes on a file, or on a directory and everything in it.
+
+    Files written by DuckDB, Polars or Spark get the process umask's modes (usually
+    world-readable); exports, reports and journals hold emails, so they are tightened
+    before they are published.
+    """
+    if path.is_dir():
+        for sub in path.rglob("*"):
+            sub.chmod(PRIVATE_DIR if sub.is_dir() else PRIVATE_FILE)
+        path.chmod(PRIVATE_DIR)
+    else:
+        path.chmod(PRIVATE_FILE)
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically and durably (write, fsync, rename, fsync dir)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -139,7 +159,7 @@ class Transaction:
         """A fresh path for a data file of this transaction (deleted if it aborts)."""
         name = f"{table}-v{self.manifest['version']:06d}-{uuid.uuid4().hex[:12]}{suffix}"
         path = self.root / directory / name
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(PRIVATE_DIR, exist_ok=True)
         self.new_files.append(path)
         return path
 
@@ -157,6 +177,8 @@ class Transaction:
 
         refresh_index(self, progress)
         for path in self.new_files:
+            if path.exists():
+                make_private(path)
             if path.is_dir():
                 for sub in sorted(path.rglob("*")):
                     if sub.is_file():
@@ -230,7 +252,7 @@ class Store:
         # the modes of the files created in it later (data, index, journal, rejects)
         path.chmod(0o700)
         for sub in (DATA_DIR, INDEX_DIR, REJECTS_DIR):
-            (path / sub).mkdir(exist_ok=True)
+            (path / sub).mkdir(PRIVATE_DIR, exist_ok=True)
         write_durably(path / MANIFEST, json.dumps(empty_manifest(), indent=1).encode())
         marker = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         write_durably(path / MARKER, json.dumps(marker).encode())
@@ -258,7 +280,7 @@ class Store:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the exclusive writer lock; the kernel frees it if the process dies."""
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -288,7 +310,7 @@ class Store:
             manifest = copy.deepcopy(base.manifest)
             manifest["version"] = base.version + 1
             staging = self.root / STAGING_DIR / uuid.uuid4().hex
-            staging.mkdir(parents=True)
+            staging.mkdir(PRIVATE_DIR, parents=True)
             tx = Transaction(self.root, base, manifest, staging)
             try:
                 yield tx
