@@ -128,7 +128,7 @@ def contact_history(session: Session, email: str) -> ContactHistory:
     if not found:
         raise UnknownContact(
             f"no contact has the email {wanted!r}: check the address "
-            "(addresses are matched trimmed and lower-cased)"
+            "(addresses are matched as imports store them: trimmed, NFKC, lower-cased)"
         )
     fields = found[0]
     contact_id = int(fields.pop("contact_id"))

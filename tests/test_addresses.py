@@ -135,3 +135,20 @@ def test_the_envelope_is_the_stored_address_and_old_bad_addresses_are_not_sent_t
     assert {a for a, _ in smtp.handed} <= stored  # RCPT == stored, byte for byte
     assert (result["sent"], result["failed"]) == (2, 3)
     assert not any(a.startswith("root") for a, _ in smtp.handed)
+
+
+@pytest.mark.parametrize("variant, bounced", [
+    ("ｕ@x.io", "ｂ@x.io"), ("\u200bU@X.IO", "\u200bB@X.IO"), ("u@x.io\u2028", "b@x.io\u2028"),
+    ("\u3000u＠x.io", "\u3000b＠x.io"),
+])
+def test_emails_files_find_the_contact_behind_any_spelling(ws, cli, tmp_path, variant, bounced):
+    """Unsubscribe suppresses, and resubscribe (without --include-bounced) never
+    reactivates a bounce, whatever spelling of the address the file uses."""
+    write(tmp_path / "c.csv", "email,status\nu@x.io,active\nb@x.io,bounced\n")
+    cli("import", "contacts", tmp_path / "c.csv")
+    write(tmp_path / "list.csv", f"email\n{variant}\n")
+    assert cli.json("unsubscribe", "--emails", tmp_path / "list.csv")["changed"] == 1
+    assert ws.count(EVERYONE)["sendable"] == 0
+    write(tmp_path / "optin.csv", f"email\n{bounced}\n")
+    assert cli.json("resubscribe", "--emails", tmp_path / "optin.csv", "--reason", "form")["changed"] == 0
+    assert ws.count(EVERYONE)["sendable"] == 0
