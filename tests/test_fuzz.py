@@ -178,3 +178,51 @@ def test_fuzz_the_definition_parser(small):
         outcomes["counted"] += 1
     print(f"definition fuzz: {RUNS * 5} documents: {dict(outcomes)}")
     assert outcomes["refused"] and outcomes["counted"]
+
+
+YAML_BASE = """name: fuzz
+description: x
+rules:
+  - match: any
+    rules:
+      - {field: city, op: is, value: Paris}
+      - {field: score, op: between, value: [1, 2]}
+  - activity: opened
+    when: {in_last_days: 30}
+    count: {gte: 2}
+  - &a {field: email, op: contains, value: "@x"}
+  - *a
+"""
+YAML_PIECES = [
+    "&x ", "*x", "*a", "&a ", "[", "]", "{", "}", ":", "- ", "\n", "  ", "'", '"', "\t",
+    "!!python/object/apply:os.system ", "%YAML 1.1\n---\n", "<<: *a\n", "\x00", "\ufeff",
+    "null", "~", "0o17", "1_000", "2026-01-01", "yes", "on", "? ", "|\n", ">-\n", "#",
+    "!!binary ", "!!set ", "&y [*y]", "? [a, b]\n: c\n",
+]
+
+
+def test_fuzz_yaml_text(recwarn):
+    from segengine.definition.parse import load_definition
+    from segengine.fields import Schema
+
+    schema = Schema.from_pairs([("city", "text"), ("score", "number")])
+    rng = random.Random(1618)
+    outcomes: Counter[str] = Counter()
+    for _ in range(RUNS * 10):
+        text = YAML_BASE
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(text) + 1)
+            if rng.random() < 0.3:
+                text = text[:at] + text[at + rng.randint(1, 5):]
+            else:
+                text = text[:at] + rng.choice(YAML_PIECES) + text[at:]
+        try:
+            load_definition(text, schema)
+            outcomes["valid"] += 1
+        except SegengineError:
+            outcomes["refused"] += 1
+        except Exception as exc:  # noqa: BLE001 - the point: report any other failure
+            pytest.fail(f"{text!r} raised {type(exc).__name__}: {exc}")
+    print(f"YAML fuzz: {RUNS * 10} texts: {dict(outcomes)}")
+    assert outcomes["valid"] and outcomes["refused"]
+    assert not [w for w in recwarn if "anchor" in str(w.message)]  # nothing on stderr
