@@ -137,7 +137,8 @@ def stored_problem(address: str) -> str | None:
     form the rule stores (both possible for data imported before the rule was strict)."""
     why = problem(address)
     if why is None and normalise(address) != address:
-        why = f"is not in normal form (the rule stores it as {normalise(address)!r}): import it again"
+        why = (f"is not in normal form (the rule stores it as {normalise(address)!r}); it was "
+               "imported by an older segengine")
     return why
 
 
