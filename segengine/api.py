@@ -470,6 +470,23 @@ class Workspace:
         from .splits import priority_counts
 
         return priority_counts(self.session, segments, as_of=as_of, engine=engine)
+    # --- integrity ---------------------------------------------------------------------
+
+    def verify(self) -> dict[str, Any]:
+        """Check every committed file against the checksum its manifest recorded.
+
+        Returns ``files`` (path and state: ok, damaged, missing, or unchecked when the
+        manifest predates checksums), the count of each state and ``ok`` (nothing
+        damaged or missing).
+        """
+        from .store.checksums import verify_files
+
+        snap = self.store.snapshot()
+        files = verify_files(snap.root, snap.manifest)
+        counts = {state: sum(f.state == state for f in files)
+                  for state in ("ok", "damaged", "missing", "unchecked")}
+        return {"files": [f.as_dict() for f in files], **counts,
+                "healthy": counts["damaged"] == 0 and counts["missing"] == 0}
 
 
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .errors import SegengineError
+from .errors import SegengineError, os_error_line
 
 
 class Cli(click.Group):
@@ -25,6 +25,13 @@ class Cli(click.Group):
         except SegengineError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            # a full or read-only disk, a permission: one line naming the file and the fix
+            line = os_error_line(exc)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: the workspace holds the last completed commit", err=True)
             sys.exit(130)
@@ -1102,6 +1109,38 @@ def sync_delete(ctx, job, as_json) -> None:
     """
     result = workspace(ctx).sync_delete(job)
     emit(result, as_json, f"deleted sync job {job} ({result['runs']} runs; its files stay in {result['to']})")
+@main.command()
+@json_option
+@click.pass_context
+def verify(ctx, as_json: bool) -> None:
+    """Check every committed file against the checksum recorded at its commit.
+
+    Lists damaged and missing files and exits 1 if there is one: an index file is
+    rebuilt by `segengine reindex`, a data file must come from a backup. Files of a
+    workspace written before checksums existed show as "no checksum recorded".
+
+    Example: segengine -w ws verify
+    """
+    result = workspace(ctx).verify()
+
+    def human() -> None:
+        words = {"damaged": "DAMAGED", "missing": "MISSING", "unchecked": "no checksum recorded"}
+        for f in result["files"]:
+            if f["state"] != "ok":
+                click.echo(f"{words[f['state']]}: {f['path']}")
+        click.echo(f"{result['ok']} ok, {result['damaged']} damaged, {result['missing']} missing, "
+                   f"{result['unchecked']} without a checksum")
+
+    emit(result, as_json, human)
+    if not result["healthy"]:
+        index = any(f["path"].startswith("index/") for f in result["files"]
+                    if f["state"] in ("damaged", "missing"))
+        data = any(not f["path"].startswith("index/") for f in result["files"]
+                   if f["state"] in ("damaged", "missing"))
+        fixes = (["run `segengine reindex` for the index files"] if index else []) + (
+            ["restore the data files from a backup"] if data else [])
+        click.echo(f"error: the workspace has damaged or missing files: {'; '.join(fixes)}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 from sqlglot import exp
 
+from . import addresses
 from .engines.sql import email_domain
 from .errors import InputError
 from .store.duck import file_list, q
@@ -92,8 +93,8 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalise_email(email: str) -> str:
-    """As imports do: surrounding white space (tabs too) stripped, lower-cased."""
-    return email.strip().lower()
+    """By the address rule imports apply (segengine.addresses)."""
+    return addresses.normalise(email)
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -115,9 +116,19 @@ def contact_history(session: Session, email: str) -> ContactHistory:
     )
     found = _rows(con, f"SELECT contact_id, {columns} FROM contacts WHERE email = ?", [wanted])
     if not found:
+        # an address stored by an older rule (a full-width letter): the rule applied to
+        # the stored side finds it
+        addresses.register(con)
+        found = _rows(
+            con,
+            f"SELECT contact_id, {columns} FROM contacts "
+            f"WHERE {addresses.sql_email('email')} = ? ORDER BY contact_id LIMIT 1",
+            [wanted],
+        )
+    if not found:
         raise UnknownContact(
             f"no contact has the email {wanted!r}: check the address "
-            "(addresses are matched trimmed and lower-cased)"
+            "(addresses are matched as imports store them: trimmed, NFKC, lower-cased)"
         )
     fields = found[0]
     contact_id = int(fields.pop("contact_id"))

@@ -128,8 +128,9 @@ class Session:
         if text in snap.segments:
             return parse_definition(snap.segments[text], snap.schema)
         path = Path(text)
-        if path.suffix.lower() in DEFINITION_SUFFIXES or path.is_file():
-            if not path.is_file():
+        # os.path.isfile answers False for a name the OS cannot take (too long, a NUL)
+        if path.suffix.lower() in DEFINITION_SUFFIXES or os.path.isfile(text):
+            if not os.path.isfile(text):
                 raise SegmentNotFound(f"segment file {text} does not exist")
             return self._load_file(path, text, snap.schema)
         hint = difflib.get_close_matches(text, list(snap.segments), n=1)
@@ -337,7 +338,7 @@ def roots_in_place(
         text = os.fspath(arg)
         if text in saved:
             return parse_definition(saved[text], schema)
-        if not Path(text).is_file():
+        if not os.path.isfile(text):
             where = "a saved segment of the workspace or " if workspace is not None else ""
             raise SegmentNotFound(f"segment {text!r} is not {where}a definition file")
         return load_definition(Path(text), schema, origin=text)

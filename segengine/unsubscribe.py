@@ -12,8 +12,8 @@ the events and appends the status log in one atomic transaction.
   the event types have no resubscribe, so the status log is its audit trail.
 
 Emails files are read as imports read them (UTF-8 with an optional BOM, RFC 4180)
-and normalised the same way (surrounding white space incl. tabs stripped,
-lower-cased). Unknown addresses are counted and, with a report path, written to a
+and normalised by the same rule (`segengine.addresses`: surrounding white space and
+invisible characters stripped, NFKC, lower-cased). Unknown addresses are counted and, with a report path, written to a
 CSV of ``line,email`` (the first line each appears on); they are never created.
 """
 
@@ -30,15 +30,16 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import numpy as np
 
+from . import addresses
 from .definition.nodes import Segment
 from .errors import InputError
 from .progress import NullProgress, Progress
 from .store.duck import connect_writer as connect
 from .store.duck import file_list, lit, q, quiet
 from .store.imports import email_expr
-from .store.staging import LINE, file_format, stage_csv
+from .store.staging import LINE, check_names, file_format, stage_csv
 from .store.status import StatusChange, change_status, utc_naive
-from .store.workspace import Snapshot
+from .store.workspace import Snapshot, make_private
 
 if TYPE_CHECKING:
     from .session import SegmentArg, Session
@@ -100,8 +101,10 @@ def _listed(con: duckdb.DuckDBPyConnection, path: Path, spill: Path) -> str:
     """SQL of (line, raw) rows of the file's addresses; stages a CSV into `spill`."""
     if file_format(path) == "parquet":
         source = f"read_parquet({lit(str(path))}, file_row_number = true)"
-        columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-        column, _ = email_column([c for c in columns if c != "file_row_number"], path)
+        columns = [row[0] for row in con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet({lit(str(path))})").fetchall()]
+        check_names(path, columns)
+        column, _ = email_column(columns, path)
         return f"SELECT file_row_number + 1 AS line, CAST({q(column)} AS VARCHAR) AS raw FROM {source}"
     staged = spill / "emails.parquet"
     header, _ = stage_csv(path, staged)
@@ -116,7 +119,9 @@ def _contacts_sql(snap: Snapshot) -> str:
     files = snap.files("contacts")
     if not files:
         return "SELECT NULL::BIGINT AS contact_id, NULL::VARCHAR AS email WHERE false"
-    return f"SELECT contact_id, email FROM read_parquet({file_list(files)})"
+    # Stored addresses are matched by the address rule too, so one written by an older
+    # rule (a full-width letter, a zero-width space) is still found and suppressed.
+    return f"SELECT contact_id, {email_expr('email')} AS email FROM read_parquet({file_list(files)})"
 
 
 def _write_report(con: duckdb.DuckDBPyConnection, report: Path) -> None:
@@ -127,6 +132,7 @@ def _write_report(con: duckdb.DuckDBPyConnection, report: Path) -> None:
             "COPY (SELECT line, email FROM found WHERE contact_id IS NULL ORDER BY line) "
             f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
         )
+        make_private(tmp)  # it holds emails
         os.replace(tmp, report)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -139,7 +145,7 @@ def match_emails(path: str | os.PathLike[str], snap: Snapshot,
     path = Path(path)
     report_path = check_report_path(report)
     with tempfile.TemporaryDirectory(prefix="segengine-emails-") as spill:
-        con = quiet(connect(Path(spill)))
+        con = addresses.register(quiet(connect(Path(spill))))
         try:
             listed = _listed(con, path, Path(spill))
             con.execute(

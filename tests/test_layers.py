@@ -131,7 +131,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("segengine.engines",)),
     ("definition", ("segengine.definition",)),
     ("store", ("segengine.store",)),
-    ("foundations", ("segengine.fields", "segengine.errors", "segengine.progress",
+    ("foundations", ("segengine.fields", "segengine.addresses", "segengine.errors", "segengine.progress",
                      "segengine.synth")),
 ]
 

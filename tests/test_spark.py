@@ -413,7 +413,7 @@ AWKWARD_SCORES = [
 ]
 AWKWARD_EMAILS = [
     "=eq@x.io", "-minus@x.io", "+plus@x.io", "#hash@x.io", "'quote@x.io", "zoe@x.io", "a@x.io",
-    "émile@x.io", "\uff5a@x.io", "\U0001d49cstral@x.io", "~tilde@x.io", "Z@x.io", "b@x.io",
+    "émile@x.io", "\ufffd@x.io", "\U0001f600stral@x.io", "~tilde@x.io", "Z@x.io", "b@x.io",
     "c@x.io", "d@x.io", "e@x.io", "f@x.io", "g@x.io", "h@x.io", "i@x.io", "j@x.io", "k@x.io",
     "l@x.io",
 ]

@@ -53,11 +53,41 @@ def load_definition(source: Source, schema: Schema, *, origin: str | None = None
 
 def parse_definition(doc: Any, schema: Schema, *, origin: str | None = None) -> Segment:
     """Check a definition document (as loaded from JSON/YAML) and build its rule tree."""
+    too_big = _size_problem(doc)
+    if too_big is not None:
+        raise DefinitionError(too_big, source=origin)
     parser = _Parser(schema)
     segment = parser.segment(doc)
     if parser.problems or segment is None:
         raise DefinitionError(parser.problems, source=origin)
     return segment
+
+
+#: raw nesting a document may have: two levels (a mapping, its rules list) per group,
+#: and a few for the values of the innermost rule
+MAX_NESTING = 2 * v.MAX_DEPTH + 8
+
+
+def _size_problem(doc: Any) -> Problem | None:
+    """A problem when `doc` expands to too many values or nests too deep (YAML aliases
+    can make a few lines mean billions of values, or a value contain itself); walked
+    without recursion, stopping at the limit."""
+    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    seen = 0
+    while stack:
+        node, path, depth = stack.pop()
+        seen += 1
+        if seen > v.MAX_VALUES:
+            return Problem(path, f"the document holds more than {v.MAX_VALUES:,} values "
+                           "(YAML aliases repeat what they name): write it out plainly")
+        if depth > MAX_NESTING:
+            return Problem(path, f"nests more than {MAX_NESTING} levels deep; groups may "
+                           f"nest at most {v.MAX_DEPTH} deep")
+        if isinstance(node, Mapping):
+            stack.extend((value, _at(path, key), depth + 1) for key, value in node.items())
+        elif isinstance(node, list | tuple):
+            stack.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(node))
+    return None
 
 
 # --- files ------------------------------------------------------------------------
@@ -78,6 +108,12 @@ def _load_json(text: str, origin: str | None) -> Any:
         raise DefinitionError(Problem("", message), source=origin) from None
     except _DuplicateKey as err:
         raise DefinitionError(Problem("", f"invalid JSON: {err}"), source=origin) from None
+    except RecursionError:
+        raise DefinitionError(Problem("", TOO_DEEP), source=origin) from None
+
+
+TOO_DEEP = (f"nests too deeply to read; groups may nest at most {v.MAX_DEPTH} deep: "
+            "flatten the definition")
 
 
 class _DuplicateKey(ValueError):
@@ -194,6 +230,11 @@ class _Parser:
         return None
 
     def group_body(self, doc: Mapping[str, Any], path: str) -> Group | None:
+        depth = path.count("rules[")
+        if depth > v.MAX_DEPTH:
+            self.problem(path, f"groups nest {depth} deep here; at most {v.MAX_DEPTH}: "
+                         "flatten the groups (a negated group of negated groups is the group)")
+            return None
         match = doc.get("match", "all")
         if match not in v.MATCH_KINDS:
             self.problem(

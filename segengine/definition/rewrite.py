@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..errors import ReferenceCycle, SegmentNotFound
+from ..errors import DefinitionError, ReferenceCycle, SegmentNotFound
 from .nodes import (
     ANY_CAMPAIGN,
     ActivityRule,
@@ -25,6 +25,7 @@ from .nodes import (
     Segment,
     SegmentRef,
 )
+from .validate import MAX_DEPTH
 
 # --- segment references -------------------------------------------------------------
 
@@ -49,7 +50,34 @@ def inline_references(
     is named. Raises `ReferenceCycle` ("segment reference cycle: a -> b -> a") or
     `SegmentNotFound` naming the referencing and the missing segment.
     """
-    return _Inliner(lookup, name).group(root)
+    what = f"segment {name!r}" if name else "the definition"
+    try:
+        inlined = _Inliner(lookup, name).group(root)
+        deepest = group_depth(inlined)
+    except RecursionError:
+        deepest = 10 * MAX_DEPTH  # a chain of references far deeper than allowed
+    if deepest > MAX_DEPTH:
+        raise DefinitionError(
+            f"{what} nests groups {deepest} deep once the segments it references are "
+            f"inlined (a reference nests two: its rule and the segment's root); at most "
+            f"{MAX_DEPTH}: flatten one of them"
+        )
+    return inlined
+
+
+def group_depth(root: Group, memo: dict[int, int] | None = None) -> int:
+    """How deep groups nest in `root` (a root without groups inside is 0).
+
+    A segment referenced twice is one shared subtree: each is measured once, so a
+    tree that expands exponentially costs its distinct nodes only.
+    """
+    memo = {} if memo is None else memo
+    found = memo.get(id(root))
+    if found is None:
+        found = max((1 + group_depth(r, memo) for r in root.rules if isinstance(r, Group)),
+                    default=0)
+        memo[id(root)] = found
+    return found
 
 
 class _Inliner:

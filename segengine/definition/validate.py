@@ -57,6 +57,15 @@ ValueCheck = Callable[[Any], Any]
 # --- messages ---------------------------------------------------------------------
 
 
+#: How deep groups may nest (segment references inlined): every engine evaluates 32
+#: nested negated groups (DuckDB in ~1.5 s, its planner doubling with every ~8 more
+#: levels: 100 took minutes), and 200 overflowed Python's stack in the SQL compiler.
+MAX_DEPTH = 32
+#: How many values (mappings, lists, scalars) a definition document may expand to:
+#: YAML aliases can make a few lines mean billions of values.
+MAX_VALUES = 100_000
+
+
 def describe(value: Any) -> str:
     """How a value reads in a message: ``text '5'``, ``the number 5``, ``a list``."""
     if value is None:

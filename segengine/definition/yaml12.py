@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -79,11 +80,20 @@ def load_yaml(text: str, *, origin: str | None = None) -> Any:
     one of two ``op`` keys.
     """
     try:
-        return _loader().load(text)
+        with warnings.catch_warnings():
+            # ruamel warns on stderr about a reused anchor; the document still loads
+            warnings.simplefilter("ignore")
+            return _loader().load(text)
+    except TypeError as err:  # a complex key (`? [a, b]`) cannot be a dict key
+        raise DefinitionError(Problem("", f"invalid YAML: a mapping key must be text ({err})"),
+                              source=origin) from None
     except MarkedYAMLError as err:
         raise DefinitionError(Problem("", _describe(err)), source=origin) from None
     except YAMLError as err:
         raise DefinitionError(Problem("", f"invalid YAML: {err}"), source=origin) from None
+    except RecursionError:
+        raise DefinitionError(Problem("", "nests too deeply to read: flatten the definition"),
+                              source=origin) from None
 
 
 def _describe(err: MarkedYAMLError) -> str:

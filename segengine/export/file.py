@@ -26,7 +26,7 @@ import pyarrow as pa
 from ..progress import NullProgress, Progress, Task
 from ..session import SegmentArg, Session
 from ..store.duck import ids_table, lit, q, quiet
-from ..store.workspace import fsync_path
+from ..store.workspace import fsync_path, make_private
 from .cells import cell
 from .options import ExportResult, output_format, output_path, parse_columns
 
@@ -75,6 +75,7 @@ def write_atomically(con: duckdb.DuckDBPyConnection, select: str, fmt: str, targ
         ((rows,),) = run_with_progress(
             con, f"COPY ({select}) TO {lit(str(tmp))} ({copy_options(fmt)})", task
         )
+        make_private(tmp)  # an export holds emails
         fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:

@@ -31,7 +31,7 @@ from ..engines.sql import CONTACTS, sql_lower
 from ..errors import InputError, SegengineError
 from ..progress import NullProgress, Progress
 from ..session import SegmentArg, Session, parse_as_of, roots_in_place, segments_in_place
-from ..store.workspace import fsync_path
+from ..store.workspace import fsync_path, make_private
 from .cells import (
     SPARK,
     SPARK_PARQUET_CELLS,
@@ -99,6 +99,7 @@ def publish_locally(target: Path, write: Callable[[str], Any], fmt: str) -> Any:
         written = write(tmp.as_uri())
         if fmt == "csv":
             name_csv_parts(tmp)
+        make_private(tmp)  # an export holds emails
         for path in tmp.iterdir():
             fsync_path(path)
         fsync_path(tmp)

@@ -495,8 +495,8 @@ class Counters:
 
 def lock_campaign(path) -> int:
     """An exclusive lock on the campaign's journal: two sends of one campaign never overlap."""
-    path.parent.mkdir(exist_ok=True)
-    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    path.parent.mkdir(0o700, exist_ok=True)
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

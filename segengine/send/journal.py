@@ -102,10 +102,11 @@ class Journal:
     """An open journal: thread-safe appends and grouped, waitable fsyncs."""
 
     def __init__(self, path: Path, campaign: str):
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(0o700, exist_ok=True)
         created = not path.exists()
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # the journal names the contacts of a send: private, like the workspace
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._cond = threading.Condition()
         self._written = 0  # sequence number of the last appended line
         self._synced = 0

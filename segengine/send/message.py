@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
+from .. import addresses
 from ..errors import InputError
 
 CRLF = "\r\n"
@@ -103,7 +104,7 @@ class Sender:
     @classmethod
     def parse(cls, from_addr: str) -> Sender:
         name, address = email.utils.parseaddr(from_addr)
-        if not address or "@" not in address or address.rsplit("@", 1)[1].count(".") < 1:
+        if not address or addresses.problem(addresses.normalise(address)) is not None:
             raise InputError(
                 f"--from: {from_addr!r} is not an email address: use name@example.com "
                 "or 'Name <name@example.com>'"

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .. import addresses
 from ..errors import InputError, SegengineError
 from ..store.workspace import crash_point
 from .journal import Journal
@@ -349,8 +350,11 @@ class Connection:
         # The commands are written and the answers read here rather than through
         # smtplib's mail()/rcpt()/getreply(): those parse both addresses again with
         # email.utils for every message, which cost more CPU than everything else.
-        if not item.email.isprintable() or any(c in item.email for c in "<> "):
-            raise _Final(Outcome.FAILED, "the address has characters SMTP cannot carry")
+        # The recipient is the stored address byte for byte, never a parse of it; one
+        # the address rule refuses (stored before the rule was strict) is not sent to.
+        why = addresses.stored_problem(item.email)
+        if why is not None:
+            raise _Final(Outcome.FAILED, f"not sent: the stored address {item.email!r} {why}")
         try:
             smtp = self._open()
             mail = self._mail

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .checksums import check
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -24,6 +26,7 @@ def save(path: Path, array_: np.ndarray) -> str:
 
 
 def load(path: Path) -> np.ndarray:
+    check(path)
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -41,6 +44,7 @@ def load_strings(path: Path) -> pa.Array:
     # PyArrow loads with the first text dictionary a count reads, not with the index
     import pyarrow as pa
 
+    check(path)
     with pa.memory_map(str(path), "r") as source:
         return pa.ipc.open_file(source).read_all().column("v").combine_chunks()
 

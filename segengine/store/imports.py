@@ -18,15 +18,15 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from .. import addresses
 from ..errors import ImportRejected, InputError
 from ..fields import CUSTOM_TYPES, EVENT_TYPES, FIELD_NAME_RE, RESERVED_NAMES, STATUSES, FieldType
 from ..progress import NullProgress, Progress
 from .duck import connect_writer as connect
 from .duck import file_list, lit, q
-from .staging import LINE, file_format, stage_csv
-from .workspace import REJECTS_DIR, Store, Transaction
+from .staging import LINE, check_names, file_format, stage_csv
+from .workspace import PRIVATE_DIR, REJECTS_DIR, Store, Transaction, make_private
 
-EMAIL_RE = r"^[^@\s]+@([^@\s.]+\.)+[^@\s.]+$"
 NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 # Inference is stricter than parsing: a leading zero (a postal code) means text.
 INFER_NUMBER_RE = r"^[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
@@ -94,6 +94,8 @@ def open_source(
         rows = pq.ParquetFile(path).metadata.num_rows
     except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
         raise ImportRejected(f"{path}: not a readable Parquet file: {exc}") from None
+    check_names(path, [row[0] for row in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet({lit(str(path))})").fetchall()])
     con.execute(
         "CREATE VIEW src AS SELECT * EXCLUDE (file_row_number), "
         f"file_row_number + 1 AS {LINE}, NULL::INTEGER AS _width "
@@ -220,8 +222,32 @@ def parse_value(col: str, source_type: str, ftype: FieldType) -> tuple[str, str]
     )
 
 
-def parquet_field_type(source_type: str) -> FieldType:
+def check_builtin_shapes(path: Path, source: Source, builtins: tuple[str, ...]) -> None:
+    """Refuse a Parquet built-in column holding lists or structs (`lists` excepted):
+    cast to text it would import as a rendering of the structure, not a value."""
+    for name, duck_type in source.columns.items():
+        if name in builtins and name != "lists" and duck_type.upper().endswith(("[]", ")")):
+            raise ImportRejected(
+                f"{path}: column {name!r} holds {duck_type} values: it must hold one value "
+                "per cell"
+            )
+
+
+def nul_checks(columns: dict[str, str]) -> list[tuple[str, str]]:
+    """Reasons for text cells holding a NUL character (CSV refuses one while reading);
+    `columns` maps a column's name to the SQL of its text."""
+    return [(f"coalesce(contains({sql}, chr(0)), false)",
+             f"'{name}: the value holds a NUL character (byte 0x00)'")
+            for name, sql in columns.items()]
+
+
+def parquet_field_type(source_type: str, name: str = "") -> FieldType:
     t = source_type.upper()
+    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION")):
+        raise ImportRejected(
+            f"column {name!r} holds {source_type} values (one structure per cell), which "
+            "cannot be a field: flatten it into columns of text, numbers or dates, or drop it"
+        )
     if t == "VARCHAR":
         return FieldType.TEXT
     if t == "BOOLEAN":
@@ -233,13 +259,29 @@ def parquet_field_type(source_type: str) -> FieldType:
     if any(k in t for k in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")):
         return FieldType.NUMBER
     raise ImportRejected(
-        f"a column of Parquet type {source_type} cannot be a field: "
-        "use text, number, date, timestamp or boolean columns"
+        f"column {name!r} has the Parquet type {source_type}, which cannot be a field: "
+        "use text, number, date, timestamp or boolean columns, or drop it"
     )
+
+
+#: columns whose types one query infers
+INFER_BATCH = 16
+#: more custom columns than this make a "wide" file (see `_import_contacts`)
+WIDE = 64
+#: custom columns one contacts file may have: 256 import in seconds, 1,000 took minutes
+MAX_CUSTOM_COLUMNS = 256
 
 
 def infer_types(con: duckdb.DuckDBPyConnection, columns: list[str]) -> dict[str, FieldType]:
     """Infer the type of CSV columns from all their non-empty values (docs/importing.md)."""
+    if len(columns) > INFER_BATCH:
+        # DuckDB plans one query's aggregates in super-linear time (1,000 columns, i.e.
+        # 5,000 aggregates, took minutes): a few columns per query, each query reading
+        # only its own columns of the staged Parquet file
+        inferred: dict[str, FieldType] = {}
+        for i in range(0, len(columns), INFER_BATCH):
+            inferred.update(infer_types(con, columns[i:i + INFER_BATCH]))
+        return inferred
     if not columns:
         return {}
     checks = []
@@ -294,8 +336,23 @@ def parse_types_option(spec: str | None) -> dict[str, FieldType]:
     return out
 
 
+#: the normalised address of a source row (a name no field can take: it has a space)
+EMAIL_KEY = "email key"
+
+
 def email_expr(col: str) -> str:
-    return f"lower({trim_ws(f'CAST({col} AS VARCHAR)')})"
+    """SQL of the address rule (segengine.addresses) for a source column; needs
+    `addresses.register` on the connection."""
+    return addresses.sql_email(f"CAST({col} AS VARCHAR)")
+
+
+def invalid_email(raw: str, normalised: str) -> tuple[str, str]:
+    """(condition, reason) of a row whose non-empty address the rule refuses."""
+    why = addresses.sql_problem(normalised)
+    return (
+        f"{normalised} <> '' AND ({why}) IS NOT NULL",
+        f"'invalid email ' || {quoted_value(raw)} || ': it ' || ({why})",
+    )
 
 
 def reason_sql(parts: list[tuple[str, str]]) -> str:
@@ -334,13 +391,18 @@ def write_rejects(
     if rejects_path is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         rejects_path = ws_root / REJECTS_DIR / f"{stamp}-{input_path.stem}.rejects.csv"
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    rejects_path.parent.mkdir(PRIVATE_DIR, parents=True, exist_ok=True)
     tmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
-    con.execute(
-        f"COPY (SELECT line, email, reason FROM rejects ORDER BY line) "
-        f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
-    )
-    os.replace(tmp, rejects_path)
+    try:
+        con.execute(
+            f"COPY (SELECT line, email, reason FROM rejects ORDER BY line) "
+            f"TO {lit(str(tmp))} (FORMAT csv, HEADER true)"
+        )
+        make_private(tmp)  # it holds emails
+        os.replace(tmp, rejects_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written report
+        raise
     return total, str(rejects_path), sample
 
 
@@ -368,7 +430,7 @@ def import_contacts(
     progress = progress or NullProgress()
     types = dict(types or {})
     with ws.transaction() as tx:
-        con = connect(tx.staging)
+        con = addresses.register(connect(tx.staging))
         try:
             summary = _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress)
         finally:
@@ -389,6 +451,12 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
             "name the column of addresses email"
         )
     customs = [c for c in cols if c not in ("email", "status", "date_added", "lists", LINE, "_width")]
+    if len(customs) > MAX_CUSTOM_COLUMNS:
+        raise ImportRejected(
+            f"{path}: {len(customs)} custom columns; an import takes at most "
+            f"{MAX_CUSTOM_COLUMNS} (checking every value of a wider file grows faster than "
+            "its size): split the columns over several files, each with the email column"
+        )
     for c in customs:
         if c in RESERVED_NAMES:
             raise ImportRejected(f"{path}: column {c!r} is reserved: rename or drop it")
@@ -415,23 +483,28 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         elif c in types:
             field_types[c] = new_fields[c] = types[c]
         elif source.fmt == "parquet":
-            field_types[c] = new_fields[c] = parquet_field_type(cols[c])
+            field_types[c] = new_fields[c] = parquet_field_type(cols[c], c)
         else:
             to_infer.append(c)
+    if len(customs) > WIDE:
+        # DuckDB's common-subexpression pass takes super-linear time in the number of
+        # expressions of one query: 400 columns spent 8 of 9 s there. A wide file's
+        # queries run without it (a narrow file keeps the pass and its speed-up).
+        con.execute("SET disabled_optimizers = 'common_subexpressions'")
     with progress.task("checking values"):
         inferred = infer_types(con, to_infer)
     field_types.update(inferred)
     new_fields.update(inferred)
 
     # Parse every record once into a temporary table with its reasons for rejection.
-    email = email_expr(q("email"))
+    email = q(EMAIL_KEY)
     select = [f"{LINE} AS line", f"{email} AS email"]
     reasons: list[tuple[str, str]] = width_check(source)
+    if source.fmt == "parquet":
+        check_builtin_shapes(path, source, BUILTIN_CONTACT_COLUMNS)
+        reasons += nul_checks({c: q(c) for c, t in cols.items() if is_text_type(t)})
     reasons.append((f"{email} IS NULL OR {email} = ''", "'missing email'"))
-    reasons.append(
-        (f"{email} <> '' AND NOT regexp_matches({email}, {lit(EMAIL_RE)})",
-         f"'invalid email ' || {quoted_value(q('email'))}")
-    )
+    reasons.append(invalid_email(q("email"), email))
     if "status" in cols:
         s = f"lower({blank_to_null('CAST(' + q('status') + ' AS VARCHAR)')})"
         select.append(f"{s} AS status")
@@ -464,7 +537,10 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         )
     select.append(f"{reason_sql(reasons)} AS reason")
     with progress.task("parsing rows"):
-        con.execute(f"CREATE TEMP TABLE parsed AS SELECT {', '.join(select)} FROM src")
+        con.execute(
+            f"CREATE TEMP TABLE parsed AS SELECT {', '.join(select)} "
+            f"FROM (SELECT *, {email_expr(q('email'))} AS {email} FROM src)"
+        )
     con.execute("CREATE TEMP VIEW rejects AS SELECT line, email, reason FROM parsed WHERE reason <> ''")
     rejected, report, sample = (0, None, [])
     if strict:
@@ -501,11 +577,17 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
     next_id = int(tx.manifest["next_contact_id"])
     old_files = tx.base.files("contacts")
     if old_files:
-        con.execute(f"CREATE TEMP VIEW old AS SELECT * FROM read_parquet({file_list(old_files)})")
+        # Stored addresses are matched by the rule too: one written by an older rule
+        # (full-width letters, a zero-width space) is the contact its mailbox already is.
+        con.execute(
+            f"CREATE TEMP VIEW old AS SELECT *, {email_expr('email')} AS {q(EMAIL_KEY)} "
+            f"FROM read_parquet({file_list(old_files)})"
+        )
     else:
         old_cols = ", ".join(
             ["NULL::BIGINT AS contact_id", "NULL::VARCHAR AS email", "NULL::VARCHAR AS status",
-             "NULL::TIMESTAMP AS date_added", "NULL::VARCHAR[] AS lists"]
+             "NULL::TIMESTAMP AS date_added", "NULL::VARCHAR[] AS lists",
+             f"NULL::VARCHAR AS {q(EMAIL_KEY)}"]
         )
         con.execute(f"CREATE TEMP VIEW old AS SELECT {old_cols} WHERE false")
     duck_types = {FieldType.TEXT: "VARCHAR", FieldType.NUMBER: "DOUBLE", FieldType.DATE: "DATE",
@@ -532,7 +614,7 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
     with progress.task("writing contacts"):
         con.execute(
             f"COPY (SELECT {', '.join(merged)} FROM old o FULL OUTER JOIN incoming i "
-            f"ON o.email = i.email ORDER BY contact_id) TO {lit(str(out))} "
+            f"ON o.{q(EMAIL_KEY)} = i.email ORDER BY contact_id) TO {lit(str(out))} "
             "(FORMAT parquet, COMPRESSION zstd)"
         )
     log_status_changes(con, tx, path, now, out)
@@ -551,11 +633,11 @@ def _import_contacts(con, ws, tx, path, types, strict, rejects_path, progress) -
         "SELECT count(*) FILTER (WHERE o.email IS NULL), "
         f"count(*) FILTER (WHERE o.email IS NOT NULL AND ({' OR '.join(changed)})), "
         "count(*), (SELECT sum(n_rows) FROM incoming) "
-        "FROM incoming i LEFT JOIN old o ON o.email = i.email "
-        f"LEFT JOIN read_parquet({lit(str(out))}) n ON n.email = i.email"
+        f"FROM incoming i LEFT JOIN old o ON o.{q(EMAIL_KEY)} = i.email "
+        f"LEFT JOIN read_parquet({lit(str(out))}) n ON n.email = coalesce(o.email, i.email)"
     ).fetchone()
     existing_rows = con.execute(
-        "SELECT count(*) FROM incoming i JOIN old o ON o.email = i.email"
+        f"SELECT count(*) FROM incoming i JOIN old o ON o.{q(EMAIL_KEY)} = i.email"
     ).fetchone()[0]
     total = con.execute(f"SELECT count(*) FROM read_parquet({lit(str(out))})").fetchone()[0]
     tx.manifest["contacts"] = [tx.relative(out)]
@@ -590,9 +672,9 @@ def log_status_changes(con, tx: Transaction, path: Path, at: dt.datetime, writte
         f"TIMESTAMP {lit(at.isoformat(sep=' '))} AS timestamp, o.status AS from_status, "
         f"{IMPORTED_STATUS} AS to_status, 'import contacts' AS command, "
         f"{lit(path.name)} AS reason "
-        "FROM incoming i LEFT JOIN old o ON o.email = i.email "
+        f"FROM incoming i LEFT JOIN old o ON o.{q(EMAIL_KEY)} = i.email "
         f"LEFT JOIN read_parquet({lit(str(written))}) n "
-        "ON n.email = i.email "
+        "ON n.email = coalesce(o.email, i.email) "
         f"WHERE i.suppressed IS NOT NULL AND {IMPORTED_STATUS} IS DISTINCT FROM o.status"
     )
     if con.execute(f"SELECT count(*) FROM ({changes})").fetchone()[0] == 0:
@@ -618,7 +700,7 @@ def import_events(
     path = Path(path)
     progress = progress or NullProgress()
     with ws.transaction() as tx:
-        con = connect(tx.staging)
+        con = addresses.register(connect(tx.staging))
         try:
             summary = _import_events(con, ws, tx, path, strict, rejects_path, progress)
         finally:
@@ -651,7 +733,8 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
     if not contacts:
         raise ImportRejected("the workspace has no contacts yet: import contacts before events")
     con.execute(
-        f"CREATE TEMP VIEW known AS SELECT email AS known_email, contact_id FROM read_parquet({file_list(contacts)})"
+        f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
+        f"FROM read_parquet({file_list(contacts)})"
     )
     campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
     etype = f"lower({blank_to_null('CAST(' + q('type') + ' AS VARCHAR)')})"
@@ -666,9 +749,15 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         f"{q('type')} AS raw_type", f"CAST({ts} AS TIMESTAMP) AS timestamp",
         f"{q('timestamp')} AS raw_timestamp", f"{url} AS url",
     ])
-    reasons = width_check(source) + [
+    nul = []
+    if source.fmt == "parquet":
+        check_builtin_shapes(path, source, EVENT_COLUMNS)
+        nul = nul_checks({name: f"CAST(n.{column} AS VARCHAR)" for name, column in (
+            ("email", "raw_email"), ("campaign", "campaign"), ("type", "raw_type"), ("url", "url"))})
+    reasons = width_check(source) + nul + [
         ("n.email IS NULL OR n.email = ''", "'missing email'"),
-        ("n.email <> '' AND NOT n.valid_email", f"'invalid email ' || {quoted_value('raw_email')}"),
+        ("n.email <> '' AND NOT n.valid_email",
+         f"'invalid email ' || {quoted_value('raw_email')} || ': it ' || n.email_problem"),
         ("n.valid_email AND k.contact_id IS NULL",
          f"'unknown email ' || {quoted_value('n.email')} || ' (import the contact first)'"),
         ("campaign IS NULL", "'missing campaign'"),
@@ -681,8 +770,10 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         con.execute(
             "CREATE TEMP TABLE checked AS SELECT line, n.email, k.contact_id, campaign, type, "
             f"timestamp, url, {reason_sql(reasons)} AS reason FROM ("
-            f"SELECT *, coalesce(regexp_matches(email, {lit(EMAIL_RE)}), false) AS valid_email "
-            f"FROM (SELECT {normalised} FROM src)) n LEFT JOIN known k ON k.known_email = n.email"
+            f"SELECT *, coalesce(email <> '' AND email_problem IS NULL, false) AS valid_email FROM ("
+            f"SELECT *, {addresses.sql_problem('email')} AS email_problem "
+            f"FROM (SELECT {normalised} FROM src)))"
+            " n LEFT JOIN known k ON k.known_email = n.email"
         )
     con.execute(
         "CREATE TEMP TABLE rejects AS SELECT line, email, reason FROM checked WHERE reason <> ''"

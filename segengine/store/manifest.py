@@ -93,6 +93,9 @@ class Manifest(TypedDict):
     #: sync jobs by name (segengine/sync/); absent until the first one
     syncs: NotRequired[dict[str, SyncJob]]
     counts: Counts
+    #: workspace-relative path -> ``xxh3_128:<hex>`` of every file referenced above
+    #: (store/checksums.py); absent in manifests written before checksums existed
+    checksums: NotRequired[dict[str, str]]
 
 
 def empty_manifest() -> Manifest:

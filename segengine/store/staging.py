@@ -9,6 +9,7 @@ read by DuckDB directly and needs no staging.
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,13 @@ from ..errors import ImportRejected
 
 BATCH_ROWS = 100_000
 LINE = "_line"
+WIDTH = "_width"
+#: column names the import pipeline uses for itself (and DuckDB's row number): a file's
+#: column of that name would be dropped or shadowed, so it is refused
+INTERNAL_NAMES = (LINE, WIDTH, "file_row_number")
+#: a last line fed to the CSV reader after the file: read as a record of its own, the
+#: file ended outside quotes; read into a field, a quote was never closed
+END = "\ue000segengine: end of file\ue000"
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -50,7 +58,7 @@ def stage_csv(
     except OSError as exc:
         raise ImportRejected(f"{path}: cannot open: {exc.strerror}") from None
     with handle:
-        reader = csv.reader(handle, strict=False)
+        reader = csv.reader(itertools.chain(handle, [END + "\n"]), strict=False)
         try:
             header = next(reader)
         except StopIteration:
@@ -59,7 +67,12 @@ def stage_csv(
             raise not_utf8(path) from None
         except csv.Error as exc:
             raise ImportRejected(f"{path}: cannot read the header row: {exc}") from None
+        if header == [END]:
+            raise ImportRejected(f"{path}: the file is empty: a header row is needed")
+        if header and END in header[-1]:
+            raise ImportRejected(unclosed_quote(path, 1))
         header = [h.strip() for h in header]
+        check_names(path, header)
         if len(set(header)) != len(header):
             dupes = sorted({h for h in header if header.count(h) > 1})
             raise ImportRejected(f"{path}: duplicate column names in the header: {dupes}")
@@ -86,6 +99,15 @@ def stage_csv(
                 last_line = reader.line_num
                 if not record:  # a blank line is not a record
                     continue
+                if record == [END]:
+                    break
+                if END in record[-1]:
+                    raise ImportRejected(unclosed_quote(path, start))
+                if any("\x00" in cell for cell in record):
+                    raise ImportRejected(
+                        f"{path}: line {start}: a cell holds a NUL character (byte 0x00), which "
+                        "no text field may hold: remove it (is this a binary file?)"
+                    )
                 for i in range(width):
                     value = record[i] if i < len(record) else ""
                     columns[i].append(value if value != "" else None)
@@ -100,6 +122,24 @@ def stage_csv(
         finally:
             writer.close()
     return header, rows
+
+
+def unclosed_quote(path: Path, line: int) -> str:
+    return (
+        f"{path}: line {line}: a quoted field starts on this record and its closing quote "
+        'never comes, so the rest of the file would be one cell: close the quote ("), or '
+        'double a quote that is part of the value ("")'
+    )
+
+
+def check_names(path: Path, names: list[str]) -> None:
+    """Refuse a column whose name the import uses for itself."""
+    for name in names:
+        if name in INTERNAL_NAMES:
+            raise ImportRejected(
+                f"{path}: column {name!r} has a name segengine uses internally "
+                f"({', '.join(INTERNAL_NAMES)}): rename the column"
+            )
 
 
 def not_utf8(path: Path) -> ImportRejected:

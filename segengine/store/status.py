@@ -233,4 +233,4 @@ def _apply(tx: Transaction, ids: pa.Table, to: str, allowed: tuple[str, ...],
 
 def status_log_files(snap: Snapshot) -> tuple[str, ...]:
     """The absolute paths of a snapshot's status-log files (none in older workspaces)."""
-    return tuple(str(snap.root / rel) for rel in snap.manifest.get(STATUS_LOG, []))
+    return snap.files(STATUS_LOG)

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, WorkspaceBusy, WorkspaceError
+from ..errors import InputError, StorageError, WorkspaceBusy, WorkspaceError
 from ..fields import Schema
 from ..progress import Progress
+from . import checksums
 from .manifest import Manifest, Tables, empty_manifest, schema_of
 
 FORMAT_NAME = "segengine-workspace"
@@ -69,15 +70,39 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+#: modes of what segengine writes: contacts are personal data, private to their owner
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def make_private(path: Path) -> None:
+    """Owner-only modes on a file, or on a directory and everything in it.
+
+    Files written by DuckDB, Polars or Spark get the process umask's modes (usually
+    world-readable); exports, reports and journals hold emails, so they are tightened
+    before they are published.
+    """
+    if path.is_dir():
+        for sub in path.rglob("*"):
+            sub.chmod(PRIVATE_DIR if sub.is_dir() else PRIVATE_FILE)
+        path.chmod(PRIVATE_DIR)
+    else:
+        path.chmod(PRIVATE_FILE)
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically and durably (write, fsync, rename, fsync dir)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    crash_point(f"before-rename:{path.name}")
-    os.replace(tmp, path)
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point(f"before-rename:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
     crash_point(f"after-rename:{path.name}")
     fsync_path(path.parent)
 
@@ -88,6 +113,9 @@ class Snapshot:
 
     root: Path
     manifest: Manifest
+
+    def __post_init__(self) -> None:
+        checksums.expect(self.root, self.manifest)
 
     @property
     def version(self) -> int:
@@ -102,7 +130,12 @@ class Snapshot:
         return self.manifest["segments"]
 
     def files(self, table: str) -> tuple[str, ...]:
-        return tuple(str(self.root / rel) for rel in self.manifest[table])
+        """Absolute paths of a table's files, each checked against its checksum on the
+        first use in this process (store/checksums.py)."""
+        paths = tuple(str(self.root / rel) for rel in self.manifest.get(table, []))
+        for path in paths:
+            checksums.check(path)
+        return paths
 
     @property
     def tables(self) -> Tables:
@@ -129,7 +162,7 @@ class Transaction:
         """A fresh path for a data file of this transaction (deleted if it aborts)."""
         name = f"{table}-v{self.manifest['version']:06d}-{uuid.uuid4().hex[:12]}{suffix}"
         path = self.root / directory / name
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(PRIVATE_DIR, exist_ok=True)
         self.new_files.append(path)
         return path
 
@@ -147,6 +180,8 @@ class Transaction:
 
         refresh_index(self, progress)
         for path in self.new_files:
+            if path.exists():
+                make_private(path)
             if path.is_dir():
                 for sub in sorted(path.rglob("*")):
                     if sub.is_file():
@@ -157,6 +192,7 @@ class Transaction:
         for directory in {p.parent for p in self.new_files}:
             fsync_path(directory)
         crash_point("files-synced")
+        self.manifest["checksums"] = checksums.for_commit(self.root, self.manifest, self.base.manifest)
         self.manifest["committed_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         current = self.root / MANIFEST
         if current.exists():
@@ -178,7 +214,16 @@ class Store:
             if not self.root.exists():
                 raise WorkspaceError(f"workspace {self.root} does not exist: {hint}")
             raise WorkspaceError(f"{self.root} is not a segengine workspace: {hint}")
-        marker = json.loads((self.root / MARKER).read_text())
+        try:
+            marker = json.loads((self.root / MARKER).read_text())
+            if not isinstance(marker, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            expected = json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
+            raise StorageError(
+                f"{self.root / MARKER} is damaged ({exc}): it holds the workspace's format; "
+                f"write {expected} back into it"
+            ) from None
         if marker.get("format") != FORMAT_NAME or marker.get("format_version") != FORMAT_VERSION:
             raise WorkspaceError(
                 f"{self.root}: unsupported workspace format {marker!r}; "
@@ -210,7 +255,7 @@ class Store:
         # the modes of the files created in it later (data, index, journal, rejects)
         path.chmod(0o700)
         for sub in (DATA_DIR, INDEX_DIR, REJECTS_DIR):
-            (path / sub).mkdir(exist_ok=True)
+            (path / sub).mkdir(PRIVATE_DIR, exist_ok=True)
         write_durably(path / MANIFEST, json.dumps(empty_manifest(), indent=1).encode())
         marker = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
         write_durably(path / MARKER, json.dumps(marker).encode())
@@ -221,8 +266,16 @@ class Store:
     def snapshot(self) -> Snapshot:
         try:
             manifest = json.loads((self.root / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), int):
+                raise ValueError("not a segengine manifest")
+        except FileNotFoundError as exc:
             raise WorkspaceError(f"{self.root}: cannot read {MANIFEST}: {exc}") from exc
+        except ValueError as exc:
+            raise StorageError(
+                f"{self.root / MANIFEST} is damaged ({exc}): {PREVIOUS} holds the state one "
+                f"commit earlier (copy it over {MANIFEST} to go back to it), or restore the "
+                "workspace from a backup"
+            ) from None
         return Snapshot(self.root, manifest)
 
     # --- writing -------------------------------------------------------------------
@@ -230,7 +283,7 @@ class Store:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the exclusive writer lock; the kernel frees it if the process dies."""
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -255,12 +308,12 @@ class Store:
         commit (or with an exception) deletes every file the transaction created.
         """
         with self.lock():
+            base = self.snapshot()  # a damaged manifest stops here, with its own message
             self._collect_garbage()
-            base = self.snapshot()
             manifest = copy.deepcopy(base.manifest)
             manifest["version"] = base.version + 1
             staging = self.root / STAGING_DIR / uuid.uuid4().hex
-            staging.mkdir(parents=True)
+            staging.mkdir(PRIVATE_DIR, parents=True)
             tx = Transaction(self.root, base, manifest, staging)
             try:
                 yield tx
@@ -278,17 +331,24 @@ class Store:
                 crash_point("committed")
                 self._collect_garbage()
 
-    def _referenced(self) -> set[str]:
+    def _referenced(self) -> set[str] | None:
+        """Files the current and the previous manifest reference; None when the previous
+        one is unreadable (its files are then kept: the next commit replaces it)."""
         refs: set[str] = set()
         for name in (MANIFEST, PREVIOUS):
             path = self.root / name
             if not path.exists():
                 continue
-            manifest = json.loads(path.read_text())
-            refs.update(manifest["contacts"])
-            refs.update(manifest["events"])
-            refs.update(manifest.get("status_log", []))  # the audit trail (store/status.py)
-            index = manifest.get("index") or {}
+            try:
+                manifest = json.loads(path.read_text())
+                files = [*manifest["contacts"], *manifest["events"],
+                         *manifest.get("status_log", [])]  # the audit trail (store/status.py)
+                index = manifest.get("index") or {}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                if name == PREVIOUS:
+                    return None  # garbage must not block every later writer
+                raise
+            refs.update(files)
             if index.get("path"):
                 refs.add(index["path"])
             for job in (manifest.get("syncs") or {}).values():
@@ -299,7 +359,7 @@ class Store:
     def _collect_garbage(self) -> None:
         """Delete files of aborted or superseded writes. Called with the lock held."""
         refs = self._referenced()
-        for directory in (DATA_DIR, INDEX_DIR, SYNCS_DIR):
+        for directory in (DATA_DIR, INDEX_DIR, SYNCS_DIR) if refs is not None else ():
             base = self.root / directory
             if not base.exists():
                 continue

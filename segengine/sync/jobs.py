@@ -28,6 +28,7 @@ import numpy as np
 from ..definition.validate import NAME_RE
 from ..errors import InputError, JobExists, JobNotFound
 from ..export.options import FORMATS, parse_columns
+from ..store import checksums
 from ..store.manifest import SyncJob, SyncMembers
 from ..store.workspace import SYNCS_DIR, Snapshot, Transaction
 
@@ -223,7 +224,9 @@ def load_members(root: Path, members: SyncMembers | None) -> Any:
     from pyroaring import BitMap, BitMap64
 
     kind = BitMap64 if members["kind"] == "roaring64" else BitMap
-    return kind.deserialize((root / members["path"]).read_bytes())
+    path = root / members["path"]
+    checksums.check(path)  # damaged members would add or remove the wrong contacts
+    return kind.deserialize(path.read_bytes())
 
 
 def write_members(tx: Transaction, name: str, bitmap: Any) -> SyncMembers:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pyroaring import BitMap
 
+from ..checksums import check
+
 if TYPE_CHECKING:
     import pyarrow as pa
 from .layout import (
@@ -108,6 +110,7 @@ class BitmapStore:
         file, offset, size = entry
         data = self._maps.get(file)
         if data is None:
+            check(self.directory / file)
             data = self._maps[file] = np.memmap(self.directory / file, dtype=np.uint8, mode="r")
         bitmap = BitMap.deserialize(data[offset : offset + size].tobytes())
         self._cache[name] = bitmap

@@ -14,6 +14,7 @@ from ...errors import EngineError
 from ...fields import Schema
 from ...progress import NullProgress
 from ..arrays import link_or_copy, load
+from ..checksums import DamagedFile, check
 from ..manifest import Manifest, covers_of, schema_of
 
 if TYPE_CHECKING:
@@ -128,7 +129,10 @@ def refresh_index(tx: Committing, progress: Progress | None = None) -> None:
     if current.get("path"):
         try:
             previous = IndexData.open(tx.root / current["path"])
-        except (OSError, ValueError, KeyError, EngineError):
+            # a damaged file of the previous index is not carried into the next one
+            for path in (tx.root / current["path"]).rglob("*"):
+                check(path)
+        except (OSError, ValueError, KeyError, EngineError, DamagedFile):
             previous = None  # unreadable or another format (`read.upgraded`): build from scratch
     directory = tx.new_file("index", suffix="", directory="index")
     schema = schema_of(tx.manifest)

@@ -13,6 +13,7 @@ import numpy as np
 from ...fields import EVENT_TYPES, STATUSES, FieldType
 from ..aggregates import Aggregates
 from ..arrays import load, load_strings
+from ..checksums import check
 from ..manifest import Manifest, covers_of
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ class IndexData:
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
+        check(Path(directory) / META)
         meta = json.loads((Path(directory) / META).read_text())
         return cls(directory, upgraded(meta, directory))
 
@@ -210,6 +212,7 @@ class IndexData:
                 if name is None:
                     continue
                 path = self.directory / "events" / name
+                check(path)
                 cols[key] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else (
                     np.zeros(0, dtype)
                 )

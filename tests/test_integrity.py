@@ -1,0 +1,171 @@
+"""Checksums: a flipped byte in any committed file is an error naming the file, never a
+wrong count; `segengine verify` lists every damaged file."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Cli, write
+
+import segengine
+from segengine.store import checksums
+from segengine.store.index.read import load_index
+
+NEWSLETTER = {"name": "openers", "rules": [
+    {"activity": "opened", "count": {"gte": 2}},
+    {"field": "lists", "op": "includes", "value": "news"},
+]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    from segengine.synth import generate
+
+    root = tmp_path_factory.mktemp("integrity")
+    generate(root / "data", contacts=400, events=4000, seed=5)
+    ws = segengine.Workspace.init(root / "ws")
+    ws.import_contacts(root / "data" / "contacts.parquet")
+    ws.import_events(root / "data" / "events.parquet")
+    write(root / "u.csv", "email\n" + ws.members({"name": "e", "rules": []})["email"][0] + "\n")
+    ws.unsubscribe(emails=root / "u.csv")  # a status log file
+    return root / "ws"
+
+
+def kind(rel: str) -> str:
+    """The kind of a committed file, for the tally of flips per kind."""
+    name = rel.rsplit("/", 1)[-1]
+    if rel.startswith("data/"):
+        return name.split("-")[0] + " parquet"
+    if "/events/" in rel:
+        return "event store block"
+    if "/aggregates/" in rel:
+        return "aggregate array"
+    if name.startswith("bitmaps-"):
+        return "contact bitmaps" if "/contacts/" in rel else "event bitmaps"
+    if name == "meta.json":
+        return "index meta"
+    if name.endswith(".arrow"):
+        return "string dictionary"
+    return "contact array"
+
+
+def read_everything(ws_path: Path) -> None:
+    """Open every committed file through the readers the engines use."""
+    checksums._verified.clear()  # a fresh process: nothing checked yet
+    snap = segengine.open(ws_path).snapshot()
+    for table in ("contacts", "events", "status_log"):
+        snap.files(table)
+    index = load_index(snap)
+    index.blocks()
+    index.urls()
+    for store in (index.bitmaps, index.contact_bitmaps):
+        for name in list(store.entries):
+            store.get(name)
+    for column in index.fields.values():
+        _ = column.lower
+
+
+def flip(path: Path, rng: random.Random) -> None:
+    """Flip one bit of one byte, keeping the file's size and mtime (as bit rot does)."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    at = rng.randrange(len(data))
+    data[at] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_every_committed_file_has_a_checksum(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    on_disk = set(checksums.referenced(built, manifest))
+    assert set(manifest["checksums"]) == on_disk
+    kinds = {kind(rel) for rel in on_disk}
+    assert len(kinds) >= 10, kinds
+    assert segengine.open(built).verify()["healthy"]
+
+
+def test_random_byte_flips_in_every_kind_of_file_are_detected(built, tmp_path):
+    manifest = json.loads((built / "manifest.json").read_text())
+    files = sorted(manifest["checksums"])
+    rng = random.Random(16)
+    tried: dict[str, int] = {}
+    detected: dict[str, int] = {}
+    ws_path = tmp_path / "ws"
+    for n in range(120):
+        rel = files[n % len(files)] if n < len(files) else rng.choice(files)
+        shutil.rmtree(ws_path, ignore_errors=True)
+        shutil.copytree(built, ws_path)
+        flip(ws_path / rel, rng)
+        tried[kind(rel)] = tried.get(kind(rel), 0) + 1
+        report = segengine.open(ws_path).verify()
+        assert [f["path"] for f in report["files"] if f["state"] == "damaged"] == [rel]
+        with pytest.raises(checksums.DamagedFile, match=rel.replace(".", r"\.")):
+            read_everything(ws_path)
+        detected[kind(rel)] = detected.get(kind(rel), 0) + 1
+    print(f"byte flips tried {sum(tried.values())}, detected {sum(detected.values())}: {tried}")
+    assert tried == detected
+
+
+def run(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segengine", "-w", str(ws), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_damaged_index_array_is_an_error_not_a_wrong_count(built, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(built, ws)
+    segment = tmp_path / "openers.json"
+    segment.write_text(json.dumps(NEWSLETTER))
+    before = run(ws, "count", str(segment), "--json")
+    assert before.returncode == 0, before.stderr
+    manifest = json.loads((ws / "manifest.json").read_text())
+    counts = next(rel for rel in manifest["checksums"] if rel.endswith("aggregates/count.npy"))
+    flip(ws / counts, random.Random(1))
+    for engine in ("auto", "index"):
+        after = run(ws, "count", str(segment), "--engine", engine)
+        assert after.returncode == 1, after.stdout
+        assert after.stderr.count("\n") == 1 and counts in after.stderr
+        assert "segengine verify" in after.stderr and "segengine reindex" in after.stderr
+    checked = run(ws, "verify")
+    assert checked.returncode == 1 and f"DAMAGED: {counts}" in checked.stdout
+    assert "reindex" in checked.stderr
+    # reindex rebuilds the index from the data files: healthy again, the same count
+    assert run(ws, "reindex").returncode == 0
+    assert run(ws, "verify").returncode == 0
+    def total(out: subprocess.CompletedProcess) -> tuple:
+        result = json.loads(out.stdout)
+        return result["total"], result["sendable"]
+
+    assert total(run(ws, "count", str(segment), "--json")) == total(before)
+
+
+def test_a_damaged_data_file_names_the_file_and_the_fix(built, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(built, ws)
+    manifest = json.loads((ws / "manifest.json").read_text())
+    flip(ws / manifest["contacts"][0], random.Random(2))
+    out = run(ws, "export", str(write(tmp_path / "all.json", '{"name": "all", "rules": []}')),
+              "-o", str(tmp_path / "x.csv"), "--engine", "duckdb")
+    assert out.returncode == 1 and manifest["contacts"][0] in out.stderr
+    assert "backup" in out.stderr and out.stderr.count("\n") == 1
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_an_old_manifest_without_checksums_keeps_working(built, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(built, ws)
+    manifest = json.loads((ws / "manifest.json").read_text())
+    del manifest["checksums"]
+    (ws / "manifest.json").write_text(json.dumps(manifest))
+    cli = Cli(ws)
+    assert cli.json("count", str(write(tmp_path / "a.json", json.dumps(NEWSLETTER))))
+    report = cli.json("verify")
+    assert report["healthy"] and report["ok"] == 0 and report["unchecked"] > 10
+    assert "no checksum recorded" in cli("verify").stdout
