@@ -71,6 +71,7 @@ class FieldColumn:
     def words(self) -> list[str] | None:
         """The lower-cased dictionary as Python text, when the index stores it so."""
         if self._words is None and self.words_path is not None:
+            check(self.words_path)
             self._words = json.loads(self.words_path.read_text())
         return self._words
 
