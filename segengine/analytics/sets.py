@@ -107,7 +107,7 @@ class Evaluation:
         if self._n is None:
             self._n = int(self.snapshot.manifest.get("next_contact_id") or 1)
             con = self._connection_of(self.snapshot)
-            top = con.execute("SELECT max(contact_id) FROM contacts").fetchone()[0]
+            (top,), = con.execute("SELECT max(contact_id) FROM contacts").fetchall()
             self._n = max(self._n, int(top or 0) + 1)
         return self._n
 

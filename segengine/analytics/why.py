@@ -89,13 +89,13 @@ def find_contact(con: duckdb.DuckDBPyConnection, schema: Mapping[str, FieldType]
     wanted = normalised(email)
     result = con.execute("SELECT * FROM contacts WHERE email = ?", [wanted])
     names = [d[0] for d in result.description]
-    row = result.fetchone()
-    if row is None:
+    found = result.fetchall()  # the whole result: the connection serves the next query
+    if not found:
         raise UnknownEmail(
             f"EMAIL: no contact has the address {wanted!r}: check it (addresses are matched "
             "trimmed and lower-cased, as on import)"
         )
-    fields = dict(zip(names, row, strict=True))
+    fields = dict(zip(names, found[0], strict=True))
     contact_id = int(fields.pop("contact_id"))
     fields["email_domain"] = email_domain(fields.get("email"))
     fields = {name: fields.get(name) for name in schema}
