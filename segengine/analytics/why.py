@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..definition.lower import (
     AllOf,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 
     from ..engines.base import Engine
     from ..session import SegmentArg, Session
+    from ..store.index.read import IndexData
     from ..store.workspace import Snapshot
 
 
@@ -84,28 +87,73 @@ class Contact:
     events: list[Event]
 
 
-def find_contact(con: duckdb.DuckDBPyConnection, schema: Mapping[str, FieldType], email: str) -> Contact:
-    """The contact with address `email` (normalised) and its events; UnknownEmail if none."""
+def find_contact(
+    con: duckdb.DuckDBPyConnection, schema: Mapping[str, FieldType], email: str,
+    index: IndexData | None = None,
+) -> Contact:
+    """The contact with address `email` (normalised) and its events; UnknownEmail if none.
+
+    With the engagement index the address is found in its email dictionary and the
+    events in its event store (a pass over the event rows, no Parquet scan); the row
+    itself is read by ``contact_id``, which the contacts file is sorted by.
+    """
     wanted = normalised(email)
-    result = con.execute("SELECT * FROM contacts WHERE email = ?", [wanted])
-    names = [d[0] for d in result.description]
-    found = result.fetchall()  # the whole result: the connection serves the next query
-    if not found:
+    contact_id = None if index is None else _indexed_id(index, wanted)
+    if index is None:
+        found = con.execute("SELECT contact_id FROM contacts WHERE email = ?", [wanted]).fetchall()
+        contact_id = int(found[0][0]) if found else None
+    if contact_id is None:
         raise UnknownEmail(
             f"EMAIL: no contact has the address {wanted!r}: check it (addresses are matched "
             "trimmed and lower-cased, as on import)"
         )
-    fields = dict(zip(names, found[0], strict=True))
-    contact_id = int(fields.pop("contact_id"))
+    result = con.execute("SELECT * FROM contacts WHERE contact_id = ?", [contact_id])
+    names = [d[0] for d in result.description]
+    fields = dict(zip(names, result.fetchall()[0], strict=True))
     fields["email_domain"] = email_domain(fields.get("email"))
     fields = {name: fields.get(name) for name in schema}
-    events = [
-        Event(t, c, ts.date(), u)
-        for t, c, ts, u in con.execute(
-            "SELECT type, campaign, timestamp, url FROM events WHERE contact_id = ?", [contact_id]
-        ).fetchall()
-    ]
+    if index is not None:
+        events = _indexed_events(index, contact_id)
+    else:
+        events = [
+            Event(t, c, ts.date(), u)
+            for t, c, ts, u in con.execute(
+                "SELECT type, campaign, timestamp, url FROM events WHERE contact_id = ?", [contact_id]
+            ).fetchall()
+        ]
     return Contact(contact_id, fields, events)
+
+
+def _indexed_id(index: IndexData, wanted: str) -> int | None:
+    column = index.fields.get("email")
+    if column is None or column.lower is None:
+        return None
+    code = pc.index(column.lower, pa.scalar(wanted, pa.string())).as_py()
+    if code < 0:
+        return None
+    rows = np.flatnonzero(np.asarray(column.arrays["codes"]) == code)
+    return int(index.ids[rows[0]]) if len(rows) else None
+
+
+def _indexed_events(index: IndexData, contact_id: int) -> list[Event]:
+    """The contact's events from the index's event store (days are all a rule reads)."""
+    position = int(np.searchsorted(index.ids, contact_id))
+    urls = None
+    events: list[Event] = []
+    epoch = dt.date(1970, 1, 1)
+    for block in index.blocks():
+        for etype, cols in block.columns.items():
+            if "rows" not in cols or len(cols["rows"]) == 0:
+                continue
+            hits = np.flatnonzero(np.asarray(cols["rows"]) == position)
+            for i in hits.tolist():
+                url = None
+                if "url" in cols and int(cols["url"][i]) >= 0:
+                    urls = index.urls() if urls is None else urls
+                    url = urls[int(cols["url"][i])].as_py()
+                day = epoch + dt.timedelta(days=int(cols["day"][i]))
+                events.append(Event(etype, index.campaigns[int(cols["campaign"][i])], day, url))
+    return events
 
 
 class SendTimes:
@@ -391,8 +439,8 @@ def why(
     loaded = session.load_segment(segment, snap)
     resolved = session.resolve(loaded, snap)
     con = session.connection(snap)
-    contact = find_contact(con, snap.schema, email)
     ev = session.engine(engine, snap)
+    contact = find_contact(con, snap.schema, email, getattr(ev, "index", None))
     decider = Decider(contact, day, SendTimes(ev, con), ev)
     tree = Explainer(decider, snap.schema).node(loaded.root, resolved, "rules")
     return {
