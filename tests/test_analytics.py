@@ -280,7 +280,7 @@ def check(node, rule, contact, ws):
         (["overlap", "news"], "overlap needs at least two segments"),
         (["overlap", "news", "nope"], "no saved segment 'nope'"),
         (["overlap", "news", "ca", "--as-of", "2024-13-01"], "--as-of: '2024-13-01' is not a date"),
-        (["trend", "news", "--from", "2024-03-02", "--to", "2024-03-01"], "--from 2024-03-02 is after --to"),
+        (["trend", "news", "--from", "2024-03-02", "--to", "2024-03-01"], "--from: 2024-03-02 is after --to"),
         (["trend", "news", "--from", "2024-03-01", "--to", "2024-03-09", "--every", "year"],
          "--every: 'year' is not a step"),
         (["trend", "news", "--from", "yesterday", "--to", "2024-03-01"], "--from: 'yesterday' is not a date"),

@@ -57,7 +57,7 @@ def trend_points(start: dt.date, end: dt.date, every: str) -> list[dt.date]:
         raise InputError(f"--every: {every!r} is not a step: use day, week or month")
     if start > end:
         raise InputError(
-            f"--from {start.isoformat()} is after --to {end.isoformat()}: give --from on or before --to"
+            f"--from: {start.isoformat()} is after --to {end.isoformat()}: give --from on or before --to"
         )
     days: list[dt.date] = []
     step = 0

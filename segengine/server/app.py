@@ -120,6 +120,27 @@ class ExportRequest(Evaluate):
     raw: bool = False
 
 
+class OverlapRequest(Evaluate):
+    """Two or more segments (one is refused with the command's message)."""
+
+
+class TrendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    segments: list[SegmentItem] = Field(min_length=1, description="saved names or definitions; their union")
+    start: str = Field(alias="from", description="the first point, YYYY-MM-DD")
+    end: str = Field(alias="to", description="the last point (at most), YYYY-MM-DD")
+    every: str = Field("day", description="day | week | month")
+    engine: str = "auto"
+
+
+class WhyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str
+    segment: SegmentItem
+    as_of: str | None = None
+    engine: str = "auto"
+
+
 # --- the workspace behind the routes -----------------------------------------------------
 
 
@@ -508,6 +529,39 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
             except DefinitionError as exc:  # the only other refusal: it is still referenced
                 raise ApiError(409, problems(exc)) from None
         return {"deleted": name}
+
+    # --- analytics: overlap, trend, why ------------------------------------------------
+
+    def overlap_now(body: OverlapRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            segs = served.segments(body.segments, snap)
+            return served.ws.overlap(*segs, as_of=body.as_of, engine=body.engine)
+
+    @app.post("/api/overlap", tags=["analytics"], response_model=None)
+    async def overlap(body: OverlapRequest) -> JSONResponse:
+        """The `overlap --json` document: pairwise totals and sendable counts, exclusive, union."""
+        return JSONResponse(await run_in_threadpool(overlap_now, body))
+
+    def trend_now(body: TrendRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            segs = served.segments(body.segments, snap)
+            return served.ws.trend(*segs, start=body.start, end=body.end, every=body.every,
+                                   engine=body.engine)
+
+    @app.post("/api/trend", tags=["analytics"], response_model=None)
+    async def trend(body: TrendRequest) -> JSONResponse:
+        """The `trend --json` document: the union's size per point, joined and left."""
+        return JSONResponse(await run_in_threadpool(trend_now, body))
+
+    def why_now(body: WhyRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            (seg,) = served.segments([body.segment], snap)
+            return served.ws.why(body.email, seg, as_of=body.as_of, engine=body.engine)
+
+    @app.post("/api/why", tags=["analytics"], response_model=None)
+    async def why(body: WhyRequest) -> JSONResponse:
+        """The `why --json` document: the contact's membership, rule by rule."""
+        return JSONResponse(await run_in_threadpool(why_now, body))
 
     # --- the page ----------------------------------------------------------------------
 
