@@ -48,8 +48,10 @@ from ..definition.nodes import (
 )
 from ..definition.rewrite import rule_to_dict
 from ..errors import InputError
-from ..fields import ACTIVITY_EVENT_TYPE, FieldType, email_domain
+from ..fields import ACTIVITY_EVENT_TYPE, EVENT_TYPES, FieldType, email_domain
 from ..session import parse_as_of
+from ..store.aggregates import RECENT
+from ..store.index.layout import BitmapKeys
 
 if TYPE_CHECKING:
     import duckdb
@@ -136,23 +138,43 @@ def _indexed_id(index: IndexData, wanted: str) -> int | None:
 
 
 def _indexed_events(index: IndexData, contact_id: int) -> list[Event]:
-    """The contact's events from the index's event store (days are all a rule reads)."""
-    position = int(np.searchsorted(index.ids, contact_id))
+    """The contact's events from the index's event store (days are all a rule reads).
+
+    The aggregates say which types the contact has events of; the days are its RECENT
+    latest days when it has no more events than that, else the days whose (type, day)
+    bitmap holds it. Only those days' slices of the store (sorted by day) are read, so
+    the work follows the contact's own events, not the workspace's.
+    """
+    row = int(np.searchsorted(index.ids, contact_id))
     urls = None
     events: list[Event] = []
     epoch = dt.date(1970, 1, 1)
-    for block in index.blocks():
-        for etype, cols in block.columns.items():
+    for t, etype in enumerate(EVENT_TYPES):
+        count = int(index.count[t][row])
+        if count == 0:
+            continue
+        if count <= RECENT:
+            days = sorted({int(index.recent[t][k][row]) for k in range(count)})
+        else:
+            first, last = int(index.first[t][row]), int(index.last[t][row])
+            candidates = index.bitmap_days(etype)
+            lo, hi = np.searchsorted(candidates, [first, last + 1])
+            days = [int(d) for d in candidates[lo:hi]
+                    if row in index.bitmaps.get(BitmapKeys.day(etype, int(d)))]
+        for block in index.blocks():
+            cols = block.columns[etype]
             if "rows" not in cols or len(cols["rows"]) == 0:
                 continue
-            hits = np.flatnonzero(np.asarray(cols["rows"]) == position)
-            for i in hits.tolist():
-                url = None
-                if "url" in cols and int(cols["url"][i]) >= 0:
-                    urls = index.urls() if urls is None else urls
-                    url = urls[int(cols["url"][i])].as_py()
-                day = epoch + dt.timedelta(days=int(cols["day"][i]))
-                events.append(Event(etype, index.campaigns[int(cols["campaign"][i])], day, url))
+            starts = np.searchsorted(cols["day"], np.array(days, np.int32), side="left")
+            ends = np.searchsorted(cols["day"], np.array(days, np.int32), side="right")
+            for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+                for i in (lo + np.flatnonzero(np.asarray(cols["rows"][lo:hi]) == row)).tolist():
+                    url = None
+                    if "url" in cols and int(cols["url"][i]) >= 0:
+                        urls = index.urls() if urls is None else urls
+                        url = urls[int(cols["url"][i])].as_py()
+                    day = epoch + dt.timedelta(days=int(cols["day"][i]))
+                    events.append(Event(etype, index.campaigns[int(cols["campaign"][i])], day, url))
     return events
 
 
