@@ -11,19 +11,21 @@ contact ids, which become a bitmap over the ids.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from pyroaring import BitMap
 
-from ..definition.lower import Lowered
+from ..definition.lower import AllOf, DayRange, Lowered
 from ..engines.auto import AutoEngine
 from ..engines.base import Engine
 from ..engines.index import IndexEngine
 from ..store.index.bitmaps import bitmap_rows, to_bitmap
 from ..store.index.layout import BitmapKeys
 from ..store.workspace import Snapshot
+from .sliding import PointEvaluator, TrendMemory, added_by
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,16 @@ class Members:
             return cls(n, bitmap=rows)
         return cls(n, bits=np.packbits(rows))
 
-    def packed(self) -> np.ndarray:
-        if self.bits is not None:
-            return self.bits
+    @functools.cached_property
+    def _packed_bitmap(self) -> np.ndarray:
         assert self.bitmap is not None
         mask = np.zeros(self.n, dtype=bool)
         mask[bitmap_rows(self.bitmap)] = True
         return np.packbits(mask)
+
+    def packed(self) -> np.ndarray:
+        """The set as packed bits (a bitmap's are computed once, then kept)."""
+        return self.bits if self.bits is not None else self._packed_bitmap
 
     def __len__(self) -> int:
         if self.bitmap is not None:
@@ -98,6 +103,8 @@ class Evaluation:
         self.index = getattr(engine, "index", None) if isinstance(engine, (AutoEngine, IndexEngine)) else None
         self._connection_of = connection_of
         self._active: Members | None = None
+        #: what the points of a trend share (sliding.py)
+        self.memory = TrendMemory()
         self._n: int | None = None
 
     @property
@@ -116,6 +123,24 @@ class Evaluation:
         if self.index is not None:
             return Members.of(self.engine.rows(roots, as_of), self.n)  # type: ignore[attr-defined]
         return self.from_ids(self.engine.evaluate_ids(roots, as_of))
+
+    def as_it_stood(self, roots: Sequence[Lowered], day: dt.date) -> Members:
+        """The contacts matching any of `roots`, lowered with ``as_it_was`` at `day`.
+
+        On the index, the points of one trend share their work (`sliding`): the
+        ``date_added`` conjunct every root starts with is answered once for all of them,
+        from the last point's answer, and the rest by a `PointEvaluator`. Points must
+        come in increasing order for the sharing to pay; any order is answered right.
+        """
+        cut = all(isinstance(r, AllOf) and len(r.rules) == 2 and isinstance(r.rules[0], DayRange)
+                  and r.rules[0].field == "date_added" and r.rules[0].low is None for r in roots)
+        if self.index is None or not cut or "date_added" not in self.index.fields:
+            return self.members(roots, day)
+        base = self.engine.evaluator(day)  # type: ignore[attr-defined]
+        evaluator = PointEvaluator(base.index, base.tables, day, base.fallback, memory=self.memory)
+        rows = evaluator.union([r.rules[1] for r in roots])  # type: ignore[union-attr]
+        added = added_by(self.index, self.memory, day)
+        return Members.of(rows, self.n) & Members.of(added, self.n)
 
     def from_ids(self, ids: np.ndarray) -> Members:
         return Members(self.n, bitmap=to_bitmap(np.asarray(ids)))

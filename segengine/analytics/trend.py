@@ -106,7 +106,7 @@ def trend(
     points: list[dict[str, Any]] = []
     previous: Members | None = None
     for day in days:
-        current = ev.members(ev.engine.lower(roots, day, as_it_was=True), day)
+        current = ev.as_it_stood(ev.engine.lower(roots, day, as_it_was=True), day)
         points.append({
             "as_of": day.isoformat(),
             "total": len(current),

@@ -62,3 +62,53 @@ def test_random_trees_as_they_stood_match_the_reference(request, engine_name, tm
             assert engine.count(roots, day, as_it_was=True) == reference_by_status(contacts, union)
     finally:
         engine.close()
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data())
+def test_trend_points_sharing_work_on_the_index_match_the_reference(request, tmp_path_factory, ws, data):
+    """A trend's points on the index reuse each other's work (sliding windows, campaign
+    answers, contacts added so far); every point must still be the reference's."""
+    from segengine.analytics.sets import Evaluation
+    from segengine.definition.nodes import ActivityRule, CountCondition, Group, Window
+
+    sliding = st.builds(
+        ActivityRule, st.sampled_from(("opened", "clicked", "sent")), st.just("any"),
+        # window edges on the pooled days, where consecutive points move them across events
+        st.sampled_from((None, Window("in_last_days", 40), Window("in_last_days", 7),
+                         Window("in_last_days", 8), Window("in_last_days", 30), Window("in_last_days", 31),
+                         Window("older_than_days", 2), Window("after", DAYS[3]))),
+        st.sampled_from((CountCondition("gte", 1), CountCondition("gte", 2), CountCondition("lte", 1),
+                         CountCondition("eq", 0), CountCondition("between", (1, 2)))),
+    )
+    roots = [Group("all", (r,)) for r in data.draw(st.lists(sliding, min_size=1, max_size=2))]
+    roots += data.draw(st.lists(rule_trees(ws.schema, ws.campaigns), max_size=1))
+    # a daily run ending on or after a pooled day (so windows move across events), then
+    # a few later points further apart
+    end = data.draw(st.sampled_from(POINTS)) + dt.timedelta(days=data.draw(st.integers(0, 9)))
+    run = [end - dt.timedelta(days=k) for k in range(data.draw(st.integers(2, 10)))]
+    after = [p for p in POINTS if p > end]
+    later = data.draw(st.lists(st.sampled_from(after), max_size=3, unique=True)) if after else []
+    days = sorted(run) + sorted(later)
+    directory = tmp_path_factory.mktemp("trend")
+    engine = build(data.draw(st.sampled_from(("index", "auto"))), write_workspace(ws, directory), directory, request)
+    contacts, events = list(ws.contacts), list(ws.events)
+    try:
+        evaluation = Evaluation(engine, None, None)
+        for day in days:
+            got = evaluation.as_it_stood(engine.lower(roots, day, as_it_was=True), day)
+            expected = set().union(*(reference_as_it_stood(contacts, events, ws.schema, r, day) for r in roots))
+            ids = engine.index.ids
+            assert len(got) == len(expected), (day, roots)
+            rows = {int(ids[r]) for r in range(engine.index.n) if got.common(single(r, engine.index.n))}
+            assert rows == expected, (day, roots)
+    finally:
+        engine.close()
+
+
+def single(row: int, n: int):
+    from pyroaring import BitMap
+
+    from segengine.analytics.sets import Members
+
+    return Members(n, bitmap=BitMap([row]))
