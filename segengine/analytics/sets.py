@@ -139,8 +139,10 @@ class Evaluation:
         base = self.engine.evaluator(day)  # type: ignore[attr-defined]
         evaluator = PointEvaluator(base.index, base.tables, day, base.fallback, memory=self.memory)
         rows = evaluator.union([r.rules[1] for r in roots])  # type: ignore[union-attr]
-        added = added_by(self.index, self.memory, day)
-        return Members.of(rows, self.n) & Members.of(added, self.n)
+        if isinstance(rows, BitMap):
+            return Members(self.n, bitmap=rows & added_by(self.index, self.memory, day, packed=False))
+        packed = np.packbits(rows)
+        return Members(self.n, bits=packed & added_by(self.index, self.memory, day, packed=True))
 
     def from_ids(self, ids: np.ndarray) -> Members:
         return Members(self.n, bitmap=to_bitmap(np.asarray(ids)))

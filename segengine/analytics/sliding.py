@@ -6,11 +6,13 @@ are the same campaigns for weeks, and the contacts added by D + 1 are those adde
 and a day more. `PointEvaluator` is the index evaluator with a memory kept across the
 points of one trend (`TrendMemory`):
 
-* per event type and window length, each contact's number of events in the window,
-  moved from one point to the next by adding the days that enter the window and
-  subtracting those that leave it (the store is sorted by day, so a day is a slice);
-* answers of rules with a campaign list, by the campaigns and the days they cover
-  (cut to the days those campaigns have events on), reused while those stay the same;
+* per event type, campaigns and window length, each contact's number of events in the
+  window, moved from one point to the next by adding the days that enter the window
+  and subtracting those that leave it (the store is sorted by day, so a day is a
+  slice); "the last 5 campaigns" are the same campaigns for weeks, so their counts
+  move too;
+* "has an event" of a campaign list, by the campaigns and the days they cover (cut to
+  the days those campaigns have events on), reused while those stay the same;
 * the contacts added by the point, grown by the day bitmaps of `date_added`.
 
 Answers are exactly the evaluator's; only the work differs.
@@ -27,6 +29,7 @@ from pyroaring import BitMap
 
 from ..definition.lower import CountIn, Events, HasEvents
 from ..engines.index import MAX_DAY_UNION, Evaluator, Rows, count_in, in_range, union_all
+from ..store.index.bitmaps import bitmap_rows
 from ..store.index.layout import BitmapKeys, day_number
 from ..store.index.read import IndexData
 
@@ -35,12 +38,13 @@ from ..store.index.read import IndexData
 class TrendMemory:
     """What a trend's points share (one per trend call: it holds one snapshot's index)."""
 
-    #: (event type, window length or None for "since ever") -> (low, high, counts)
-    windows: dict[tuple[str, int | None], tuple[int | None, int, np.ndarray]] = field(default_factory=dict)
+    #: (event type, campaigns or None for any, window length or None for "since ever")
+    #: -> (low, high, counts)
+    windows: dict[tuple[Any, ...], tuple[int | None, int, np.ndarray]] = field(default_factory=dict)
     #: campaign-filtered answers by (kind, type, campaigns, days, url, low, high)
     answers: dict[tuple[Any, ...], Rows] = field(default_factory=dict)
-    #: contacts added by `added[0]`: (day number, rows)
-    added: tuple[int, BitMap | np.ndarray] | None = None
+    #: the contacts added by the last point
+    added: Added | None = None
 
 
 @dataclass
@@ -49,8 +53,10 @@ class PointEvaluator(Evaluator):
 
     def visit_has_events(self, node: HasEvents) -> Rows:
         etype, campaigns, (low, high) = self.selection(node.events)
+        # "since ever" is one comparison of first days (the evaluator's own way); a wide
+        # closed window would be a union of its day bitmaps at every point
         if campaigns is None and node.events.url_contains is None and high is not None and (
-            low is None or high - low + 1 > MAX_DAY_UNION
+            low is not None and high - low + 1 > MAX_DAY_UNION
         ):
             return self.window_counts(etype, low, high) > 0
         if campaigns is not None:
@@ -63,11 +69,8 @@ class PointEvaluator(Evaluator):
 
     def counted(self, events: Events, low: int, high: int | None) -> Rows:
         etype, campaigns, (first, last) = self.selection(events)
-        if campaigns is None and events.url_contains is None and last is not None:
-            return count_in(low, high)(self.window_counts(etype, first, last))
-        if campaigns is not None:
-            return self.remembered("count", events, low, high,
-                                   lambda: super(PointEvaluator, self).counted(events, low, high))
+        if events.url_contains is None and last is not None:
+            return count_in(low, high)(self.window_counts(etype, first, last, campaigns))
         return super().counted(events, low, high)
 
     def remembered(self, kind: str, events: Events, low: int, high: int | None, compute) -> Rows:
@@ -80,9 +83,13 @@ class PointEvaluator(Evaluator):
             found = self.memory.answers[key] = compute()
         return found
 
-    def window_counts(self, etype: str, low: int | None, high: int) -> np.ndarray:
-        """Each row's number of `etype` events on days [low, high] (low None: since ever)."""
-        key = (etype, None if low is None else high - low)
+    def window_counts(
+        self, etype: str, low: int | None, high: int, campaigns: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each row's number of `etype` events (of `campaigns`, None: any) on days
+        [low, high] (low None: since ever), moved from the last point's counts."""
+        chosen = None if campaigns is None else tuple(campaigns.tolist())
+        key = (etype, chosen, None if low is None else high - low)
         state = self.memory.windows.get(key)
         if state is not None:
             old_low, old_high, counts = state
@@ -91,42 +98,78 @@ class PointEvaluator(Evaluator):
             moved = entering >= 0 and leaving >= 0
             if moved and (low is None or entering + leaving <= high - low):
                 # in place: a point's answer is a test of the counts, never the counts
-                self.add_days(counts, etype, old_high + 1, high, 1)
+                self.add_days(counts, etype, old_high + 1, high, 1, campaigns)
                 if low is not None and old_low is not None:
-                    self.add_days(counts, etype, old_low, low - 1, -1)
+                    self.add_days(counts, etype, old_low, low - 1, -1, campaigns)
                 self.memory.windows[key] = (low, high, counts)
                 return counts
-        rows = self.matching_rows(etype, None, (low, high), None)
+        rows = self.matching_rows(etype, campaigns, (low, high), None)
         counts = np.bincount(rows, minlength=self.n).astype(np.int32)
         self.memory.windows[key] = (low, high, counts)
         return counts
 
-    def add_days(self, counts: np.ndarray, etype: str, low: int, high: int, sign: int) -> None:
-        if low > high:
+    def add_days(
+        self, counts: np.ndarray, etype: str, low: int, high: int, sign: int,
+        campaigns: np.ndarray | None,
+    ) -> None:
+        if low > high or (campaigns is not None and len(campaigns) == 0):
             return
+        wanted = None
+        if campaigns is not None:
+            wanted = np.zeros(len(self.index.campaigns), dtype=bool)
+            wanted[campaigns] = True
         for cols, lo, hi in self.window_slices(etype, (low, high)):
+            if hi <= lo:
+                continue
             rows = np.asarray(cols["rows"][lo:hi])
-            if len(rows):
-                np.add.at(counts, rows, sign)
+            if wanted is not None:
+                rows = rows[wanted[cols["campaign"][lo:hi]]]
+            # a day's events are few: counting them sorted beats ufunc.at's scatter
+            rows, times = np.unique(rows, return_counts=True)
+            counts[rows] += sign * times.astype(np.int32)
 
 
-def added_by(index: IndexData, memory: TrendMemory, day: dt.date) -> BitMap | np.ndarray:
-    """The rows whose `date_added` day is on or before `day`, grown from the last point's."""
+def added_by(index: IndexData, memory: TrendMemory, day: dt.date, packed: bool) -> BitMap | np.ndarray:
+    """The rows whose `date_added` day is on or before `day`: a bitmap, or with `packed`
+    packed bits (`np.packbits` of the mask); both grown from the last point's by the
+    day bitmaps of the days in between."""
     column = index.fields["date_added"]
     end = day_number(day)
     if column.bitmap_days is None:
         days = np.asarray(column.arrays["days"])
-        return in_range(days, None, end) & np.asarray(column.arrays["present"])
+        mask = in_range(days, None, end) & np.asarray(column.arrays["present"])
+        return np.packbits(mask) if packed else mask
     days = column.bitmap_days
+
+    def day_bitmaps(start: int, stop: int) -> list[BitMap]:
+        return [index.contact_bitmaps.get(BitmapKeys.field_value("date_added", int(d)))
+                for d in days[start:stop]]
+
+    stop = int(np.searchsorted(days, end, side="right"))
     previous = memory.added
-    if previous is not None and previous[0] <= end and isinstance(previous[1], BitMap):
-        start = int(np.searchsorted(days, previous[0], side="right"))
-        stop = int(np.searchsorted(days, end, side="right"))
-        extra = [index.contact_bitmaps.get(BitmapKeys.field_value("date_added", int(d))) for d in days[start:stop]]
-        rows = previous[1] | union_all(extra) if extra else previous[1]
+    if previous is not None and previous.day <= end:
+        start = int(np.searchsorted(days, previous.day, side="right"))
+        extra = union_all(day_bitmaps(start, stop))
+        previous.bitmap = previous.bitmap | extra if len(extra) else previous.bitmap
+        if previous.bits is not None and len(extra):
+            rows = bitmap_rows(extra)
+            np.bitwise_or.at(previous.bits, rows >> 3, (128 >> (rows & 7)).astype(np.uint8))
+        previous.day = end
     else:
-        stop = int(np.searchsorted(days, end, side="right"))
-        rows = union_all([index.contact_bitmaps.get(BitmapKeys.field_value("date_added", int(d)))
-                          for d in days[:stop]])
-    memory.added = (end, rows)
-    return rows
+        previous = memory.added = Added(end, union_all(day_bitmaps(0, stop)))
+    if not packed:
+        return previous.bitmap
+    if previous.bits is None:
+        mask = np.zeros(index.n, dtype=bool)
+        mask[bitmap_rows(previous.bitmap)] = True
+        previous.bits = np.packbits(mask)
+    return previous.bits
+
+
+@dataclass
+class Added:
+    """The contacts added by `day` (a day number), as a bitmap and, once asked, packed bits."""
+
+    day: int
+    bitmap: BitMap
+    bits: np.ndarray | None = None

@@ -70,10 +70,17 @@ def test_trend_points_sharing_work_on_the_index_match_the_reference(request, tmp
     """A trend's points on the index reuse each other's work (sliding windows, campaign
     answers, contacts added so far); every point must still be the reference's."""
     from segengine.analytics.sets import Evaluation
-    from segengine.definition.nodes import ActivityRule, CountCondition, Group, Window
+    from segengine.definition.nodes import (
+        ActivityRule,
+        CountCondition,
+        Group,
+        LastCampaigns,
+        Window,
+    )
 
     sliding = st.builds(
-        ActivityRule, st.sampled_from(("opened", "clicked", "sent")), st.just("any"),
+        ActivityRule, st.sampled_from(("opened", "clicked", "sent")),
+        st.sampled_from(("any", LastCampaigns(1), LastCampaigns(3), tuple(sorted(ws.campaigns[:2])))),
         # window edges on the pooled days, where consecutive points move them across events
         st.sampled_from((None, Window("in_last_days", 40), Window("in_last_days", 7),
                          Window("in_last_days", 8), Window("in_last_days", 30), Window("in_last_days", 31),
