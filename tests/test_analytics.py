@@ -309,3 +309,24 @@ def test_bad_input_from_the_api(filled):
     with pytest.raises(InputError, match="no contact"):
         filled.why("x@y.z", "news")
     assert json.loads(json.dumps(filled.overlap("news", "ca")))["union"]["total"] == 6
+
+
+def test_why_reads_many_events_from_the_index_as_from_the_data(filled, tmp_path):
+    """More events of a type than the index keeps latest days for: the day bitmaps say
+    which days to read; two on one day, one on the first and one on the last day."""
+    extra = "email,campaign,type,timestamp,url\n" + "".join(
+        f"bob@example.com,{c},open,{t},\n"
+        for c, t in [("jan", "2024-01-31T11:00:00Z"), ("feb", "2024-03-05T08:00:00Z"),
+                     ("feb", "2024-03-05T09:00:00Z"), ("mar", "2024-04-01T10:00:00Z"),
+                     ("mar", "2024-04-20T10:00:00Z")]
+    ) + "bob@example.com,mar,click,2024-04-20T10:01:00Z,https://x.example/PRICING\n"
+    filled.import_events(write(tmp_path / "more.csv", extra))
+    seg = {"name": "busy", "rules": [
+        {"activity": "opened", "campaigns": ["feb", "mar"], "when": {"after": "2024-03-05"}, "count": {"gte": 2}},
+        {"activity": "clicked", "url_contains": "pricing"}]}
+    answers = {e: filled.why("bob@example.com", seg, as_of="2024-04-30", engine=e) for e in ENGINES}
+    assert all(a == answers["duckdb"] for a in answers.values())
+    opened, clicked = answers["index"]["rules"]
+    assert opened["events"] == {"in_scope": 4, "in_window": 2,
+                                "window": {"from": "2024-03-06", "to": None}}
+    assert clicked["events"] == {"in_scope": 1, "in_window": 1} and answers["index"]["member"] is True
