@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from pyroaring import BitMap
 
-from ..definition.lower import CountIn, Events, HasEvents
+from ..definition.lower import Events, HasEvents
 from ..engines.index import MAX_DAY_UNION, Evaluator, Rows, count_in, in_range, union_all
 from ..store.index.bitmaps import bitmap_rows
 from ..store.index.layout import BitmapKeys, day_number
@@ -64,9 +64,6 @@ class PointEvaluator(Evaluator):
                                    .visit_has_events(node))
         return super().visit_has_events(node)
 
-    def visit_count_in(self, node: CountIn) -> Rows:
-        return self.counted(node.events, node.low, node.high)
-
     def counted(self, events: Events, low: int, high: int | None) -> Rows:
         etype, campaigns, (first, last) = self.selection(events)
         if events.url_contains is None and last is not None:
@@ -80,6 +77,7 @@ class PointEvaluator(Evaluator):
         key = (kind, etype, tuple(campaigns.tolist()), days, events.url_contains, low, high)
         found = self.memory.answers.get(key)
         if found is None:
+            forget(self.memory.answers, key, (0, 1, 4, 5, 6))
             found = self.memory.answers[key] = compute()
         return found
 
@@ -105,6 +103,7 @@ class PointEvaluator(Evaluator):
                 return counts
         rows = self.matching_rows(etype, campaigns, (low, high), None)
         counts = np.bincount(rows, minlength=self.n).astype(np.int32)
+        forget(self.memory.windows, key, (0, 2))
         self.memory.windows[key] = (low, high, counts)
         return counts
 
@@ -127,6 +126,15 @@ class PointEvaluator(Evaluator):
             # a day's events are few: counting them sorted beats ufunc.at's scatter
             rows, times = np.unique(rows, return_counts=True)
             counts[rows] += sign * times.astype(np.int32)
+
+
+def forget(memory: dict[tuple[Any, ...], Any], key: tuple[Any, ...], same: tuple[int, ...]) -> None:
+    """Drop what an earlier point kept for the rule `key` is now for (the same parts
+    `same`, other campaigns or days): a trend keeps one answer per rule, not one per
+    campaign set it has seen (a count per contact is 40 MB at 10M contacts)."""
+    stale = [k for k in memory if k != key and all(k[i] == key[i] for i in same)]
+    for k in stale:
+        del memory[k]
 
 
 def added_by(index: IndexData, memory: TrendMemory, day: dt.date, packed: bool) -> BitMap | np.ndarray:
