@@ -79,6 +79,15 @@ TREND = {
         "JOIN contacts c ON c.contact_id = e.contact_id AND CAST(c.date_added AS DATE) <= days.d "
         "GROUP BY days.d, e.contact_id HAVING count(*) >= 3",
     ),
+    "opened-any-of-last-5": (
+        OVERLAP["opened-any-of-last-5"][0],
+        "SELECT DISTINCT l.d, e.contact_id FROM ("
+        " SELECT days.d, s.campaign FROM days JOIN (SELECT campaign, min(timestamp) AS sent_at "
+        "  FROM events WHERE type = 'sent' GROUP BY campaign) s ON CAST(s.sent_at AS DATE) <= days.d "
+        " QUALIFY row_number() OVER (PARTITION BY days.d ORDER BY s.sent_at DESC, s.campaign DESC) <= 5) l "
+        "JOIN events e ON e.type = 'open' AND e.campaign = l.campaign AND CAST(e.timestamp AS DATE) <= l.d "
+        "JOIN contacts c ON c.contact_id = e.contact_id AND CAST(c.date_added AS DATE) <= l.d",
+    ),
 }
 
 TREND_SQL = """
