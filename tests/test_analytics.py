@@ -56,6 +56,7 @@ SEGMENTS = {
     "ca-openers": {"name": "ca-openers", "rules": [
         {"segment": "ca"}, {"segment": "openers"}, {"field": "score", "op": "gte", "value": 5},
     ]},
+    "not-ca-openers": {"name": "not-ca-openers", "rules": [{"segment": "ca-openers", "negate": True}]},
 }
 ENGINES = ("auto", "duckdb", "polars", "index")
 
@@ -228,6 +229,15 @@ def test_why_agrees_with_membership_for_every_contact(filled):
         for c in contacts:
             got = filled.why(c["email"], name, as_of="2024-04-01")
             assert got["member"] is (c["contact_id"] in members), (name, c["email"])
+
+
+def test_why_shows_a_reference_inside_a_reference(filled):
+    got = filled.why("ann@example.com", "not-ca-openers", as_of="2024-04-15")
+    (outer,) = got["rules"]
+    assert outer["rule"] == {"segment": "ca-openers", "negate": True, "match": "all"}
+    assert outer["matched"] is False and got["member"] is False
+    assert [r["kind"] for r in outer["rules"]] == ["segment", "segment", "field"]
+    assert outer["rules"][0]["rule"]["segment"] == "ca" and outer["rules"][0]["matched"] is True
 
 
 def test_why_cli(filled):

@@ -370,9 +370,17 @@ def kind_of(rule: Rule) -> str:
 
 
 class Explainer:
-    def __init__(self, decider: Decider, schema: Mapping[str, FieldType]):
+    """The why tree: each node of the segment as written, decided over its resolved form.
+
+    `saved` gives a referenced segment's tree as written (its own references kept), so
+    a reference inside a reference is shown as one too; without it a reference's rules
+    are shown resolved.
+    """
+
+    def __init__(self, decider: Decider, schema: Mapping[str, FieldType], saved=None):
         self.decider = decider
         self.schema = schema
+        self.saved = saved
 
     def node(self, original: Rule, resolved: Rule, path: str) -> dict[str, Any]:
         """One rule or group: what it is, whether it matched and what it saw."""
@@ -393,7 +401,7 @@ class Explainer:
             children = [
                 self.node(child, child_resolved, f"{path}[{i}]")
                 for i, (child, child_resolved) in enumerate(
-                    zip(_originals(original, inner), inner.rules, strict=True)
+                    zip(self.originals(original, inner), inner.rules, strict=True)
                 )
             ]
             results = [c["matched"] for c in children]
@@ -412,6 +420,16 @@ class Explainer:
         elif isinstance(original, ActivityRule):
             out["events"] = self.events_seen(original)
         return out
+
+    def originals(self, original: Group | SegmentRef, inner: Group) -> tuple[Rule, ...]:
+        """The rules as the user wrote them (a reference's: its segment's own rules)."""
+        if not isinstance(original, SegmentRef):
+            return original.rules
+        if self.saved is not None:
+            written = self.saved(original.segment)
+            if len(written.rules) == len(inner.rules):
+                return written.rules
+        return inner.rules
 
     def events_seen(self, rule: ActivityRule) -> dict[str, Any]:
         """How many of the contact's events the rule's scope holds, and its window."""
@@ -440,13 +458,6 @@ def _campaigns(campaigns: Any) -> Any:
     return tuple(campaigns) if isinstance(campaigns, list) else campaigns
 
 
-def _originals(original: Group | SegmentRef, inner: Group) -> tuple[Rule, ...]:
-    """The rules as the user wrote them (a reference's: its segment's own rules)."""
-    if isinstance(original, SegmentRef):
-        return inner.rules
-    return original.rules
-
-
 def why(
     session: Session,
     email: str,
@@ -464,7 +475,8 @@ def why(
     ev = session.engine(engine, snap)
     contact = find_contact(con, snap.schema, email, getattr(ev, "index", None))
     decider = Decider(contact, day, SendTimes(ev, con), ev)
-    tree = Explainer(decider, snap.schema).node(loaded.root, resolved, "rules")
+    saved = lambda name: session.load_segment(name, snap).root  # noqa: E731 - one use
+    tree = Explainer(decider, snap.schema, saved).node(loaded.root, resolved, "rules")
     return {
         "email": contact.fields.get("email"),
         "segment": loaded.name,
