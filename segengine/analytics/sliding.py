@@ -13,7 +13,9 @@ points of one trend (`TrendMemory`):
   move too;
 * "has an event" of a campaign list, by the campaigns and the days they cover (cut to
   the days those campaigns have events on), reused while those stay the same;
-* the contacts added by the point, grown by the day bitmaps of `date_added`.
+* the contacts added by the point, grown by the day bitmaps of `date_added`;
+* answers of subtrees that test fields only, when the next point lowers them alike
+  (every subtree without a date relative to `as_of`).
 
 Answers are exactly the evaluator's; only the work differs.
 """
@@ -21,13 +23,25 @@ Answers are exactly the evaluator's; only the work differs.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pyroaring import BitMap
 
-from ..definition.lower import Events, HasEvents
+from ..definition.lower import (
+    AllOf,
+    AnyOf,
+    Compare,
+    Constant,
+    CountIn,
+    DayRange,
+    Events,
+    HasEvents,
+    Not,
+    Present,
+)
 from ..engines.index import MAX_DAY_UNION, Evaluator, Rows, count_in, in_range, union_all
 from ..store.index.bitmaps import bitmap_rows
 from ..store.index.layout import BitmapKeys, day_number
@@ -45,11 +59,35 @@ class TrendMemory:
     answers: dict[tuple[Any, ...], Rows] = field(default_factory=dict)
     #: the contacts added by the last point
     added: Added | None = None
+    #: answers of subtrees without activity rules, by lowered node: the last point's
+    #: and this point's (a node the next point lowers alike is reused; one point's
+    #: answers at most are kept)
+    fields_before: dict[Any, Rows] = field(default_factory=dict)
+    fields_now: dict[Any, Rows] = field(default_factory=dict)
+
+    def next_point(self) -> None:
+        self.fields_before, self.fields_now = self.fields_now, {}
 
 
 @dataclass
 class PointEvaluator(Evaluator):
+    """The index evaluator of one point of a trend; create one per point, in order."""
+
     memory: TrendMemory = field(default_factory=TrendMemory)
+
+    def __post_init__(self) -> None:
+        self.memory.next_point()
+
+    def visit(self, node: Any) -> Rows:
+        if not about_fields(node):
+            return super().visit(node)
+        found = self.memory.fields_now.get(node)
+        if found is None:
+            found = self.memory.fields_before.get(node)
+            if found is None:
+                found = super().visit(node)
+            self.memory.fields_now[node] = found
+        return found
 
     def visit_has_events(self, node: HasEvents) -> Rows:
         etype, campaigns, (low, high) = self.selection(node.events)
@@ -59,7 +97,11 @@ class PointEvaluator(Evaluator):
             low is not None and high - low + 1 > MAX_DAY_UNION
         ):
             return self.window_counts(etype, low, high) > 0
+        if campaigns is not None and node.events.url_contains is None and low is None:
+            # "ever" in a campaign list: its counts only grow by the days entering
+            return self.window_counts(etype, low, high, campaigns) > 0
         if campaigns is not None:
+            # a fixed window on a campaign list: the same answer once the window is past
             return self.remembered("has", node.events, 1, None, lambda: super(PointEvaluator, self)
                                    .visit_has_events(node))
         return super().visit_has_events(node)
@@ -126,6 +168,19 @@ class PointEvaluator(Evaluator):
             # a day's events are few: counting them sorted beats ufunc.at's scatter
             rows, times = np.unique(rows, return_counts=True)
             counts[rows] += sign * times.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=4096)
+def about_fields(node: Any) -> bool:
+    """Whether a lowered subtree tests contact fields only (no events): its answer
+    depends on the point only through its values, which the lowering fixed."""
+    if isinstance(node, (HasEvents, CountIn)):
+        return False
+    if isinstance(node, (AllOf, AnyOf)):
+        return all(about_fields(rule) for rule in node.rules)
+    if isinstance(node, Not):
+        return about_fields(node.rule)
+    return isinstance(node, (Present, Compare, DayRange, Constant))
 
 
 def forget(memory: dict[tuple[Any, ...], Any], key: tuple[Any, ...], same: tuple[int, ...]) -> None:
