@@ -487,6 +487,52 @@ class Workspace:
                   for state in ("ok", "damaged", "missing", "unchecked")}
         return {"files": [f.as_dict() for f in files], **counts,
                 "healthy": counts["damaged"] == 0 and counts["missing"] == 0}
+    # --- analytics: overlap, trend, why ------------------------------------------------
+
+    def overlap(
+        self, *segments: SegmentArg, as_of: str | dt.date | None = None, engine: str = "auto"
+    ) -> dict[str, Any]:
+        """How two or more segments share contacts: the ``overlap --json`` document."""
+        from .analytics import overlap
+
+        return overlap(self.session, segments, as_of=as_of, engine=engine)
+
+    def trend(
+        self,
+        *segments: SegmentArg,
+        start: str | dt.date,
+        end: str | dt.date,
+        every: str = "day",
+        engine: str = "auto",
+    ) -> dict[str, Any]:
+        """The union's size from `start` to `end` (each point over the data as it stood
+        at the end of that day): the ``trend --json`` document."""
+        from .analytics import trend
+
+        return trend(self.session, segments, start=start, end=end, every=every, engine=engine)
+
+    def trend_frame(
+        self,
+        *segments: SegmentArg,
+        start: str | dt.date,
+        end: str | dt.date,
+        every: str = "day",
+        engine: str = "auto",
+    ) -> pl.DataFrame:
+        """The trend's points as a frame: as_of (a date), total, sendable, joined, left."""
+        points = self.trend(*segments, start=start, end=end, every=every, engine=engine)["points"]
+        schema = {"as_of": pl.String, "total": pl.Int64, "sendable": pl.Int64,
+                  "joined": pl.Int64, "left": pl.Int64}
+        return pl.DataFrame(points, schema=schema).with_columns(pl.col("as_of").str.to_date())
+
+    def why(
+        self, email: str, segment: SegmentArg, *, as_of: str | dt.date | None = None,
+        engine: str = "auto",
+    ) -> dict[str, Any]:
+        """Whether the contact `email` is in `segment`, rule by rule: the ``why --json`` document."""
+        from .analytics import why
+
+        return why(self.session, email, segment, as_of=as_of, engine=engine)
 
 
 def contacts_frame(snap: Snapshot) -> pl.LazyFrame:

@@ -1143,5 +1143,119 @@ def verify(ctx, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --- analytics: overlap, trend, why ------------------------------------------------------
+
+
+@main.command()
+@click.argument("segments", nargs=-1, required=True)
+@as_of_option
+@engine_option()
+@json_option
+@click.pass_context
+def overlap(ctx, segments, as_of, engine, as_json) -> None:
+    """Show how two or more SEGMENTS share contacts.
+
+    A cell counts the contacts in both its row's and its column's segment (the
+    diagonal: each segment's own total); `exclusive` counts a segment's contacts in
+    none of the others; `sendable` counts the active ones. See docs/analytics.md.
+
+    Example: segengine overlap newsletter customers trial --as-of 2026-06-30
+    """
+    result = workspace(ctx).overlap(*segments, as_of=as_of, engine=engine)
+
+    def human() -> None:
+        names = result["segments"]
+        for key in ("total", "sendable"):
+            rows = [
+                [name, *result[key][i], *([result["exclusive"][i]] if key == "total" else [])]
+                for i, name in enumerate(names)
+            ]
+            extra = ["exclusive"] if key == "total" else []
+            table(f"{key} contacts in both (as of {result['as_of']})", ["", *names, *extra], rows)
+            click.echo("")
+        union = result["union"]
+        click.echo(f"union: {union['total']:,} contacts, {union['sendable']:,} sendable")
+
+    emit(result, as_json, human)
+
+
+@main.command()
+@click.argument("segments", nargs=-1, required=True)
+@click.option("--from", "start", required=True, metavar="YYYY-MM-DD", help="The first point.")
+@click.option("--to", "end", required=True, metavar="YYYY-MM-DD", help="The last point (at most).")
+@click.option("--every", default="day", show_default=True, metavar="STEP",
+              help="day | week | month (a month step keeps --from's day of the month).")
+@engine_option()
+@json_option
+@click.pass_context
+def trend(ctx, segments, start, end, every, engine, as_json) -> None:
+    """Show how the union of SEGMENTS grew from --from to --to.
+
+    Each point D counts the union over the data as it stood at the end of day D:
+    contacts added and events on or before D, with as-of D. Field values and
+    statuses are today's (the workspace keeps no history of them). `joined` and
+    `left` count the contacts that entered or left since the previous point.
+
+    Example: segengine trend engaged --from 2026-01-01 --to 2026-06-30 --every week
+    """
+    result = workspace(ctx).trend(*segments, start=start, end=end, every=every, engine=engine)
+
+    def human() -> None:
+        rows = [
+            [p["as_of"], p["total"], p["sendable"],
+             "-" if p["joined"] is None else p["joined"], "-" if p["left"] is None else p["left"]]
+            for p in result["points"]
+        ]
+        title = f"{' + '.join(result['segments'])} by {result['every']}"
+        table(title, ["as of", "total", "sendable", "joined", "left"], rows)
+
+    emit(result, as_json, human)
+
+
+@main.command()
+@click.argument("email")
+@click.argument("segment_arg", metavar="SEGMENT")
+@as_of_option
+@engine_option()
+@json_option
+@click.pass_context
+def why(ctx, email, segment_arg, as_of, engine, as_json) -> None:
+    """Show whether the contact EMAIL is in SEGMENT, and why, rule by rule.
+
+    Each rule and group shows whether it matched for this contact and what it saw:
+    a field rule the stored value, an activity rule how many of the contact's events
+    are in its scope (type, campaigns, URL) and in its window.
+
+    Example: segengine why ann@example.com never-opened --as-of 2026-06-30
+    """
+    result = workspace(ctx).why(email, segment_arg, as_of=as_of, engine=engine)
+
+    def human() -> None:
+        verdict = "is in" if result["member"] else "is NOT in"
+        click.echo(f"{result['email']} {verdict} {result['segment']} (as of {result['as_of']})")
+        top = "NOT " if result.get("negate") else ""
+        click.echo(f"  {top}{result['match'].upper()} of {len(result['rules'])} rule(s)")
+        for node in result["rules"]:
+            _print_why(node, 2)
+
+    emit(result, as_json, human)
+
+
+def _print_why(node: dict[str, Any], depth: int) -> None:
+    from .explain import yaml_value
+
+    mark = "yes" if node["matched"] else "no "
+    rule = {k: v for k, v in node["rule"].items() if k != "rules"}
+    line = f"{mark} {'  ' * depth}{node['kind']} {yaml_value(rule)}"
+    if "value" in node:
+        line += f"  -> value {yaml_value(node['value'])}"
+    if "events" in node:
+        seen = node["events"]
+        line += f"  -> {seen['in_scope']} event(s) in scope, {seen['in_window']} in window"
+    click.echo(line)
+    for child in node.get("rules", []):
+        _print_why(child, depth + 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

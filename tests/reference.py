@@ -46,6 +46,17 @@ def reference_contact_ids(
     return {c["contact_id"] for c in contacts if evaluator.matches(root, c)}
 
 
+def reference_as_it_stood(
+    contacts: list[dict], events: list[dict], schema: Schema, root: Group, day: dt.date
+) -> set[int]:
+    """The ids `root` matches at ``as_of = day`` over the data as it stood at the end of
+    `day`: only contacts added on or before it, only events on or before it (trend)."""
+    end = day.toordinal()
+    added = [c for c in contacts if c["date_added"] is not None and day_of(c["date_added"]) <= end]
+    before = [e for e in events if day_of(e["timestamp"]) <= end]
+    return reference_contact_ids(added, before, schema, root, day)
+
+
 def reference_by_status(contacts: list[dict[str, Any]], ids: set[int]) -> dict[str, int]:
     """How many of the contacts with `ids` have each status (what engines' count returns)."""
     by_status = {"active": 0, "unsubscribed": 0, "bounced": 0}

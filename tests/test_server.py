@@ -458,3 +458,38 @@ def test_sync_jobs_route_errors(client: TestClient, ws_path: Path, tmp_path: Pat
     message = errors_of(client.post("/api/sync/crm/run", json={}), 400)[0]["message"]
     assert "segment 'never-opened' no longer exists" in message
     assert (ws_path / "manifest.json").read_bytes() == before and os.listdir(out) == []
+# --- analytics: overlap, trend, why ---------------------------------------------------
+
+
+def test_overlap_trend_why_answer_the_cli_documents(client: TestClient, ws_path: Path) -> None:
+    ws = segengine.open(ws_path)
+    overlap = client.post("/api/overlap", json={"segments": ["never-opened", "state-ca", NEVER_OPENED_NEWSLETTER],
+                                                "as_of": AS_OF})
+    assert overlap.status_code == 200, overlap.text
+    doc = overlap.json()
+    expected = ws.overlap("never-opened", "state-ca", {"name": "unsaved", **NEVER_OPENED_NEWSLETTER}, as_of=AS_OF)
+    assert doc == expected and doc["segments"][2] == "unsaved"
+    trend = client.post("/api/trend", json={"segments": ["never-opened"], "from": "2026-09-30",
+                                            "to": "2026-11-30", "every": "month"}).json()
+    assert trend == ws.trend("never-opened", start="2026-09-30", end="2026-11-30", every="month")
+    assert [p["as_of"] for p in trend["points"]] == ["2026-09-30", "2026-10-30", "2026-11-30"]
+    email = ws.members("state-ca")["email"][0]
+    why = client.post("/api/why", json={"email": email.upper(), "segment": "state-ca", "as_of": AS_OF}).json()
+    assert why == ws.why(email, "state-ca", as_of=AS_OF) and why["member"] is True
+
+
+def test_analytics_bad_input_is_a_400_with_the_cli_message(client: TestClient) -> None:
+    one = errors_of(client.post("/api/overlap", json={"segments": ["state-ca"]}), 400)
+    assert "at least two segments" in one[0]["message"]
+    after = errors_of(client.post("/api/trend", json={"segments": ["state-ca"], "from": "2026-02-01",
+                                                      "to": "2026-01-01"}), 400)
+    assert after[0]["location"] == "from" and "is after --to" in after[0]["message"]
+    every = errors_of(client.post("/api/trend", json={"segments": ["state-ca"], "from": "2026-01-01",
+                                                      "to": "2026-01-02", "every": "hour"}), 400)
+    assert every[0]["location"] == "every"
+    date = errors_of(client.post("/api/trend", json={"segments": ["state-ca"], "from": "soon", "to": "2026-01-02"}), 400)
+    assert date[0]["location"] == "from"
+    errors_of(client.post("/api/trend", json={"segments": ["state-ca"], "to": "2026-01-02"}), 400)
+    unknown = errors_of(client.post("/api/why", json={"email": "nobody@nowhere.example", "segment": "state-ca"}), 400)
+    assert "no contact has the address" in unknown[0]["message"]
+    errors_of(client.post("/api/why", json={"email": "a@b.c", "segment": "no-such-segment"}), 404)

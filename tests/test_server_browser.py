@@ -18,6 +18,8 @@ import pytest
 from conftest import REPO, Cli
 from test_server import sample_ws, start_server, stop, ws_path  # noqa: F401 - fixtures
 
+import segengine
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -139,3 +141,43 @@ def test_build_save_and_reopen_in_chromium(browser, ws_path: Path, tmp_path: Pat
             lambda d: any("/api/count" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")))
     finally:
         assert stop(proc) < 5
+
+
+def test_analytics_panels_in_chromium(browser, ws_path: Path) -> None:  # noqa: F811
+    """The overlap heatmap, the trend line and the why panel show the commands' answers."""
+    cli = Cli(ws_path)
+    today = cli.json("count", "state-ca")["as_of"]
+    overlap = cli.json("overlap", "state-ca", "never-opened", "--as-of", today)
+    trend = cli.json("trend", "state-ca", "--from", "2026-01-31", "--to", "2026-05-31", "--every", "month")
+    email = segengine.open(ws_path).members("state-ca")["email"][0]
+    proc, url = start_server(ws_path)
+    try:
+        d = browser
+        d.get(url + "/?segment=state-ca")
+        wait_for_count(d, overlap["total"][0][0], overlap["sendable"][0][0])
+        d.find_element(By.CSS_SELECTOR, "#overlap-panel summary").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]"))
+        d.find_element(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]").click()
+        d.find_element(By.ID, "overlap-show").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=overlap-heatmap] rect"))
+        cells = [t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid=overlap-heatmap] g text")]
+        assert cells == [f"{n:,}" for row in overlap["total"] for n in row]
+
+        d.find_element(By.CSS_SELECTOR, "#trend-panel summary").click()
+        d.execute_script("document.getElementById('trend-from').value = '2026-01-31';"
+                         "document.getElementById('trend-to').value = '2026-05-31';")
+        Select(d.find_element(By.ID, "trend-every")).select_by_value("month")
+        d.find_element(By.ID, "trend-show").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=trend-chart] circle"))
+        tips = [c.get_attribute("textContent") for c in d.find_elements(By.CSS_SELECTOR, "[data-testid=trend-chart] circle")]
+        assert [t.split(":")[0] for t in tips] == [p["as_of"] for p in trend["points"]]
+        assert tips[1].startswith(f"{trend['points'][1]['as_of']}: {trend['points'][1]['total']:,}")
+
+        d.find_element(By.CSS_SELECTOR, "#why-panel summary").click()
+        d.find_element(By.ID, "why-email").send_keys(email.upper())
+        d.find_element(By.ID, "why-show").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=why-member]"))
+        assert d.find_element(By.CSS_SELECTOR, "[data-testid=why-member]").text == f"{email} is in this segment"
+    finally:
+        assert stop(proc) < 5
+

@@ -333,3 +333,38 @@ def events_of(node: Lowered) -> list[Events]:
 
     walk(node)
     return list(found)
+
+
+# --- time travel: the data as it stood at the end of a day ----------------------------
+
+
+def as_it_stood(node: Lowered, day: dt.date, added: FieldType = FieldType.DATETIME) -> Lowered:
+    """`node` (lowered at ``as_of = day``) over the data as it stood at the end of `day`.
+
+    Every event selection is cut to events on or before `day`, and only contacts whose
+    ``date_added`` day is on or before `day` can match. "The last N campaigns" already
+    see nothing later at ``as_of = day``. Field values and statuses stay the current
+    ones: the workspace keeps no history of them. Engines evaluate the result as any
+    lowered tree, so every engine answers a point of a trend the same way.
+    """
+    return AllOf((DayRange("date_added", added, None, day), _capped(node, day)))
+
+
+def _capped(node: Lowered, day: dt.date) -> Lowered:
+    if isinstance(node, AllOf):
+        return AllOf(tuple(_capped(rule, day) for rule in node.rules))
+    if isinstance(node, AnyOf):
+        return AnyOf(tuple(_capped(rule, day) for rule in node.rules))
+    if isinstance(node, Not):
+        return Not(_capped(node.rule, day))
+    if isinstance(node, (HasEvents, CountIn)):
+        low, high = node.events.days or (None, None)
+        high = day if high is None else min(high, day)
+        if low is not None and low > high:  # the window lies after `day`: no event counts
+            return Constant(isinstance(node, CountIn) and node.includes_zero)
+        events = Events(node.events.event_type, node.events.campaigns, (low, high),
+                        node.events.url_contains)
+        if isinstance(node, HasEvents):
+            return HasEvents(events)
+        return CountIn(events, node.low, node.high)
+    return node  # field tests and constants do not depend on events

@@ -82,6 +82,15 @@ class AutoEngine(Engine):
         rows = Evaluator(self.index, self.tables, as_of, self._fallback(as_of)).union(roots)
         return contact_ids_of(self.index, rows)
 
+    def evaluator(self, as_of: dt.date) -> Evaluator:
+        """The index evaluator at `as_of`, DuckDB answering what it cannot; needs the index."""
+        assert self.index is not None
+        return Evaluator(self.index, self.tables, as_of, self._fallback(as_of))
+
+    def rows(self, roots: Sequence[Lowered], as_of: dt.date):
+        """The index rows matching any of `roots` (a bitmap or a mask); needs the index."""
+        return self.evaluator(as_of).union(roots)
+
     def evaluate_count(self, roots: Sequence[Lowered], as_of: dt.date) -> dict[str, int]:
         if self.index is None:
             return self.duckdb.evaluate_count(roots, as_of)

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from ..definition.lower import COMPARE_OPS, LOWERED_KINDS, Lowered, Not, lower_all
+from ..definition.lower import COMPARE_OPS, LOWERED_KINDS, Lowered, Not, as_it_stood, lower_all
 from ..definition.nodes import Group
 from ..errors import EngineError
 from ..fields import STATUSES, FieldType
@@ -45,16 +45,28 @@ class Engine(ABC):
     def __init__(self, tables: Tables):
         self.tables = tables
 
-    def lower(self, roots: Sequence[Group], as_of: dt.date) -> tuple[Lowered, ...]:
-        return lower_all(roots, self.tables.schema, as_of)
+    def lower(
+        self, roots: Sequence[Group], as_of: dt.date, *, as_it_was: bool = False
+    ) -> tuple[Lowered, ...]:
+        """The lowered trees; `as_it_was`: over the data as it stood at the end of `as_of`
+        (contacts added and events on or before it: `lower.as_it_stood`)."""
+        lowered = lower_all(roots, self.tables.schema, as_of)
+        if as_it_was:
+            added = self.tables.schema["date_added"]
+            lowered = tuple(as_it_stood(node, as_of, added) for node in lowered)
+        return lowered
 
-    def contact_ids(self, roots: Sequence[Group], as_of: dt.date) -> np.ndarray:
+    def contact_ids(
+        self, roots: Sequence[Group], as_of: dt.date, *, as_it_was: bool = False
+    ) -> np.ndarray:
         """The sorted, distinct ``contact_id`` values (int64) matching any of `roots`."""
-        return self.evaluate_ids(self.lower(roots, as_of), as_of)
+        return self.evaluate_ids(self.lower(roots, as_of, as_it_was=as_it_was), as_of)
 
-    def count(self, roots: Sequence[Group], as_of: dt.date) -> dict[str, int]:
+    def count(
+        self, roots: Sequence[Group], as_of: dt.date, *, as_it_was: bool = False
+    ) -> dict[str, int]:
         """Contacts matching any of `roots`, by status (all three keys, zeros included)."""
-        return self.evaluate_count(self.lower(roots, as_of), as_of)
+        return self.evaluate_count(self.lower(roots, as_of, as_it_was=as_it_was), as_of)
 
     @abstractmethod
     def evaluate_ids(self, roots: Sequence[Lowered], as_of: dt.date) -> np.ndarray:

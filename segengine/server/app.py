@@ -136,6 +136,8 @@ class SplitRequest(Evaluate):
         description="'a=45,b=45,holdout=10' or [{name, percent}, ...], in bucket order")
     seed: str | None = Field(None, description="default: the segments' names joined with +")
     save: str | None = Field(None, description="save one segment per group, named SAVE-NAME")
+
+
 class SyncCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job: str
@@ -149,6 +151,27 @@ class SyncCreate(BaseModel):
 class SyncRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
     as_of: str | None = Field(None, description="YYYY-MM-DD (UTC); default today")
+
+
+class OverlapRequest(Evaluate):
+    """Two or more segments (one is refused with the command's message)."""
+
+
+class TrendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    segments: list[SegmentItem] = Field(min_length=1, description="saved names or definitions; their union")
+    start: str = Field(alias="from", description="the first point, YYYY-MM-DD")
+    end: str = Field(alias="to", description="the last point (at most), YYYY-MM-DD")
+    every: str = Field("day", description="day | week | month")
+    engine: str = "auto"
+
+
+class WhyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str
+    segment: SegmentItem
+    as_of: str | None = None
+    engine: str = "auto"
 
 
 # --- the workspace behind the routes -----------------------------------------------------
@@ -562,6 +585,7 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     async def split(body: SplitRequest) -> JSONResponse:
         """The `split --json` document: the union cut into groups by bucket number."""
         return JSONResponse(await run_in_threadpool(split_now, body))
+
     # --- sync jobs (docs/sync.md) -------------------------------------------------------
 
     def checked_job(name: str) -> str:
@@ -600,6 +624,39 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
         checked_job(job)
         # a session of its own: the served one stays free for counts during the run
         return Workspace(served.ws.path).sync_run(job, as_of=body.as_of if body else None).as_dict()
+
+    # --- analytics: overlap, trend, why ------------------------------------------------
+
+    def overlap_now(body: OverlapRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            segs = served.segments(body.segments, snap)
+            return served.ws.overlap(*segs, as_of=body.as_of, engine=body.engine)
+
+    @app.post("/api/overlap", tags=["analytics"], response_model=None)
+    async def overlap(body: OverlapRequest) -> JSONResponse:
+        """The `overlap --json` document: pairwise totals and sendable counts, exclusive, union."""
+        return JSONResponse(await run_in_threadpool(overlap_now, body))
+
+    def trend_now(body: TrendRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            segs = served.segments(body.segments, snap)
+            return served.ws.trend(*segs, start=body.start, end=body.end, every=body.every,
+                                   engine=body.engine)
+
+    @app.post("/api/trend", tags=["analytics"], response_model=None)
+    async def trend(body: TrendRequest) -> JSONResponse:
+        """The `trend --json` document: the union's size per point, joined and left."""
+        return JSONResponse(await run_in_threadpool(trend_now, body))
+
+    def why_now(body: WhyRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            (seg,) = served.segments([body.segment], snap)
+            return served.ws.why(body.email, seg, as_of=body.as_of, engine=body.engine)
+
+    @app.post("/api/why", tags=["analytics"], response_model=None)
+    async def why(body: WhyRequest) -> JSONResponse:
+        """The `why --json` document: the contact's membership, rule by rule."""
+        return JSONResponse(await run_in_threadpool(why_now, body))
 
     # --- the page ----------------------------------------------------------------------
 

@@ -1,0 +1,137 @@
+// Analytics panels of the builder page: an overlap heatmap, a trend line with joined/left
+// bars and a why panel. Plain SVG, no library: the page works offline. Uses app.js's
+// `api`, `definition`, `$`, `el` and `fmt`.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function problem(target, res) {
+  target.replaceChildren(el("p", { class: "errors", role: "alert" },
+    (res.data.errors || [{ message: `error ${res.status}` }]).map((e) => e.message).join("; ")));
+}
+
+function withAsOf(req) {
+  if ($("as-of").value) req.as_of = $("as-of").value;
+  return req;
+}
+
+// --- overlap -------------------------------------------------------------------------
+
+function overlapChoices() {
+  const box = $("overlap-choices");
+  box.replaceChildren(...(schema.segments || []).map((name) =>
+    el("label", {}, el("input", { type: "checkbox", value: name }), ` ${name}`)));
+}
+
+async function showOverlap() {
+  const picked = [...$("overlap-choices").querySelectorAll("input:checked")].map((i) => i.value);
+  const segments = [definition(), ...picked];
+  const target = $("overlap-chart");
+  const res = await api("POST", "/api/overlap", withAsOf({ segments }));
+  if (!res.ok) return problem(target, res);
+  const doc = res.data;
+  const names = doc.segments.map((n, i) => (i === 0 ? "this segment" : n));
+  const k = names.length, cell = 56, left = 120, top = 24;
+  const chart = svg("svg", { width: left + cell * k + 90, height: top + cell * k + 8, role: "img",
+    "aria-label": "overlap heatmap", "data-testid": "overlap-heatmap" });
+  const biggest = Math.max(1, ...doc.total.map((row, i) => row[i]));
+  names.forEach((name, i) => {
+    chart.append(svg("text", { x: left - 6, y: top + cell * i + cell / 2 + 4, "text-anchor": "end" }, name));
+    chart.append(svg("text", { x: left + cell * i + cell / 2, y: top - 8, "text-anchor": "middle" }, `${i + 1}`));
+    doc.total[i].forEach((n, j) => {
+      const shade = Math.round(235 - 175 * (n / biggest));
+      const g = svg("g");
+      g.append(svg("rect", { x: left + cell * j, y: top + cell * i, width: cell - 2, height: cell - 2,
+        fill: `rgb(${shade},${shade + 10},255)` }));
+      g.append(svg("text", { x: left + cell * j + cell / 2, y: top + cell * i + cell / 2 + 4,
+        "text-anchor": "middle" }, fmt(n)));
+      g.append(svg("title", {}, `${names[i]} and ${names[j]}: ${fmt(n)} (sendable ${fmt(doc.sendable[i][j])})`));
+      chart.append(g);
+    });
+    chart.append(svg("text", { x: left + cell * k + 8, y: top + cell * i + cell / 2 + 4 },
+      `only: ${fmt(doc.exclusive[i])}`));
+  });
+  target.replaceChildren(chart, el("p", { class: "meta" },
+    `union ${fmt(doc.union.total)} contacts, ${fmt(doc.union.sendable)} sendable (as of ${doc.as_of})`));
+}
+
+// --- trend ---------------------------------------------------------------------------
+
+async function showTrend() {
+  const target = $("trend-chart");
+  const req = { segments: [definition()], from: $("trend-from").value, to: $("trend-to").value,
+    every: $("trend-every").value };
+  const res = await api("POST", "/api/trend", req);
+  if (!res.ok) return problem(target, res);
+  const points = res.data.points;
+  const width = 420, height = 200, pad = 36, bars = 50;
+  const step = points.length > 1 ? (width - 2 * pad) / (points.length - 1) : 0;
+  const most = Math.max(1, ...points.map((p) => p.total));
+  const moves = Math.max(1, ...points.map((p) => Math.max(p.joined || 0, p.left || 0)));
+  const x = (i) => pad + step * i;
+  const y = (n) => height - pad - bars - (height - 2 * pad - bars) * (n / most);
+  const base = height - pad - bars / 2;
+  const chart = svg("svg", { width, height, role: "img", "aria-label": "trend", "data-testid": "trend-chart" });
+  points.forEach((p, i) => {
+    const up = (bars / 2) * ((p.joined || 0) / moves), down = (bars / 2) * ((p.left || 0) / moves);
+    chart.append(svg("rect", { x: x(i) - 2, y: base - up, width: 4, height: up, fill: "#2e9d5b" }));
+    chart.append(svg("rect", { x: x(i) - 2, y: base, width: 4, height: down, fill: "#c8553d" }));
+  });
+  chart.append(svg("polyline", { fill: "none", stroke: "#3358c4", "stroke-width": 2,
+    points: points.map((p, i) => `${x(i)},${y(p.total)}`).join(" ") }));
+  points.forEach((p, i) => {
+    const dot = svg("circle", { cx: x(i), cy: y(p.total), r: 3, fill: "#3358c4" });
+    dot.append(svg("title", {}, `${p.as_of}: ${fmt(p.total)} (sendable ${fmt(p.sendable)}), ` +
+      `joined ${fmt(p.joined)}, left ${fmt(p.left)}`));
+    chart.append(dot);
+  });
+  chart.append(svg("text", { x: pad, y: height - 6 }, points[0].as_of));
+  chart.append(svg("text", { x: width - pad, y: height - 6, "text-anchor": "end" }, points[points.length - 1].as_of));
+  chart.append(svg("text", { x: 4, y: 14 }, `max ${fmt(most)}`));
+  target.replaceChildren(chart, el("p", { class: "meta" },
+    `line: total; green bars: joined, red bars: left since the previous point`));
+}
+
+// --- why -----------------------------------------------------------------------------
+
+function whyNode(node) {
+  const rule = { ...node.rule };
+  delete rule.rules;
+  let text = `${node.matched ? "✓" : "✗"} ${node.kind} ${JSON.stringify(rule)}`;
+  if ("value" in node) text += ` — value ${JSON.stringify(node.value)}`;
+  if (node.events) text += ` — ${node.events.in_scope} event(s) in scope, ${node.events.in_window} in window`;
+  const item = el("li", { class: node.matched ? "matched" : "unmatched" }, text);
+  if (node.rules) item.append(el("ul", {}, ...node.rules.map(whyNode)));
+  return item;
+}
+
+async function showWhy() {
+  const target = $("why-result");
+  const res = await api("POST", "/api/why", withAsOf({ email: $("why-email").value, segment: definition() }));
+  if (!res.ok) return problem(target, res);
+  const doc = res.data;
+  target.replaceChildren(
+    el("p", { "data-testid": "why-member" }, `${doc.email} ${doc.member ? "is in" : "is not in"} this segment`),
+    el("ul", { class: "why" }, ...doc.rules.map(whyNode)));
+}
+
+function startAnalytics() {
+  const today = new Date().toISOString().slice(0, 10);
+  const before = new Date(Date.now() - 89 * 86400000).toISOString().slice(0, 10);
+  $("trend-from").value = before;
+  $("trend-to").value = today;
+  $("overlap-show").addEventListener("click", showOverlap);
+  $("trend-show").addEventListener("click", showTrend);
+  $("why-show").addEventListener("click", showWhy);
+  $("why-email").addEventListener("keydown", (ev) => { if (ev.key === "Enter") showWhy(); });
+  $("overlap-panel").addEventListener("toggle", () => $("overlap-panel").open && overlapChoices());
+}
+
+startAnalytics();
