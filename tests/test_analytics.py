@@ -231,6 +231,21 @@ def test_why_agrees_with_membership_for_every_contact(filled):
             assert got["member"] is (c["contact_id"] in members), (name, c["email"])
 
 
+def test_why_shows_a_bucket_number_and_agrees_with_the_engines(filled):
+    import hashlib
+
+    contacts, _, _ = rows(filled)
+    half = {"name": "half", "rules": [{"bucket": {"seed": "spring", "from": 0, "to": 5000}}]}
+    members = set(filled.contact_ids(half, as_of="2024-04-01").tolist())
+    for c in contacts:
+        # an invisible character and capitals around the address: the one address rule finds it
+        got = filled.why("\u200b" + c["email"].upper() + " ", half, as_of="2024-04-01")
+        (rule,) = got["rules"]
+        number = int(hashlib.sha256(f"spring:{c['email']}".encode()).hexdigest()[:15], 16) % 10000
+        assert rule["kind"] == "bucket" and rule["bucket_number"] == number
+        assert rule["matched"] is got["member"] is (number < 5000) is (c["contact_id"] in members)
+
+
 def test_why_shows_a_reference_inside_a_reference(filled):
     got = filled.why("ann@example.com", "not-ca-openers", as_of="2024-04-15")
     (outer,) = got["rules"]

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from ..definition.lower import (
     AllOf,
     AnyOf,
+    Bucket,
     Compare,
     Constant,
     CountIn,
@@ -39,11 +40,13 @@ from ..definition.lower import (
 from ..definition.nodes import (
     ANY_CAMPAIGN,
     ActivityRule,
+    BucketRule,
     FieldRule,
     Group,
     LastCampaigns,
     Rule,
     SegmentRef,
+    bucket_number,
     day_bounds,
 )
 from ..definition.rewrite import rule_to_dict
@@ -67,9 +70,10 @@ class UnknownEmail(InputError):
 
 
 def normalised(email: str) -> str:
-    """The address as imports store it: surrounding white space (tabs too) stripped,
-    lower-cased."""
-    return email.strip().lower()
+    """The address as imports store it (segengine.addresses: the one rule)."""
+    from ..addresses import normalise
+
+    return normalise(email)
 
 
 @dataclass(frozen=True)
@@ -269,6 +273,9 @@ class Decider:
         if isinstance(node, CountIn):
             n = self.count(node.events)
             return n >= node.low and (node.high is None or n <= node.high)
+        if isinstance(node, Bucket):
+            email = self.value("email")
+            return not _empty(email) and node.low <= bucket_number(node.seed, email) < node.high
         return self.ask_engine(node)
 
     def ask_engine(self, node: Lowered) -> bool:
@@ -419,6 +426,9 @@ class Explainer:
             out["value"] = json_value(self.decider.value(original.field))
         elif isinstance(original, ActivityRule):
             out["events"] = self.events_seen(original)
+        elif isinstance(original, BucketRule):
+            email = self.decider.value("email")
+            out["bucket_number"] = None if _empty(email) else bucket_number(original.seed, email)
         return out
 
     def originals(self, original: Group | SegmentRef, inner: Group) -> tuple[Rule, ...]:
