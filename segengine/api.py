@@ -520,6 +520,8 @@ class Workspace:
         engine: str = "auto",
     ) -> pl.DataFrame:
         """The trend's points as a frame: as_of (a date), total, sendable, joined, left."""
+        import polars as pl
+
         points = self.trend(*segments, start=start, end=end, every=every, engine=engine)["points"]
         schema = {"as_of": pl.String, "total": pl.Int64, "sendable": pl.Int64,
                   "joined": pl.Int64, "left": pl.Int64}
