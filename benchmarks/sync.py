@@ -1,4 +1,4 @@
-"""``python -m benchmarks.sync [--workspace DIR] [--scratch DIR] [--segment FILE] [--rounds R] [--write]``.
+"""``python -m benchmarks.sync WORKSPACE [--scratch DIR] [--segment FILE] [--rounds R] [--write]``.
 
 What a sync job costs (docs/sync.md), next to what it replaces, on a copy of a
 benchmark workspace (``cp -a``: the original stays untouched):
@@ -32,9 +32,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- sync benchmark -->", "<!-- /sync benchmark -->"
-DEFAULT_WORKSPACE = Path("/work/bench/ws1m")
-DEFAULT_SEGMENT = Path("/work/bench/segs/list-newsletter-active.json")
+#: the default audience: the active contacts of the newsletter list
+DEFAULT_SEGMENT = {"name": "list-newsletter-active", "match": "all", "rules": [
+    {"field": "status", "op": "is", "value": "active"},
+    {"field": "lists", "op": "includes", "value": "Newsletter"}]}
 JOB = "bench"
 CHANGE_SHARE = 0.01
 
@@ -65,12 +66,15 @@ def timed(call) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def prepare(source: Path, scratch: Path, segment_file: Path) -> tuple[Path, Path, str]:
+def prepare(source: Path, scratch: Path, segment_file: Path | None) -> tuple[Path, Path, str]:
     """A private copy of `source` with the segment saved and a fresh job on it."""
     ws = scratch / "ws"
     if not ws.exists():
         scratch.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-a", str(source), str(ws)], check=True)
+    if segment_file is None:
+        segment_file = scratch / "segment.json"
+        segment_file.write_text(json.dumps(DEFAULT_SEGMENT))
     name = json.loads(segment_file.read_text())["name"]
     segengine(ws, "segment", "save", str(segment_file))
     out = scratch / "out"
@@ -245,38 +249,29 @@ def table(full: dict[str, list[float]], incr: dict[str, list[float]], changed: l
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) the sync section of RESULTS.md, leaving the other sections."""
-    section = f"{BEGIN}\n## Sync jobs (`python -m benchmarks.sync`)\n\n{text}\n{END}\n"
-    current = RESULTS.read_text() if RESULTS.exists() else ""
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        marker = "## How it is measured"
-        if marker in current:
-            head, tail = current.split(marker, 1)
-            current = head + section + "\n" + marker + tail
-        else:
-            current += "\n" + section
-    RESULTS.write_text(current)
+def write_section(text: str, contacts: int) -> None:
+    """Replace (or add) this scale's part of the sync section of RESULTS.md."""
+    from .report import write_scale_section
+
+    write_scale_section("sync benchmark", "Sync jobs (`python -m benchmarks.sync`)", contacts,
+                        text.rstrip("\n").splitlines(), RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE,
-                        help="the workspace to copy (never written to)")
+    parser.add_argument("workspace", type=Path, help="the workspace to copy (never written to)")
     parser.add_argument("--scratch", type=Path, default=HERE / ".cache" / "sync",
                         help="where the copy and the job's files go (reused when present)")
-    parser.add_argument("--segment", type=Path, default=DEFAULT_SEGMENT, help="a definition file")
+    parser.add_argument("--segment", type=Path, default=None,
+                        help="a definition file (default: the active contacts of the newsletter list)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if not (args.workspace / "manifest.json").is_file():
-        parser.error(f"--workspace {args.workspace}: not a workspace")
+        parser.error(f"{args.workspace}: not a workspace")
     os.environ.setdefault("SEGENGINE_WORKSPACE", str(args.scratch / "ws"))
     ws, out, name = prepare(args.workspace, args.scratch, args.segment)
     full = full_runs(ws, out, name, args.rounds)
@@ -288,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(json.dumps({"full": full, "incremental": incr, "changed": changed}), file=sys.stderr)
     if args.write:
-        write_section(text)
+        write_section(text, int(counts["contacts"]))
     return 0
 
 

@@ -343,8 +343,10 @@ def test_the_benchmark_section_survives_a_rewrite_of_the_results(tmp_path, monke
     results = tmp_path / "RESULTS.md"
     results.write_text("# segengine benchmarks\n\n## 1m\n\nold\n\n## How it is measured\n\nsteps\n")
     monkeypatch.setattr(bench, "RESULTS", results)
-    bench.write_section("| run | sync |\n")
-    bench.write_section("| run | sync, again |\n")  # replaced, not added twice
+    bench.write_section("| run | sync |\n", 1_000_000)
+    bench.write_section("| run | sync, again |\n", 1_000_000)  # replaced, not added twice
+    bench.write_section("| run | ten million |\n", 10_000_000)  # another scale is kept beside it
     (section,) = kept_sections(results.read_text())
-    assert section.startswith(bench.BEGIN) and "again" in section
-    assert results.read_text().index(bench.END) < results.read_text().index("## How it is measured")
+    assert section.startswith("<!-- sync benchmark -->") and "again" in section and "| run | sync |" not in section
+    assert section.index("At 1,000,000 contacts") < section.index("At 10,000,000 contacts")
+    assert results.read_text().startswith("# segengine benchmarks\n\n## 1m\n\nold\n")
