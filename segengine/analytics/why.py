@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..addresses import normalise
 from ..definition.lower import (
     AllOf,
     AnyOf,
@@ -69,13 +70,6 @@ class UnknownEmail(InputError):
     """No contact has the given email address."""
 
 
-def normalised(email: str) -> str:
-    """The address as imports store it (segengine.addresses: the one rule)."""
-    from ..addresses import normalise
-
-    return normalise(email)
-
-
 @dataclass(frozen=True)
 class Event:
     type: str
@@ -103,7 +97,7 @@ def find_contact(
     events in its event store (a pass over the event rows, no Parquet scan); the row
     itself is read by ``contact_id``, which the contacts file is sorted by.
     """
-    wanted = normalised(email)
+    wanted = normalise(email)  # the one address rule, as imports store addresses
     contact_id = None if index is None else _indexed_id(index, wanted)
     if index is None:
         found = con.execute("SELECT contact_id FROM contacts WHERE email = ?", [wanted]).fetchall()

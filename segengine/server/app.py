@@ -60,6 +60,7 @@ from ..errors import (
     WorkspaceBusy,
 )
 from ..fields import STATUSES
+from ..session import data_key
 
 log = logging.getLogger("segengine.server")
 
@@ -393,8 +394,8 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     def schema() -> dict[str, Any]:
         """What a builder needs: fields with their operators, lists, campaigns, statuses."""
         snap = served.ws.snapshot()
-        # saving a segment makes a new snapshot over the same data files
-        key = (snap.files("contacts"), snap.files("events"), snap.schema)
+        # saving a segment makes a new snapshot over the same data: keep the description
+        key = data_key(snap)
         cached = served.schemas.get(key)
         if cached is None:
             cached = describe(snap)

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 from pyroaring import BitMap64
 
 from ..definition.nodes import Group, Segment
@@ -144,11 +143,6 @@ def active_members(session: Session, name: str, segments: list[str], day: dt.dat
     return np.asarray(session.contact_ids([members], as_of=day, snapshot=snap), dtype=np.int64)
 
 
-def arrow_ids(ids: np.ndarray) -> pa.Table:
-    """The ids as a one-column Arrow table over the array's own memory."""
-    return ids_table(ids)
-
-
 def publish(con: duckdb.DuckDBPyConnection, select: str, fmt: str, target: Path, scratch: str,
             progress: Progress) -> int:
     """COPY `select` into a private directory beside `target`, then rename it into place.
@@ -233,7 +227,7 @@ def run_job(
                 # no rows: a constant-false filter writes the header (or the Parquet schema)
                 # without scanning the contacts
                 rows_of = f"SEMI JOIN {view} m ON c.contact_id = m.contact_id" if rows.size else "WHERE false"
-                con.register(view, arrow_ids(rows))
+                con.register(view, ids_table(rows))
                 try:
                     publish(con, f"SELECT {columns} FROM contacts c {rows_of} "
                             'ORDER BY c.email COLLATE "binary"',
