@@ -14,13 +14,12 @@ engine, which answers for every contact; the contact's membership is read from t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..addresses import normalise
 from ..definition.lower import (
@@ -36,6 +35,8 @@ from ..definition.lower import (
     Lowered,
     Not,
     Present,
+    events_of,
+    fields_of,
     lower,
 )
 from ..definition.nodes import (
@@ -55,7 +56,9 @@ from ..errors import InputError
 from ..fields import ACTIVITY_EVENT_TYPE, EVENT_TYPES, FieldType, email_domain
 from ..session import parse_as_of
 from ..store.aggregates import RECENT
+from ..store.duck import q
 from ..store.index.layout import BitmapKeys
+from ..store.rows import read_contact
 
 if TYPE_CHECKING:
     import duckdb
@@ -89,17 +92,25 @@ class Contact:
 
 def find_contact(
     con: duckdb.DuckDBPyConnection, schema: Mapping[str, FieldType], email: str,
-    index: IndexData | None = None,
+    index: IndexData | None = None, reads: Reads | None = None, files: Sequence[str] = (),
 ) -> Contact:
     """The contact with address `email` (normalised) and its events; UnknownEmail if none.
 
-    With the engagement index the address is found in its email dictionary and the
-    events in its event store (a pass over the event rows, no Parquet scan); the row
-    itself is read by ``contact_id``, which the contacts file is sorted by.
+    With the engagement index the address is found by its hash lookup and the events
+    in its event store (no Parquet scan); the row itself is read by ``contact_id``,
+    which the contacts file (`files`, one) is sorted by, from the one row group that
+    holds it. `reads` names the fields and event types wanted (default: all); the
+    address is always read.
     """
     wanted = normalise(email)  # the one address rule, as imports store addresses
-    contact_id = None if index is None else _indexed_id(index, wanted)
-    if index is None:
+    known = None  # the stored address, when the index already shows it
+    if index is not None and "email" in index.fields:
+        column = index.fields["email"]
+        rows = column.rows_with(wanted)
+        contact_id = int(index.ids[rows[0]]) if rows else None
+        if rows and wanted.isascii() and reads is not None and "email" not in reads.fields:
+            known = wanted  # imports lower-case ASCII addresses: the stored text is this
+    else:
         found = con.execute("SELECT contact_id FROM contacts WHERE email = ?", [wanted]).fetchall()
         contact_id = int(found[0][0]) if found else None
     if contact_id is None:
@@ -107,35 +118,79 @@ def find_contact(
             f"EMAIL: no contact has the address {wanted!r}: check it (addresses are matched "
             "trimmed and lower-cased, as on import)"
         )
-    result = con.execute("SELECT * FROM contacts WHERE contact_id = ?", [contact_id])
-    names = [d[0] for d in result.description]
-    fields = dict(zip(names, result.fetchall()[0], strict=True))
+    names = ["email", *(f for f in schema if f != "email" and (reads is None or f in reads.fields))]
+    # the address column is the widest to decode: read only when the index cannot show it
+    stored = [f for f in names if f != "email_domain" and not (f == "email" and known is not None)]
+    fields = _stored_row(con, files, contact_id, stored)
+    if known is not None:
+        fields["email"] = known
     fields["email_domain"] = email_domain(fields.get("email"))
-    fields = {name: fields.get(name) for name in schema}
-    if index is not None:
-        events = _indexed_events(index, contact_id)
+    fields = {name: fields.get(name) for name in names}
+    types = EVENT_TYPES if reads is None else tuple(t for t in EVENT_TYPES if t in reads.types)
+    if not types:
+        events: list[Event] = []
+    elif index is not None:
+        events = _indexed_events(index, contact_id, types)
     else:
         events = [
             Event(t, c, ts.date(), u)
             for t, c, ts, u in con.execute(
-                "SELECT type, campaign, timestamp, url FROM events WHERE contact_id = ?", [contact_id]
+                "SELECT type, campaign, timestamp, url FROM events WHERE contact_id = ? "
+                f"AND type IN ({', '.join('?' for _ in types)})", [contact_id, *types],
             ).fetchall()
         ]
     return Contact(contact_id, fields, events)
 
 
-def _indexed_id(index: IndexData, wanted: str) -> int | None:
-    column = index.fields.get("email")
-    if column is None or column.lower is None:
-        return None
-    code = pc.index(column.lower, pa.scalar(wanted, pa.string())).as_py()
-    if code < 0:
-        return None
-    rows = np.flatnonzero(np.asarray(column.arrays["codes"]) == code)
-    return int(index.ids[rows[0]]) if len(rows) else None
+def _stored_row(
+    con: duckdb.DuckDBPyConnection, files: Sequence[str], contact_id: int, columns: list[str],
+) -> dict[str, Any]:
+    if len(files) == 1:
+        try:
+            row = read_contact(Path(files[0]), contact_id, columns)
+        except LookupError:
+            row = None  # a file without statistics: the query below reads it
+        if row is not None:
+            return row
+    result = con.execute(
+        f"SELECT {', '.join(q(f) for f in columns)} FROM contacts WHERE contact_id = ?",
+        [contact_id],
+    )
+    return dict(zip(columns, result.fetchall()[0], strict=True))
 
 
-def _indexed_events(index: IndexData, contact_id: int) -> list[Event]:
+@dataclass(frozen=True)
+class Reads:
+    """What deciding and showing a tree reads of one contact: fields and event types."""
+
+    fields: frozenset[str]
+    types: frozenset[str]
+
+    @classmethod
+    def of(cls, tree: Rule, schema: Mapping[str, FieldType], as_of: dt.date) -> Reads:
+        fields: set[str] = set()
+        types: set[str] = set()
+
+        def walk(rule: Rule) -> None:
+            if isinstance(rule, Group):
+                for child in rule.rules:
+                    walk(child)
+                return
+            if isinstance(rule, FieldRule):
+                fields.add(rule.field)
+            elif isinstance(rule, ActivityRule):
+                types.add(ACTIVITY_EVENT_TYPE[rule.activity])
+            lowered = lower(rule, schema, as_of)  # type: ignore[arg-type]
+            fields.update(fields_of(lowered))
+            types.update(e.event_type for e in events_of(lowered))
+
+        walk(tree)
+        if "email_domain" in fields:
+            fields.add("email")
+        return cls(frozenset(fields), frozenset(types))
+
+
+def _indexed_events(index: IndexData, contact_id: int, types: tuple[str, ...]) -> list[Event]:
     """The contact's events from the index's event store (days are all a rule reads).
 
     The aggregates say which types the contact has events of; the days are its RECENT
@@ -148,6 +203,8 @@ def _indexed_events(index: IndexData, contact_id: int) -> list[Event]:
     events: list[Event] = []
     epoch = dt.date(1970, 1, 1)
     for t, etype in enumerate(EVENT_TYPES):
+        if etype not in types:
+            continue
         count = int(index.count[t][row])
         if count == 0:
             continue
@@ -477,7 +534,10 @@ def why(
     resolved = session.resolve(loaded, snap)
     con = session.connection(snap)
     ev = session.engine(engine, snap)
-    contact = find_contact(con, snap.schema, email, getattr(ev, "index", None))
+    reads = Reads.of(resolved, snap.schema, day)
+    contact = find_contact(
+        con, snap.schema, email, getattr(ev, "index", None), reads, snap.tables.contacts
+    )
     decider = Decider(contact, day, SendTimes(ev, con), ev)
     saved = lambda name: session.load_segment(name, snap).root  # noqa: E731 - one use
     tree = Explainer(decider, snap.schema, saved).node(loaded.root, resolved, "rules")

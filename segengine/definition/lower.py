@@ -335,6 +335,19 @@ def events_of(node: Lowered) -> list[Events]:
     return list(found)
 
 
+def fields_of(node: Lowered) -> set[str]:
+    """Every contact field a lowered tree reads (a bucket rule reads the address)."""
+    if isinstance(node, (AllOf, AnyOf)):
+        return set().union(*(fields_of(child) for child in node.rules))
+    if isinstance(node, Not):
+        return fields_of(node.rule)
+    if isinstance(node, (Present, Compare, DayRange)):
+        return {node.field}
+    if isinstance(node, Bucket):
+        return {"email"}
+    return set()
+
+
 # --- time travel: the data as it stood at the end of a day ----------------------------
 
 

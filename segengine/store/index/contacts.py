@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -16,9 +15,6 @@ from pyroaring import BitMap
 from ...errors import EngineError
 from ...fields import EMAIL_DOMAIN_PATTERN, STATUSES, FieldType, Schema
 from ..arrays import save, save_strings
-
-if TYPE_CHECKING:
-    pass
 from .bitmaps import (
     BitmapStore,
     days_of,
@@ -30,9 +26,11 @@ from .bitmaps import (
 )
 from .layout import (
     CONTACTS_VERSION,
+    LOOKUP_FIELD,
     WORDS_MAX,
     BitmapKeys,
 )
+from .lookup import build_lookup
 
 # --- the contact part ----------------------------------------------------------------
 
@@ -126,6 +124,10 @@ def build_field(
             "lower": save_strings(directory / f"{prefix}.lower.arrow", lowered),
             "value_bitmaps": bool(bitmaps),
         }
+        if name == LOOKUP_FIELD:
+            hashes, rows = build_lookup(codes, lowered)
+            spec["hash"] = save(directory / f"{prefix}.hash.npy", hashes)
+            spec["hash_rows"] = save(directory / f"{prefix}.hash_rows.npy", rows)
         if len(lowered) <= WORDS_MAX:
             words = directory / f"{prefix}.words.json"
             words.write_text(json.dumps(lowered.to_pylist()))

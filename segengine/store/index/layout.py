@@ -53,8 +53,11 @@ FORMAT = 4
 READABLE_FORMATS = (3, 4)
 #: The contact part's layout within FORMAT; an older contact part is rebuilt at the next
 #: commit rather than carried over (2: per-value bitmaps of text fields; 3: the
-#: dictionary of a text field with value bitmaps also as JSON, ``words``).
-CONTACTS_VERSION = 3
+#: dictionary of a text field with value bitmaps also as JSON, ``words``; 4: the email
+#: field's rows sorted by a hash of the address, ``hash`` and ``hash_rows``, lookup.py).
+CONTACTS_VERSION = 4
+#: The field whose values are found by hash (`why` finds a contact by its address).
+LOOKUP_FIELD = "email"
 META = "meta.json"
 #: meta.json's list of event-store blocks (the on-disk name since format 2)
 BLOCK_FILES = "segments"

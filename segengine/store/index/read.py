@@ -33,6 +33,7 @@ from .layout import (
     BitmapKeys,
     IndexUnavailable,
 )
+from .lookup import candidate_rows
 
 
 class Committed(Protocol):
@@ -80,6 +81,22 @@ class FieldColumn:
         if self._lower is None and self.lower_path is not None:
             self._lower = load_strings(self.lower_path)
         return self._lower
+
+    def rows_with(self, text: str) -> list[int]:
+        """The rows whose lower-cased value is `text` (a text field): by the hash lookup
+        where the index keeps one (the email field), else by a scan of the dictionary."""
+        lowered = self.lower
+        if lowered is None:
+            return []
+        codes = self.arrays["codes"]
+        if "hash" in self.arrays:
+            found = candidate_rows(self.arrays["hash"], self.arrays["hash_rows"], text)
+            return sorted(row for row in found.tolist() if lowered[int(codes[row])].as_py() == text)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        code = pc.index(lowered, pa.scalar(text, pa.string())).as_py()
+        return [] if code < 0 else np.flatnonzero(np.asarray(codes) == code).tolist()
 
 
 @dataclass
