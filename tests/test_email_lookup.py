@@ -75,3 +75,25 @@ def test_a_collision_is_settled_by_the_dictionary(ws, tmp_path):
     assert len(honest[0]) == len(honest[1]) == 1 and honest[2] == []
     codes = email.arrays["codes"]
     assert email.lower[int(codes[honest[1][0]])].as_py() == "u49@x.io"
+
+
+def test_one_contacts_row_reads_as_the_query_engines_show_it(ws, tmp_path):
+    from segengine.store.rows import read_contact
+
+    ws.import_contacts(write(tmp_path / "c.csv", (
+        "email,status,date_added,lists,state,score,vip,renewal\n"
+        "ann@example.com,active,2024-01-05T10:00:00+02:00,news;vip,CA,10,true,2025-01-31\n"
+        "bob@example.com,unsubscribed,2024-01-31T23:59:59Z,,,,,\n"
+        + "".join(f"u{i}@x.io,active,2024-02-01T00:00:00Z,news,NY,{i},false,2025-02-01\n"
+                  for i in range(300))
+    )))
+    snap = ws.snapshot()
+    (path,) = snap.tables.contacts
+    con = ws.session.connection(snap)
+    columns = [c for c in snap.schema if c != "email_domain"] + ["not_a_column"]
+    known = [c for c in columns if c != "not_a_column"]
+    rows = con.execute(f"SELECT contact_id, {', '.join(known)} FROM contacts").fetchall()
+    for contact_id, *values in rows:
+        got = read_contact(path, contact_id, columns)
+        assert got == {**dict(zip(known, values, strict=True)), "not_a_column": None}
+    assert read_contact(path, 10**9, columns) is None
