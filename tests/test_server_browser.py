@@ -243,6 +243,9 @@ def test_split_and_priority_panels_in_chromium(browser, ws_path: Path) -> None: 
         retype(by_id(By.ID, "split-group-percent-2"), "10")
 
         # a saved segment split and saved as spring-*: the groups become saved segments
+        by_id(By.CSS_SELECTOR, "#overlap-panel summary").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]"))
+        by_id(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]").click()
         Select(by_id(By.ID, "split-segment")).select_by_value("never-opened")
         by_id(By.ID, "split-prefix").send_keys("spring")
         by_id(By.ID, "split-save").click()
@@ -254,9 +257,11 @@ def test_split_and_priority_panels_in_chromium(browser, ws_path: Path) -> None: 
         assert set(names) <= set(saved.snapshot().segments)
         for name, group in zip(names, saved_split["groups"], strict=True):
             assert saved.count(name, as_of=today)["total"] == group["total"]
-        # the new segments are offered at once in the pickers
-        WebDriverWait(d, 10).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#saved-select option[value=spring-holdout]"))
+        # the new segments are offered at once in the pickers, and the overlap's ticks stay
+        for picker in ("#saved-select option", "#overlap-choices input", "#priority-pick option"):
+            WebDriverWait(d, 10).until(
+                lambda d, picker=picker: d.find_elements(By.CSS_SELECTOR, f"{picker}[value=spring-holdout]"))
+        assert by_id(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]").is_selected()
 
         # a priority list built with the picker and reordered with the arrows
         by_id(By.CSS_SELECTOR, "#priority-panel summary").click()

@@ -47,8 +47,10 @@ function withAsOf(req) {
 
 function overlapChoices() {
   const box = $("overlap-choices");
+  // the list is redrawn when segments are saved: the ticks stay where they were
+  const ticked = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
   box.replaceChildren(...(schema.segments || []).map((name) =>
-    el("label", {}, el("input", { type: "checkbox", value: name }), ` ${name}`)));
+    el("label", {}, el("input", { type: "checkbox", value: name, checked: ticked.has(name) }), ` ${name}`)));
 }
 
 async function showOverlap() {
