@@ -213,11 +213,25 @@ def priority_counts(
 
     Per segment: ``matched`` (its own contacts), ``total`` and ``sendable`` (those it
     gets), ``lost`` (its own contacts an earlier segment took). The totals add up to
-    the union's total.
+    the union's total. Fewer than two segments, or one listed twice (the second would
+    get nobody), is an `InputError`.
     """
+    if len(segments) < 2:
+        raise InputError(
+            f"a priority list needs at least two segments (got {len(segments)}): "
+            "name two or more SEGs, the first one taking precedence"
+        )
     day = parse_as_of(as_of)
     snap = session.snapshot()
     named = session.named_roots(segments, snap)
+    seen: set[str] = set()
+    for segment, _ in named:
+        if segment.name in seen:
+            raise InputError(
+                f"segment {segment.name!r} is listed twice in the priority list: its contacts go "
+                "to the first place, so list each segment once"
+            )
+        seen.add(segment.name)
     evaluator = session.engine(engine, snap)
     rows = []
     for i, (segment, root) in enumerate(named):

@@ -493,3 +493,41 @@ def test_analytics_bad_input_is_a_400_with_the_cli_message(client: TestClient) -
     unknown = errors_of(client.post("/api/why", json={"email": "nobody@nowhere.example", "segment": "state-ca"}), 400)
     assert "no contact has the address" in unknown[0]["message"]
     errors_of(client.post("/api/why", json={"email": "a@b.c", "segment": "no-such-segment"}), 404)
+
+
+# --- priorities ----------------------------------------------------------------------------
+
+
+def test_priority_answers_the_cli_document(client: TestClient, ws_path: Path) -> None:
+    order = ["never-opened", "state-ca", "cto-or-sales-west"]
+    answer = client.post("/api/priority", json={"segments": order, "as_of": AS_OF})
+    assert answer.status_code == 200, answer.text
+    doc = answer.json()
+    assert doc == segengine.open(ws_path).priority(*order, as_of=AS_OF)
+    assert doc == Cli(ws_path).json("count", *order, "--priority", "--as-of", AS_OF)
+    assert [r["segment"] for r in doc["segments"]] == order
+    assert sum(r["total"] for r in doc["segments"]) == doc["union"]["total"]
+    assert doc["segments"][1]["lost"] > 0  # the sample's segments overlap: the order matters
+    # a definition sent inline takes its place in the order under the name `unsaved`
+    inline = client.post("/api/priority", json={"segments": [NEVER_OPENED_NEWSLETTER, "state-ca"],
+                                                "as_of": AS_OF, "engine": "duckdb"}).json()
+    assert inline == segengine.open(ws_path).priority(
+        {"name": "unsaved", **NEVER_OPENED_NEWSLETTER}, "state-ca", as_of=AS_OF, engine="duckdb")
+
+
+def test_priority_bad_input_is_one_line_and_changes_nothing(client: TestClient, ws_path: Path) -> None:
+    before = (ws_path / "manifest.json").read_bytes()
+    one = errors_of(client.post("/api/priority", json={"segments": ["state-ca"]}), 400)
+    assert len(one) == 1 and "at least two segments (got 1)" in one[0]["message"]
+    twice = errors_of(client.post("/api/priority", json={"segments": ["state-ca", "never-opened", "state-ca"]}), 400)
+    assert len(twice) == 1 and "'state-ca' is listed twice" in twice[0]["message"]
+    none = errors_of(client.post("/api/priority", json={"segments": []}), 400)
+    assert none[0]["location"] == "segments"
+    as_of = errors_of(client.post("/api/priority", json={"segments": ["state-ca", "never-opened"],
+                                                         "as_of": "yesterday"}), 400)
+    assert as_of[0]["location"] == "as_of"
+    unknown = errors_of(client.post("/api/priority", json={"segments": ["state-ca", "state-cb"]}), 404)
+    assert unknown == [{"location": "segments[1]", "message": "no saved segment 'state-cb' (did you mean 'state-ca'?)"}]
+    for error in (*one, *twice, *none, *as_of, *unknown):
+        assert "\n" not in error["message"]
+    assert (ws_path / "manifest.json").read_bytes() == before

@@ -27,6 +27,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SCREENSHOT = REPO / "docs" / "images" / "serve-builder.png"
@@ -181,3 +182,114 @@ def test_analytics_panels_in_chromium(browser, ws_path: Path) -> None:  # noqa: 
     finally:
         assert stop(proc) < 5
 
+
+
+def table_rows(driver, testid: str, part: str = "tbody") -> list[list[str]]:
+    rows = driver.find_elements(By.CSS_SELECTOR, f"[data-testid={testid}] {part} tr")
+    return [[c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")] for row in rows]
+
+
+def retype(element, text: str) -> None:
+    """Replace an input's text by typing, so the page sees its input events."""
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(text)
+
+
+def test_split_and_priority_panels_in_chromium(browser, ws_path: Path) -> None:  # noqa: F811
+    """The split and priority tables show the API's answers; a save makes the groups' segments."""
+    cli = Cli(ws_path)
+    today = cli.json("count", "state-ca")["as_of"]
+    groups = [("a", 45), ("b", 35), ("holdout", 10), ("c", 10)]
+    ws = segengine.open(ws_path)
+    this_split = ws.split("state-ca", groups=groups, seed="spring-ab", as_of=today)
+    saved_split = ws.split("never-opened", groups=groups, seed="spring-ab", as_of=today)
+    order = ["state-ca", "cto-or-sales-west", "never-opened"]
+    priority = ws.priority(*order, as_of=today)
+
+    def shown(doc: dict) -> list[list[str]]:
+        return [[g["name"], f"{g['percent']:g} %", f"[{g['from']}, {g['to']})", f"{g['total']:,}",
+                 f"{g['sendable']:,}"] for g in doc["groups"]]
+
+    proc, url = start_server(ws_path)
+    try:
+        d = browser
+        by_id = d.find_element
+        d.get(url + "/?segment=state-ca")
+        counted = cli.json("count", "state-ca")
+        wait_for_count(d, counted["total"], counted["sendable"])
+
+        # the segment on screen, cut into the page's default groups after two edits
+        by_id(By.CSS_SELECTOR, "#split-panel summary").click()
+        by_id(By.ID, "split-seed").send_keys("spring-ab")
+        retype(by_id(By.ID, "split-group-percent-1"), "35")
+        by_id(By.ID, "split-add-group").click()
+        by_id(By.ID, "split-group-name-3").send_keys("c")
+        by_id(By.ID, "split-group-percent-3").send_keys("10")
+        by_id(By.ID, "split-show").click()
+        WebDriverWait(d, 10).until(lambda d: table_rows(d, "split-table") == shown(this_split))
+        assert table_rows(d, "split-table", "thead") == [["group", "share", "buckets", "total", "sendable"]]
+        assert table_rows(d, "split-table", "tfoot") == [[
+            "all groups", "100 %", "[0, 10000)", f"{sum(g['total'] for g in this_split['groups']):,}",
+            f"{sum(g['sendable'] for g in this_split['groups']):,}"]]
+        numbers = d.find_elements(By.CSS_SELECTOR, "[data-testid=split-table] tbody td.num")
+        assert numbers and all(c.value_of_css_property("text-align") == "right" for c in numbers)
+
+        # groups that do not sum to 100: the server's one line, in the panel
+        retype(by_id(By.ID, "split-group-percent-2"), "5")
+        by_id(By.ID, "split-show").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#split-result [data-testid=panel-error]"))
+        problem = by_id(By.CSS_SELECTOR, "#split-result [data-testid=panel-error]").text
+        assert problem.startswith("groups: the percentages sum to 95, not 100") and "\n" not in problem
+        retype(by_id(By.ID, "split-group-percent-2"), "10")
+
+        # a saved segment split and saved as spring-*: the groups become saved segments
+        by_id(By.CSS_SELECTOR, "#overlap-panel summary").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]"))
+        by_id(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]").click()
+        Select(by_id(By.ID, "split-segment")).select_by_value("never-opened")
+        by_id(By.ID, "split-prefix").send_keys("spring")
+        by_id(By.ID, "split-save").click()
+        names = ["spring-a", "spring-b", "spring-holdout", "spring-c"]
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=split-saved]"))
+        assert by_id(By.CSS_SELECTOR, "[data-testid=split-saved]").text == f"saved segments: {', '.join(names)}"
+        assert table_rows(d, "split-table") == shown(saved_split)
+        saved = segengine.open(ws_path)
+        assert set(names) <= set(saved.snapshot().segments)
+        for name, group in zip(names, saved_split["groups"], strict=True):
+            assert saved.count(name, as_of=today)["total"] == group["total"]
+        # the new segments are offered at once in the pickers, and the overlap's ticks stay
+        for picker in ("#saved-select option", "#overlap-choices input", "#priority-pick option"):
+            WebDriverWait(d, 10).until(
+                lambda d, picker=picker: d.find_elements(By.CSS_SELECTOR, f"{picker}[value=spring-holdout]"))
+        assert by_id(By.CSS_SELECTOR, "#overlap-choices input[value=never-opened]").is_selected()
+
+        # a priority list built with the picker and reordered with the arrows
+        by_id(By.CSS_SELECTOR, "#priority-panel summary").click()
+        for name in ("state-ca", "never-opened", "cto-or-sales-west"):
+            Select(by_id(By.ID, "priority-pick")).select_by_value(name)
+            by_id(By.ID, "priority-add").click()
+        assert not d.find_elements(By.CSS_SELECTOR, "#priority-pick option[value=state-ca]")
+        by_id(By.ID, "priority-up-2").click()
+        listed = [li.get_attribute("data-name") for li in d.find_elements(By.CSS_SELECTOR, "#priority-list li")]
+        assert listed == order
+        by_id(By.ID, "priority-show").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=priority-table]"))
+        assert table_rows(d, "priority-table") == [
+            [r["segment"], f"{r['matched']:,}", f"{r['total']:,}", f"{r['sendable']:,}", f"{r['lost']:,}"]
+            for r in priority["segments"]]
+        assert table_rows(d, "priority-table", "tfoot") == [[
+            "union", f"{priority['union']['total']:,}", f"{priority['union']['total']:,}",
+            f"{priority['union']['sendable']:,}", "–"]]
+        assert by_id(By.CSS_SELECTOR, "[data-testid=priority-table] caption").text == (
+            f"priority {' > '.join(order)} (as of {today})")
+        assert any(r["lost"] > 0 for r in priority["segments"])  # the order changed the answer
+
+        # one segment left is not a priority list: the server's line
+        by_id(By.ID, "priority-remove-2").click()
+        by_id(By.ID, "priority-remove-1").click()
+        by_id(By.ID, "priority-show").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#priority-result [data-testid=panel-error]"))
+        problem = by_id(By.CSS_SELECTOR, "#priority-result [data-testid=panel-error]").text
+        assert "at least two segments (got 1)" in problem and "\n" not in problem
+    finally:
+        assert stop(proc) < 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -226,6 +227,21 @@ def test_priority_cli(cli):
     assert "lost to earlier" in shown and "vips > openers" in shown
     result = cli("count", "vips", "--priority", "--contacts", "x.parquet", code=2)
     assert "--priority" in result.stderr
+
+
+@pytest.mark.parametrize(("segments", "says"), [
+    (["vips"], "at least two segments (got 1)"),
+    (["vips", "openers", "vips"], "'vips' is listed twice"),
+    (["vips", "nosuch"], "no saved segment 'nosuch'"),
+])
+def test_priority_refuses_a_list_that_is_not_one(cli, ws, segments, says):
+    before = (ws.path / "manifest.json").read_bytes()
+    result = cli("count", *segments, "--priority", code=2)
+    assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+    assert (ws.path / "manifest.json").read_bytes() == before
+    with pytest.raises(segengine.InputError, match=re.escape(says)):
+        ws.priority(*segments)
 
 
 # --- export --label-column -------------------------------------------------------------------

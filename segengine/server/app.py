@@ -139,6 +139,10 @@ class SplitRequest(Evaluate):
     save: str | None = Field(None, description="save one segment per group, named SAVE-NAME")
 
 
+class PriorityRequest(Evaluate):
+    """Two or more segments in priority order (the first takes precedence)."""
+
+
 class SyncCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job: str
@@ -568,7 +572,7 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
                 raise ApiError(409, problems(exc)) from None
         return {"deleted": name}
 
-    # --- splits ------------------------------------------------------------------------
+    # --- splits and priorities ---------------------------------------------------------
 
     def split_now(body: SplitRequest) -> dict[str, Any]:
         groups = body.groups if isinstance(body.groups, str) else [
@@ -586,6 +590,17 @@ def create_app(workspace: str | Path, token: str | None = None) -> FastAPI:
     async def split(body: SplitRequest) -> JSONResponse:
         """The `split --json` document: the union cut into groups by bucket number."""
         return JSONResponse(await run_in_threadpool(split_now, body))
+
+    def priority_now(body: PriorityRequest) -> dict[str, Any]:
+        with evaluating() as snap:
+            segs = served.segments(body.segments, snap)
+            return served.ws.priority(*segs, as_of=body.as_of, engine=body.engine)
+
+    @app.post("/api/priority", tags=["segments"], response_model=None)
+    async def priority(body: PriorityRequest) -> JSONResponse:
+        """The `count --priority --json` document: each contact counted for the first segment
+        (in the order given) that holds it."""
+        return JSONResponse(await run_in_threadpool(priority_now, body))
 
     # --- sync jobs (docs/sync.md) -------------------------------------------------------
 

@@ -1,6 +1,6 @@
 // Analytics panels of the builder page: an overlap heatmap, a trend line with joined/left
-// bars and a why panel. Plain SVG, no library: the page works offline. Uses app.js's
-// `api`, `definition`, `$`, `el` and `fmt`.
+// bars, a why panel, and split and priority tables. Plain SVG and HTML, no library: the
+// page works offline. Uses app.js's `api`, `definition`, `refreshSaved`, `$`, `el` and `fmt`.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -12,9 +12,30 @@ function svg(tag, attrs = {}, text) {
   return e;
 }
 
+// The server's errors on one line, each with the request key it is about ("groups: ...").
 function problem(target, res) {
-  target.replaceChildren(el("p", { class: "errors", role: "alert" },
-    (res.data.errors || [{ message: `error ${res.status}` }]).map((e) => e.message).join("; ")));
+  target.replaceChildren(el("p", { class: "errors", role: "alert", "data-testid": "panel-error" },
+    (res.data.errors || [{ message: `error ${res.status}` }])
+      .map((e) => (e.location ? `${e.location}: ${e.message}` : e.message)).join("; ")));
+}
+
+// A table of counts: a header row, one row per item headed by its name, a total row.
+function countTable(testid, caption, columns, rows, footer) {
+  const num = (i) => (columns[i][1] ? { class: "num" } : {});
+  const head = el("tr", {}, columns.map(([name], i) => el("th", { scope: "col", ...num(i) }, name)));
+  const line = (cells) => el("tr", {}, cells.map((c, i) => (i === 0 ? el("th", { scope: "row" }, c)
+    : el("td", num(i), typeof c === "number" ? fmt(c) : c))));
+  return el("div", { class: "table-wrap" }, el("table", { "data-testid": testid, class: "counts" },
+    el("caption", {}, caption), el("thead", {}, head), el("tbody", {}, rows.map(line)),
+    footer ? el("tfoot", {}, line(footer)) : null));
+}
+
+// The saved segments in a picker, keeping the choice when it still exists.
+function fillPicker(select, names, first) {
+  const keep = select.value;
+  select.replaceChildren(...(first ? [el("option", { value: "" }, first)] : []),
+    ...names.map((n) => el("option", { value: n }, n)));
+  if ([...select.options].some((o) => o.value === keep)) select.value = keep;
 }
 
 function withAsOf(req) {
@@ -26,8 +47,10 @@ function withAsOf(req) {
 
 function overlapChoices() {
   const box = $("overlap-choices");
+  // the list is redrawn when segments are saved: the ticks stay where they were
+  const ticked = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
   box.replaceChildren(...(schema.segments || []).map((name) =>
-    el("label", {}, el("input", { type: "checkbox", value: name }), ` ${name}`)));
+    el("label", {}, el("input", { type: "checkbox", value: name, checked: ticked.has(name) }), ` ${name}`)));
 }
 
 async function showOverlap() {
@@ -122,6 +145,100 @@ async function showWhy() {
     el("ul", { class: "why" }, ...doc.rules.map(whyNode)));
 }
 
+// --- split ---------------------------------------------------------------------------
+
+let splitGroups = [{ name: "a", percent: "45" }, { name: "b", percent: "45" }, { name: "holdout", percent: "10" }];
+
+function renderSplitGroups() {
+  const rows = splitGroups.map((g, i) => el("tr", {},
+    el("td", {}, el("input", { id: `split-group-name-${i}`, "aria-label": `group ${i + 1} name`, value: g.name,
+      size: 10, autocomplete: "off", oninput: (ev) => { g.name = ev.target.value; } })),
+    el("td", { class: "num" }, el("input", { id: `split-group-percent-${i}`, "aria-label": `group ${i + 1} percent`,
+      value: g.percent, class: "short num", inputmode: "decimal", autocomplete: "off",
+      oninput: (ev) => { g.percent = ev.target.value; } })),
+    el("td", {}, el("button", { id: `split-group-remove-${i}`, class: "ghost", "aria-label": `remove group ${i + 1}`,
+      onclick: () => { splitGroups.splice(i, 1); renderSplitGroups(); } }, "✕"))));
+  $("split-groups").tBodies[0].replaceChildren(...rows);
+}
+
+function splitRequest(save) {
+  const picked = $("split-segment").value;
+  // the seed goes as typed: an empty one is the server's to refuse, with its message
+  const req = { segments: [picked || definition()], seed: $("split-seed").value,
+    groups: splitGroups.map((g) => ({ name: g.name.trim(), percent: g.percent.trim() })) };
+  if (save) req.save = $("split-prefix").value.trim();
+  return withAsOf(req);
+}
+
+async function showSplit(save) {
+  const target = $("split-result");
+  const res = await api("POST", "/api/split", splitRequest(save));
+  if (!res.ok) return problem(target, res);
+  const doc = res.data;
+  const sum = (key) => doc.groups.reduce((n, g) => n + g[key], 0);
+  const table = countTable("split-table", `seed ${doc.seed}, as of ${doc.as_of}`,
+    [["group"], ["share", true], ["buckets"], ["total", true], ["sendable", true]],
+    doc.groups.map((g) => [g.name, `${g.percent} %`, `[${g.from}, ${g.to})`, g.total, g.sendable]),
+    ["all groups", "100 %", "[0, 10000)", sum("total"), sum("sendable")]);
+  const out = [table];
+  if (doc.saved) {
+    out.push(el("p", { class: "meta", "data-testid": "split-saved" }, `saved segments: ${doc.saved.join(", ")}`));
+    await refreshSaved($("saved-select").value);
+  }
+  target.replaceChildren(...out);
+}
+
+// --- priority ------------------------------------------------------------------------
+
+let priorityOrder = [];
+
+function renderPriority() {
+  const last = priorityOrder.length - 1;
+  const move = (i, by) => {
+    [priorityOrder[i], priorityOrder[i + by]] = [priorityOrder[i + by], priorityOrder[i]];
+    renderPriority();
+    $(`priority-${by < 0 ? "up" : "down"}-${i + by}`)?.focus();
+  };
+  $("priority-list").replaceChildren(...priorityOrder.map((name, i) => el("li", { "data-name": name },
+    el("span", { class: "rank", "aria-hidden": "true" }, `${i + 1}.`), el("span", { class: "name" }, name),
+    el("button", { id: `priority-up-${i}`, class: "ghost", "aria-label": `move ${name} up`, disabled: i === 0,
+      onclick: () => move(i, -1) }, "↑"),
+    el("button", { id: `priority-down-${i}`, class: "ghost", "aria-label": `move ${name} down`, disabled: i === last,
+      onclick: () => move(i, 1) }, "↓"),
+    el("button", { id: `priority-remove-${i}`, class: "ghost", "aria-label": `remove ${name}`,
+      onclick: () => { priorityOrder.splice(i, 1); renderPriority(); } }, "✕"))));
+  // a segment listed once is all a priority list can use: the picker offers the others
+  fillPicker($("priority-pick"), (schema.segments || []).filter((n) => !priorityOrder.includes(n)));
+  $("priority-add").disabled = !$("priority-pick").value;
+}
+
+function addPriority() {
+  const name = $("priority-pick").value;
+  if (name && !priorityOrder.includes(name)) priorityOrder.push(name);
+  renderPriority();
+}
+
+async function showPriority() {
+  const target = $("priority-result");
+  const res = await api("POST", "/api/priority", withAsOf({ segments: priorityOrder }));
+  if (!res.ok) return problem(target, res);
+  const doc = res.data;
+  target.replaceChildren(countTable("priority-table",
+    `priority ${doc.segments.map((r) => r.segment).join(" > ")} (as of ${doc.as_of})`,
+    [["segment"], ["matches", true], ["gets", true], ["sendable", true], ["lost to earlier", true]],
+    doc.segments.map((r) => [r.segment, r.matched, r.total, r.sendable, r.lost]),
+    ["union", doc.union.total, doc.union.total, doc.union.sendable, "–"]));
+}
+
+// Saved segments came or went: the pickers offer what is saved now.
+function savedChanged() {
+  const names = schema.segments || [];
+  fillPicker($("split-segment"), names, "this segment");
+  priorityOrder = priorityOrder.filter((n) => names.includes(n));
+  renderPriority();
+  if ($("overlap-panel").open) overlapChoices();
+}
+
 function startAnalytics() {
   const today = new Date().toISOString().slice(0, 10);
   const before = new Date(Date.now() - 89 * 86400000).toISOString().slice(0, 10);
@@ -132,6 +249,23 @@ function startAnalytics() {
   $("why-show").addEventListener("click", showWhy);
   $("why-email").addEventListener("keydown", (ev) => { if (ev.key === "Enter") showWhy(); });
   $("overlap-panel").addEventListener("toggle", () => $("overlap-panel").open && overlapChoices());
+  renderSplitGroups();
+  $("split-add-group").addEventListener("click", () => {
+    splitGroups.push({ name: "", percent: "" });
+    renderSplitGroups();
+    $(`split-group-name-${splitGroups.length - 1}`).focus();
+  });
+  $("split-show").addEventListener("click", () => showSplit(false));
+  $("split-save").addEventListener("click", () => showSplit(true));
+  $("split-seed").addEventListener("keydown", (ev) => { if (ev.key === "Enter") showSplit(false); });
+  $("split-prefix").addEventListener("keydown", (ev) => { if (ev.key === "Enter") showSplit(true); });
+  $("priority-add").addEventListener("click", addPriority);
+  $("priority-pick").addEventListener("change", () => { $("priority-add").disabled = !$("priority-pick").value; });
+  $("priority-show").addEventListener("click", showPriority);
+  document.addEventListener("segments-changed", savedChanged);
+  for (const id of ["split-panel", "priority-panel"]) {
+    $(id).addEventListener("toggle", () => $(id).open && savedChanged());
+  }
 }
 
 startAnalytics();

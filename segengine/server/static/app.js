@@ -409,6 +409,7 @@ async function refreshSaved(selected) {
   const s = $("saved-select");
   s.replaceChildren(el("option", { value: "" }, "—"), ...res.data.segments.map((x) =>
     el("option", { value: x.name, selected: x.name === selected, title: x.description || "" }, x.name)));
+  document.dispatchEvent(new Event("segments-changed"));  // the analytics panels' pickers follow
 }
 
 async function openSaved(name) {
