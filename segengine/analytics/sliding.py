@@ -83,10 +83,12 @@ class TrendMemory:
 
 @dataclass
 class Window:
-    """Each contact's number of events on days [low, high] (low None: since ever)."""
+    """Each contact's number of events of `campaigns` (None: any) on days [low, high]
+    (low None: since ever)."""
 
     low: int | None
     high: int
+    campaigns: tuple[int, ...] | None
     counts: np.ndarray
     #: which counts these are (unique within a trend: a test kept for other counts is
     #: never taken for these), the version they moved from and the rows that move
@@ -182,30 +184,68 @@ class PointEvaluator(Evaluator):
         self, etype: str, low: int | None, high: int, campaigns: np.ndarray | None = None
     ) -> Window:
         """Each row's number of `etype` events (of `campaigns`, None: any) on days
-        [low, high] (low None: since ever), moved from the last point's counts."""
+        [low, high] (low None: since ever), moved from the last point's counts: by the
+        days entering and leaving the window and, for a window on "the last N campaigns"
+        whose campaigns changed, by the events of the campaigns that left and came."""
         chosen = None if campaigns is None else tuple(campaigns.tolist())
         key = (etype, chosen, None if low is None else high - low)
         state = self.memory.windows.get(key)
-        if state is not None:
-            if (state.low, state.high) == (low, high):
-                return state
-            entering = high - state.high
-            leaving = 0 if low is None or state.low is None else low - state.low
-            moved = entering >= 0 and leaving >= 0
-            if moved and (low is None or entering + leaving <= high - low):
-                # in place: a point's answer is a test of the counts, never the counts
-                touched = self.add_days(state.counts, etype, state.high + 1, high, 1, campaigns)
-                if low is not None and state.low is not None:
-                    touched += self.add_days(state.counts, etype, state.low, low - 1, -1, campaigns)
-                state.low, state.high = low, high
-                state.previous, state.version = state.version, self.memory.version()
-                state.touched = np.concatenate(touched) if touched else np.zeros(0, np.uint32)
-                return state
+        if state is None and chosen is not None:
+            state = next((w for k, w in self.memory.windows.items()
+                          if k[0] == etype and k[1] is not None and k[2] == key[2]), None)
+        if state is not None and (state.low, state.high, state.campaigns) == (low, high, chosen):
+            return state
+        touched = None if state is None else self.move_days(state, etype, low, high)
+        if touched is not None and state.campaigns != chosen:
+            swapped = self.swap_campaigns(state, etype, campaigns)
+            touched = None if swapped is None else touched + swapped
+        if touched is not None:
+            forget(self.memory.windows, key, (0, 2))
+            self.memory.windows[key] = state
+            state.previous, state.version = state.version, self.memory.version()
+            state.touched = np.concatenate(touched) if touched else np.zeros(0, np.uint32)
+            return state
         rows = self.matching_rows(etype, campaigns, (low, high), None)
         counts = np.bincount(rows, minlength=self.n).astype(np.int32)
         forget(self.memory.windows, key, (0, 2))
-        window = self.memory.windows[key] = Window(low, high, counts, self.memory.version())
+        window = self.memory.windows[key] = Window(low, high, chosen, counts, self.memory.version())
         return window
+
+    def move_days(self, state: Window, etype: str, low: int | None, high: int) -> list[np.ndarray] | None:
+        """Move `state` to days [low, high] by the days entering and leaving (its own
+        campaigns); None when that is not a move forward shorter than the window."""
+        entering = high - state.high
+        leaving = 0 if low is None or state.low is None else low - state.low
+        if entering < 0 or leaving < 0 or (low is not None and entering + leaving > high - low):
+            return None
+        chosen = None if state.campaigns is None else np.array(state.campaigns, np.int64)
+        # in place: a point's answer is a test of the counts, never the counts
+        touched = self.add_days(state.counts, etype, state.high + 1, high, 1, chosen)
+        if low is not None and state.low is not None:
+            touched += self.add_days(state.counts, etype, state.low, low - 1, -1, chosen)
+        state.low, state.high = low, high
+        return touched
+
+    def swap_campaigns(self, state: Window, etype: str, campaigns: np.ndarray) -> list[np.ndarray] | None:
+        """Move `state` to `campaigns` by the events of the campaigns that left and came
+        (None when more changed than stayed: counting afresh is then cheaper)."""
+        old, new = set(state.campaigns or ()), set(campaigns.tolist())
+        gone, came = sorted(old - new), sorted(new - old)
+        if len(gone) + len(came) > len(new):
+            return None
+        touched = []
+        for codes, sign in ((gone, -1), (came, 1)):
+            if codes:
+                rows = self.matching_rows(etype, np.array(codes, np.int64), (state.low, state.high), None)
+                add_rows(state.counts, rows, sign, self.scratch())
+                touched.append(rows)
+        state.campaigns = tuple(campaigns.tolist())
+        return touched
+
+    def scratch(self) -> np.ndarray:
+        if self.memory.scratch is None or len(self.memory.scratch) != self.n:
+            self.memory.scratch = np.empty(self.n, np.int32)
+        return self.memory.scratch
 
     def add_days(
         self, counts: np.ndarray, etype: str, low: int, high: int, sign: int,
@@ -219,8 +259,6 @@ class PointEvaluator(Evaluator):
         if campaigns is not None:
             wanted = np.zeros(len(self.index.campaigns), dtype=bool)
             wanted[campaigns] = True
-        if self.memory.scratch is None or len(self.memory.scratch) != self.n:
-            self.memory.scratch = np.empty(self.n, np.int32)
         touched = []
         for cols, lo, hi in self.window_slices(etype, (low, high)):
             if hi <= lo:
@@ -228,7 +266,7 @@ class PointEvaluator(Evaluator):
             rows = np.asarray(cols["rows"][lo:hi])
             if wanted is not None:
                 rows = rows[wanted[cols["campaign"][lo:hi]]]
-            add_rows(counts, rows, sign, self.memory.scratch)
+            add_rows(counts, rows, sign, self.scratch())
             touched.append(rows)
         return touched
 
