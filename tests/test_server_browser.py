@@ -3,7 +3,7 @@
 Builds "active contacts in list newsletter who never opened" by clicking, checks the
 live count against `segengine count` on the same workspace, saves the segment and
 opens it again with /?segment=NAME. Set SEGENGINE_UPDATE_SCREENSHOT=1 to refresh the
-screenshot docs/serve.md shows.
+screenshots docs/serve.md and docs/analytics.md show.
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SCREENSHOT = REPO / "docs" / "images" / "serve-builder.png"
+
+
+def keep_picture(element, name: str) -> None:
+    """With SEGENGINE_UPDATE_SCREENSHOT set, a picture of `element` for the docs."""
+    driver = element.parent
+    size = driver.get_window_size()
+    driver.set_window_size(size["width"], 2400)  # a whole panel, not the part in view
+    try:
+        png = element.screenshot_as_png  # taken every run: a panel that cannot be drawn fails
+    finally:
+        driver.set_window_size(size["width"], size["height"])
+    if os.environ.get("SEGENGINE_UPDATE_SCREENSHOT"):
+        (REPO / "docs" / "images" / name).write_bytes(png)
 
 
 @pytest.fixture
@@ -173,6 +186,8 @@ def test_analytics_panels_in_chromium(browser, ws_path: Path) -> None:  # noqa: 
         tips = [c.get_attribute("textContent") for c in d.find_elements(By.CSS_SELECTOR, "[data-testid=trend-chart] circle")]
         assert [t.split(":")[0] for t in tips] == [p["as_of"] for p in trend["points"]]
         assert tips[1].startswith(f"{trend['points'][1]['as_of']}: {trend['points'][1]['total']:,}")
+        keep_picture(d.find_element(By.ID, "overlap-panel"), "analytics-overlap.png")
+        keep_picture(d.find_element(By.ID, "trend-panel"), "analytics-trend.png")
 
         d.find_element(By.CSS_SELECTOR, "#why-panel summary").click()
         d.find_element(By.ID, "why-email").send_keys(email.upper())
@@ -253,6 +268,7 @@ def test_split_and_priority_panels_in_chromium(browser, ws_path: Path) -> None: 
         WebDriverWait(d, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=split-saved]"))
         assert by_id(By.CSS_SELECTOR, "[data-testid=split-saved]").text == f"saved segments: {', '.join(names)}"
         assert table_rows(d, "split-table") == shown(saved_split)
+        keep_picture(by_id(By.ID, "split-panel"), "analytics-split.png")
         saved = segengine.open(ws_path)
         assert set(names) <= set(saved.snapshot().segments)
         for name, group in zip(names, saved_split["groups"], strict=True):
@@ -283,6 +299,7 @@ def test_split_and_priority_panels_in_chromium(browser, ws_path: Path) -> None: 
         assert by_id(By.CSS_SELECTOR, "[data-testid=priority-table] caption").text == (
             f"priority {' > '.join(order)} (as of {today})")
         assert any(r["lost"] > 0 for r in priority["segments"])  # the order changed the answer
+        keep_picture(by_id(By.ID, "priority-panel"), "analytics-priority.png")
 
         # one segment left is not a priority list: the server's line
         by_id(By.ID, "priority-remove-2").click()

@@ -62,7 +62,9 @@ async function showOverlap() {
   const doc = res.data;
   const names = doc.segments.map((n, i) => (i === 0 ? "this segment" : n));
   const k = names.length, cell = 56, left = 120, top = 24;
-  const chart = svg("svg", { width: left + cell * k + 90, height: top + cell * k + 8, role: "img",
+  const wide = left + cell * k + 90, high = top + cell * k + 8;
+  // drawn at its own size, scaled down (viewBox) when the sidebar is narrower
+  const chart = svg("svg", { width: wide, height: high, viewBox: `0 0 ${wide} ${high}`, role: "img",
     "aria-label": "overlap heatmap", "data-testid": "overlap-heatmap" });
   const biggest = Math.max(1, ...doc.total.map((row, i) => row[i]));
   names.forEach((name, i) => {
@@ -101,7 +103,8 @@ async function showTrend() {
   const x = (i) => pad + step * i;
   const y = (n) => height - pad - bars - (height - 2 * pad - bars) * (n / most);
   const base = height - pad - bars / 2;
-  const chart = svg("svg", { width, height, role: "img", "aria-label": "trend", "data-testid": "trend-chart" });
+  const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": "trend", "data-testid": "trend-chart" });
   points.forEach((p, i) => {
     const up = (bars / 2) * ((p.joined || 0) / moves), down = (bars / 2) * ((p.left || 0) / moves);
     chart.append(svg("rect", { x: x(i) - 2, y: base - up, width: 4, height: up, fill: "#2e9d5b" }));
