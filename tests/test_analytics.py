@@ -355,3 +355,23 @@ def test_why_reads_many_events_from_the_index_as_from_the_data(filled, tmp_path)
     assert opened["events"] == {"in_scope": 4, "in_window": 2,
                                 "window": {"from": "2024-03-06", "to": None}}
     assert clicked["events"] == {"in_scope": 1, "in_window": 1} and answers["index"]["member"] is True
+
+
+def test_the_analytics_benchmark_agrees_with_duckdb_sql(tmp_path):
+    """benchmarks/analytics.py on a small synthetic workspace: every answer (overlap,
+    each trend point, each why) is checked against hand-written SQL before timing."""
+    import argparse
+
+    import segengine
+    from benchmarks.analytics import run
+    from segengine.synth import generate
+
+    generate(tmp_path / "data", contacts=400, events=6000, seed=3)
+    ws = segengine.Workspace.init(tmp_path / "ws")
+    ws.import_contacts(tmp_path / "data" / "contacts.parquet")
+    ws.import_events(tmp_path / "data" / "events.parquet")
+    report = run(argparse.Namespace(workspace=str(tmp_path / "ws"), as_of="2026-10-09",
+                                    repeat=1, trend_repeat=1, points=40))
+    assert report["trend"]["points"] == 40 and len(report["trend"]["segments"]) == 4
+    assert {r["member"] for r in report["why"].values()} <= {True, False}
+    assert report["overlap"]["segengine_ms"] > 0
