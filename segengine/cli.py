@@ -7,9 +7,14 @@ Errors are one line on stderr; exit status 2 for bad input, 1 for other failures
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+# Before numpy loads: its OpenBLAS starts a thread per core at import, ~60 ms of a
+# one-shot command here, and segengine does no linear algebra. A user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 
