@@ -7,7 +7,6 @@ hard-linking it, so a file once written is never opened for writing again.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,4 +61,6 @@ def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:  # a file system without hard links
+        import shutil  # here: a reader of the index never copies
+
         shutil.copyfile(source, target)

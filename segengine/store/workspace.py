@@ -26,7 +26,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -324,6 +323,8 @@ class Store:
             try:
                 yield tx
             finally:
+                import shutil  # with its compression modules, for writers only
+
                 shutil.rmtree(staging, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     staging.parent.rmdir()  # only when no other staging is left
@@ -364,6 +365,8 @@ class Store:
 
     def _collect_garbage(self) -> None:
         """Delete files of aborted or superseded writes. Called with the lock held."""
+        import shutil
+
         refs = self._referenced()
         for directory in (DATA_DIR, INDEX_DIR, SYNCS_DIR) if refs is not None else ():
             base = self.root / directory
