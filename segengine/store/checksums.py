@@ -16,8 +16,8 @@ stays what `segengine verify` checks. A file without blocks is checked whole.
 
 The hash is XXH3-128 (the ``xxhash`` package): 2-4 GB/s on one core here, against
 0.3 GB/s for BLAKE2b and 0.6 GB/s for SHA-256. At 1M contacts / 20M events a cold
-count of "opened 3 times in 90 days" on the index hashes 13 MB (the `recent` column
-of opens and a bitmap layer) where whole files would be 504 MB (0.26 s); one on
+count of "opened 3 times in 90 days" on the index hashes 2 MB (meta.json and the
+blocks of the bitmaps it reads) where whole files would be 504 MB (0.26 s); one on
 DuckDB the 108 MB of Parquet (0.03 s); a warm count pays a ``stat`` per file. It
 detects accidental damage (bit rot, a torn copy, a bad sector); it is not a defence
 against someone who can rewrite the manifest too, which no checksum stored next to
