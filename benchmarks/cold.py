@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -46,6 +47,7 @@ def measure(workspace: Path, pairs: int = COLD_PAIRS) -> dict[str, Any]:
     manifest = json.loads((workspace / "manifest.json").read_text())
     count, imports = statistics.median(walls["count"]), statistics.median(walls["import"])
     return {"contacts": int(manifest["counts"]["contacts"]), "segment": COLD_SEGMENT,
+            "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1),
             "total": total, "pairs": pairs, "count_seconds": count, "import_seconds": imports,
             "ratio": count / imports, "count_walls": walls["count"],
             "import_walls": walls["import"]}
@@ -59,7 +61,8 @@ def lines(result: dict[str, Any]) -> list[str]:
     return [
         f"`{result['segment']}` ({result['total']:,} contacts) counted by a new "
         f"`python -m segengine count --json` process, alternating with `python -c "
-        f"\"{IMPORT_ENGINES}\"`; medians of {result['pairs']} pairs:",
+        f"\"{IMPORT_ENGINES}\"`; medians of {result['pairs']} pairs ({result['cores']} "
+        f"cores, load average {result['load_average']} at the end: the cores are shared):",
         "",
         "| cold count ms | import ms | ratio (target ≤ 0.6x) | fastest count ms | fastest import ms |",
         "|---|---|---|---|---|",

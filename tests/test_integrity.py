@@ -239,9 +239,11 @@ def test_a_count_hashes_the_blocks_it_reads_and_a_flip_in_them_is_an_error(block
     shutil.copytree(blocked, ws)
     manifest = json.loads((ws / "manifest.json").read_text())
     recent = next(rel for rel in manifest["blocks"] if rel.endswith("aggregates/recent.npy"))
+    # "1 or 2 opens in 90 days" compares each contact's latest open days: it reads the
+    # opens' column of `recent`, and no other type's
     segment = write(tmp_path / "s.json", json.dumps(
         {"name": "s", "rules": [{"activity": "opened", "when": {"in_last_days": 90},
-                                 "count": {"gte": 3}}]}))
+                                 "count": {"between": [1, 2]}}]}))
     before = run(ws, "count", str(segment), "--json", "--as-of", "2026-11-01")
     assert before.returncode == 0, before.stderr
     # The `recent` days of the opens' column, in the middle of the file: the count reads
