@@ -5,7 +5,8 @@ heavy engines found in ``sys.modules`` at exit: none of DuckDB, Polars or PyArro
 there when the engagement index answers (behaviour, lists, statuses, numbers, dates,
 small text dictionaries and click URLs). The same process asked for ``--engine duckdb``
 must show DuckDB loaded, so the check itself can fail. Neither is a Parquet file hashed
-(their checksums are checked when an engine reads them, and the index reads none).
+(their checksums are checked when an engine reads them, and the index reads none), nor
+are OpenSSL and shutil loaded, and numpy's OpenBLAS runs one thread.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from conftest import SAMPLE, SEGMENTS
 import segengine
 
 HEAVY = ("duckdb", "polars", "pyarrow")
+#: Smaller start-up costs a count from the index does without: OpenSSL (bucket numbers
+#: only) and shutil with its compression modules (writers only).
+STARTUP = ("hashlib", "shutil", "lzma", "bz2")
 AS_OF = "2026-11-01"
 
 #: Runs the command line as `segengine` would and prints, after its own output, the
 #: heavy modules it imported and the Parquet files it checked (each on a line of its own).
 DRIVER = """
-import json, sys
+import json, os, sys
 from segengine.cli import main
 from segengine.store import checksums
 try:
@@ -35,6 +39,7 @@ except SystemExit as exc:
     code = exc.code
 print("\\nloaded:" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 print("parquet:" + json.dumps(sorted(p for p in checksums._verified if p.endswith(".parquet"))))
+print("openblas:" + json.dumps(os.environ.get("OPENBLAS_NUM_THREADS")))
 sys.exit(code)
 """
 
@@ -65,12 +70,15 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_count(workspace: Path, segment: Path, *options: str) -> tuple[dict, list[str], list[str]]:
     argv = ["-w", str(workspace), "count", str(segment), "--json", "--as-of", AS_OF, *options]
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER.format(heavy=HEAVY), *argv],
+        [sys.executable, "-c", DRIVER.format(heavy=HEAVY + STARTUP), *argv],
         capture_output=True, text=True, check=False, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     output, _, loaded = done.stdout.rpartition("\nloaded:")
     loaded, _, hashed = loaded.partition("\nparquet:")
+    hashed, _, threads = hashed.partition("\nopenblas:")
+    # numpy's OpenBLAS would start a thread per core at import: one is all a count uses
+    assert json.loads(threads) == "1"
     return json.loads(output), json.loads(loaded), json.loads(hashed)
 
 
