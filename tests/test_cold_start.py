@@ -4,7 +4,9 @@ Each count runs the real command line in a new Python process, which then report
 heavy engines found in ``sys.modules`` at exit: none of DuckDB, Polars or PyArrow may be
 there when the engagement index answers (behaviour, lists, statuses, numbers, dates,
 small text dictionaries and click URLs). The same process asked for ``--engine duckdb``
-must show DuckDB loaded, so the check itself can fail.
+must show DuckDB loaded, so the check itself can fail. Neither is a Parquet file hashed
+(their checksums are checked when an engine reads them, and the index reads none), nor
+are OpenSSL and shutil loaded, and numpy's OpenBLAS runs one thread.
 """
 
 from __future__ import annotations
@@ -20,18 +22,24 @@ from conftest import SAMPLE, SEGMENTS
 import segengine
 
 HEAVY = ("duckdb", "polars", "pyarrow")
+#: Smaller start-up costs a count from the index does without: OpenSSL (bucket numbers
+#: only) and shutil with its compression modules (writers only).
+STARTUP = ("hashlib", "shutil", "lzma", "bz2")
 AS_OF = "2026-11-01"
 
 #: Runs the command line as `segengine` would and prints, after its own output, the
-#: heavy modules it imported (on a line of its own).
+#: heavy modules it imported and the Parquet files it checked (each on a line of its own).
 DRIVER = """
-import json, sys
+import json, os, sys
 from segengine.cli import main
+from segengine.store import checksums
 try:
     main(sys.argv[1:], prog_name="segengine")
 except SystemExit as exc:
     code = exc.code
 print("\\nloaded:" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+print("parquet:" + json.dumps(sorted(p for p in checksums._verified if p.endswith(".parquet"))))
+print("openblas:" + json.dumps(os.environ.get("OPENBLAS_NUM_THREADS")))
 sys.exit(code)
 """
 
@@ -59,15 +67,19 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_count(workspace: Path, segment: Path, *options: str) -> tuple[dict, list[str]]:
+def run_count(workspace: Path, segment: Path, *options: str) -> tuple[dict, list[str], list[str]]:
     argv = ["-w", str(workspace), "count", str(segment), "--json", "--as-of", AS_OF, *options]
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER.format(heavy=HEAVY), *argv],
+        [sys.executable, "-c", DRIVER.format(heavy=HEAVY + STARTUP), *argv],
         capture_output=True, text=True, check=False, timeout=120,
     )
     assert done.returncode == 0, done.stderr
     output, _, loaded = done.stdout.rpartition("\nloaded:")
-    return json.loads(output), json.loads(loaded)
+    loaded, _, hashed = loaded.partition("\nparquet:")
+    hashed, _, threads = hashed.partition("\nopenblas:")
+    # numpy's OpenBLAS would start a thread per core at import: one is all a count uses
+    assert json.loads(threads) == "1"
+    return json.loads(output), json.loads(loaded), json.loads(hashed)
 
 
 @pytest.mark.parametrize("name", [*DEFINITIONS, "state-ca", "cto-or-sales-west"])
@@ -75,13 +87,28 @@ def test_a_count_from_the_index_loads_no_engine(sample: Path, name: str) -> None
     segment = sample.parent / f"{name}.json"
     if not segment.exists():
         segment = SEGMENTS / f"{name}.yaml"
-    result, loaded = run_count(sample, segment)
+    result, loaded, parquet = run_count(sample, segment)
     assert loaded == []
+    assert parquet == []  # the index answers: no Parquet file is read, so none is hashed
     expected = segengine.open(sample).count(segment, as_of=AS_OF, engine="duckdb")
     assert result["by_status"] == expected["by_status"]
 
 
 def test_the_check_sees_an_engine_that_is_loaded(sample: Path) -> None:
-    result, loaded = run_count(sample, SEGMENTS / "state-ca.yaml", "--engine", "duckdb")
+    result, loaded, parquet = run_count(sample, SEGMENTS / "state-ca.yaml", "--engine", "duckdb")
     assert "duckdb" in loaded
+    assert len(parquet) >= 2  # DuckDB reads the Parquet files: each is checked first
     assert result["total"] > 0
+
+
+def test_the_cold_benchmark_times_alternating_pairs(sample: Path) -> None:
+    from benchmarks import cold
+
+    result = cold.measure(sample, pairs=2)
+    assert len(result["count_walls"]) == len(result["import_walls"]) == 2
+    expected = segengine.open(sample).count(
+        {"name": "x", "rules": [{"activity": "opened", "when": {"in_last_days": 90},
+                                 "count": {"gte": 3}}]}, as_of=cold.AS_OF)
+    assert result["total"] == expected["total"]
+    assert result["ratio"] == result["count_seconds"] / result["import_seconds"] > 0
+    assert "| cold count ms |" in "\n".join(cold.lines(result))

@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import Cli, write
 
 import segengine
+from segengine.fields import EVENT_TYPES
 from segengine.store import checksums
 from segengine.store.index.read import load_index
 
@@ -59,11 +61,16 @@ def kind(rel: str) -> str:
 def read_everything(ws_path: Path) -> None:
     """Open every committed file through the readers the engines use."""
     checksums._verified.clear()  # a fresh process: nothing checked yet
+    checksums._verified_blocks.clear()
     snap = segengine.open(ws_path).snapshot()
     for table in ("contacts", "events", "status_log"):
         snap.files(table)
     index = load_index(snap)
-    index.blocks()
+    _ = index.ids, index.status  # contact arrays and aggregates open when first read
+    for aggregate in (index.count, index.first, index.last, index.recent):
+        _ = [aggregate[t] for t in range(len(EVENT_TYPES))]
+    for block in index.blocks():
+        _ = [block.columns[etype] for etype in EVENT_TYPES]
     index.urls()
     for store in (index.bitmaps, index.contact_bitmaps):
         for name in list(store.entries):
@@ -170,3 +177,90 @@ def test_an_old_manifest_without_checksums_keeps_working(built, tmp_path):
     report = cli.json("verify")
     assert report["healthy"] and report["ok"] == 0 and report["unchecked"] > 10
     assert "no checksum recorded" in cli("verify").stdout
+
+
+# --- block hashes: a reader hashes the parts of a big index file it reads ---------------
+
+#: Small blocks make the sample's index files span many of them (1 MiB in use).
+SMALL_BLOCK = 4096
+
+
+@pytest.fixture(scope="module")
+def blocked(tmp_path_factory) -> Path:
+    from segengine.synth import generate
+
+    root = tmp_path_factory.mktemp("blocked")
+    generate(root / "data", contacts=3000, events=30000, seed=7)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checksums, "BLOCK", SMALL_BLOCK)
+        ws = segengine.Workspace.init(root / "ws")
+        ws.import_contacts(root / "data" / "contacts.parquet")
+        ws.import_events(root / "data" / "events.parquet")
+    return root / "ws"
+
+
+def test_big_index_files_have_block_hashes_and_data_files_none(blocked):
+    manifest = json.loads((blocked / "manifest.json").read_text())
+    blocks = manifest["blocks"]
+    recent = next(rel for rel in blocks if rel.endswith("aggregates/recent.npy"))
+    size, _, digests = blocks[recent].partition(":")
+    assert int(size) == SMALL_BLOCK
+    assert len(digests) == 16 * -(-(blocked / recent).stat().st_size // SMALL_BLOCK)
+    assert all(rel.startswith("index/") for rel in blocks)
+    assert set(blocks) <= set(manifest["checksums"])
+
+
+def test_flips_in_files_with_block_hashes_are_detected(blocked, tmp_path):
+    manifest = json.loads((blocked / "manifest.json").read_text())
+    files = sorted(manifest["blocks"])
+    rng = random.Random(21)
+    ws_path = tmp_path / "ws"
+    for n in range(3 * len(files)):
+        rel = files[n % len(files)]
+        shutil.rmtree(ws_path, ignore_errors=True)
+        shutil.copytree(blocked, ws_path)
+        flip(ws_path / rel, rng)
+        report = segengine.open(ws_path).verify()
+        assert [f["path"] for f in report["files"] if f["state"] == "damaged"] == [rel]
+        with pytest.raises(checksums.DamagedFile, match=rel.replace(".", r"\.")):
+            read_everything(ws_path)
+
+
+def flip_at(path: Path, at: int) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_count_hashes_the_blocks_it_reads_and_a_flip_in_them_is_an_error(blocked, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(blocked, ws)
+    manifest = json.loads((ws / "manifest.json").read_text())
+    recent = next(rel for rel in manifest["blocks"] if rel.endswith("aggregates/recent.npy"))
+    # "1 or 2 opens in 90 days" compares each contact's latest open days: it reads the
+    # opens' column of `recent`, and no other type's
+    segment = write(tmp_path / "s.json", json.dumps(
+        {"name": "s", "rules": [{"activity": "opened", "when": {"in_last_days": 90},
+                                 "count": {"between": [1, 2]}}]}))
+    before = run(ws, "count", str(segment), "--json", "--as-of", "2026-11-01")
+    assert before.returncode == 0, before.stderr
+    # The `recent` days of the opens' column, in the middle of the file: the count reads
+    # them, so a flipped bit there is an error naming the file, never a wrong count.
+    mapped = np.load(ws / recent, mmap_mode="r")
+    column = mapped.strides[0]  # bytes of one event type's (RECENT, rows) days
+    assert column > 4 * SMALL_BLOCK
+    flip_at(ws / recent, mapped.offset + EVENT_TYPES.index("open") * column + column // 2)
+    after = run(ws, "count", str(segment), "--as-of", "2026-11-01")
+    assert after.returncode == 1 and recent in after.stderr
+    assert after.stderr.count("\n") == 1 and "segengine reindex" in after.stderr
+    # The same flip in the bounces' column, which this count does not read: the count is
+    # answered (the bytes it read are the committed ones), and `verify` finds the damage.
+    shutil.rmtree(ws)
+    shutil.copytree(blocked, ws)
+    flip_at(ws / recent, mapped.offset + EVENT_TYPES.index("bounce") * column + column // 2)
+    again = run(ws, "count", str(segment), "--json", "--as-of", "2026-11-01")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["total"] == json.loads(before.stdout)["total"]
+    assert f"DAMAGED: {recent}" in run(ws, "verify").stdout

@@ -25,7 +25,7 @@ is_empty/is_not_empty             ``None``
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -187,8 +187,16 @@ BUCKET_HEX_DIGITS = 15
 def bucket_number(seed: str, email: str) -> int:
     """The contact's bucket number for `seed`: stable, it depends on nothing but the
     seed and the (normalised, as stored) email, never on the engine or the day."""
-    digest = hashlib.sha256(f"{seed}:{email}".encode()).hexdigest()
+    digest = _sha256()(f"{seed}:{email}".encode()).hexdigest()
     return int(digest[:BUCKET_HEX_DIGITS], 16) % BUCKETS
+
+
+@functools.cache
+def _sha256():
+    # hashlib loads OpenSSL (~3 ms): a count that splits no bucket never needs it
+    from hashlib import sha256
+
+    return sha256
 
 
 def today_utc() -> dt.date:

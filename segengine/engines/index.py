@@ -911,7 +911,6 @@ class Evaluator(Visitor[Rows]):
         probe = np.arange(RECENT, int(bound) + 2)
         if len(set(test(probe).tolist())) > 1:
             return None  # the condition differs between RECENT events and more
-        recent = self.index.recent[t]
         # Each row's days are sorted latest first, so "at least k events in the window"
         # is one comparison of its k-th latest day: a threshold condition ("at least 3",
         # "at most 1") is one pass; anything else counts all RECENT.
@@ -920,6 +919,7 @@ class Evaluator(Visitor[Rows]):
         if len(steps) == 1:
             at_least = self.at_least_since(etype, int(steps[0]) + 1, low)
             return at_least if allowed[-1] else complement(at_least, self.n)
+        recent = self.index.recent[t]  # read (and its bytes checked) only here
         counts = np.zeros(self.n, dtype=np.uint8)
         for k in range(RECENT):
             counts += np.asarray(recent[k]) >= day32(low)

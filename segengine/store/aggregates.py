@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..fields import EVENT_TYPES
-from .arrays import link_or_copy, load, save
+from .arrays import link_or_copy, load, load_unchecked, save
+from .checksums import check_range
 
 #: Per (type, row), the days of its RECENT latest events are kept: "at least k times in
 #: the last N days" (k <= RECENT) is then k comparisons per contact, not a pass over the
@@ -106,6 +107,37 @@ class Delta:
         return Delta(union, Values(**merged))
 
 
+class BaseFiles(dict):
+    """The base arrays of an index directory by name, each memory-mapped when first
+    read, and each event type's column checked against the file's block hashes when
+    first read (`type_column`): "opened 3 times in 90 days" hashes the opens' column
+    of the ``recent`` file, not the file, nor the files it does not read."""
+
+    def __init__(self, part: Path):
+        super().__init__()
+        self.part = part
+        self._offsets: dict[str, int] = {}
+        self._checked: set[tuple[str, int]] = set()
+
+    def __missing__(self, name: str) -> np.ndarray:
+        if name not in NAMES:
+            raise KeyError(name)
+        mapped = load_unchecked(self.part / f"{name}.npy")
+        self._offsets[name] = mapped.offset
+        # a plain view of the memory map: np.memmap's indexing is slower per call
+        array = self[name] = mapped.view(np.ndarray)
+        return array
+
+    def type_column(self, name: str, t: int) -> np.ndarray:
+        """``self[name][t]``, its bytes checked before they are read."""
+        array = self[name]
+        if (name, t) not in self._checked:
+            start = self._offsets[name] + t * array.strides[0]
+            check_range(self.part / f"{name}.npy", start, start + array[t].nbytes)
+            self._checked.add((name, t))
+        return array[t]
+
+
 class Aggregates:
     """The aggregates of `n` rows: a base over its first rows, plus per-type deltas.
 
@@ -116,8 +148,7 @@ class Aggregates:
 
     def __init__(self, n: int, base: Mapping[str, np.ndarray], deltas: list[Delta] | None):
         self.n = n
-        self.base = dict(base)
-        self.base_rows = int(self.base["count"].shape[-1])
+        self.base = base if isinstance(base, BaseFiles) else dict(base)
         #: None: the base is the whole truth (full arrays over all `n` rows, writable
         #: in a writer); otherwise one delta per event type
         self.deltas = deltas
@@ -150,22 +181,35 @@ class Aggregates:
         deltas = previous.deltas or [Delta.empty() for _ in EVENT_TYPES]
         return cls(n, previous.base, list(deltas))
 
+    @property
+    def base_rows(self) -> int:
+        """The rows the base covers (every base array has them as its last axis)."""
+        opened = next(iter(self.base.values()), None)
+        return int((self.base["count"] if opened is None else opened).shape[-1])
+
+    def base_column(self, name: str, t: int) -> np.ndarray:
+        """The base array of `name` for type `t` (checked first when read from files)."""
+        if isinstance(self.base, BaseFiles):
+            return self.base.type_column(name, t)
+        return self.base[name][t]
+
     def delta_entries(self) -> int:
         return 0 if self.deltas is None else sum(len(d.rows) for d in self.deltas)
 
     def lookup(self, t: int, rows: np.ndarray, names: tuple[str, ...] = NAMES) -> Values:
         """The current values of type `t` at the sorted unique `rows` (only `names` are
         read; the others stay "no events")."""
+        base = {name: self.base_column(name, t) for name in names}  # only these are read
         if self.deltas is None and (len(rows) == 0 or rows[-1] < self.base_rows):
             values = Values.empty(0)
             for name in names:
-                setattr(values, name, self.base[name][t][..., rows])
+                setattr(values, name, base[name][..., rows])
             return values
         values = Values.empty(len(rows))
         inside = rows < self.base_rows
         below = rows[inside]
         for name in names:
-            values.get(name)[..., inside] = self.base[name][t][..., below]
+            values.get(name)[..., inside] = base[name][..., below]
         if self.deltas is None:
             return values
         hit, at = self.deltas[t].find(rows)
@@ -214,13 +258,13 @@ class Aggregates:
     def open(cls, directory: Path, n: int, meta: Mapping | None) -> Aggregates:
         """The aggregates of an index directory (`meta`: its ``events.aggregates``)."""
         part = directory / DIRECTORY
-        # plain views of the memory maps: np.memmap's indexing is slower per call
-        base = {name: load(part / f"{name}.npy").view(np.ndarray) for name in NAMES}
+        base = BaseFiles(part)
         offsets = (meta or {}).get("delta")
         if offsets is None:
-            return cls(n, base, None) if base["count"].shape[-1] == n else cls(
-                n, base, [Delta.empty() for _ in EVENT_TYPES]
-            )
+            # empty deltas, not None: a reader never writes into its memory-mapped base,
+            # and a base over fewer rows than `n` reads as "no events" past its end
+            # (deciding between the two would open the count file to read its length)
+            return cls(n, base, [Delta.empty() for _ in EVENT_TYPES])
         rows = load(part / "delta.rows.npy").view(np.ndarray)
         stored = {name: load(part / f"delta.{name}.npy").view(np.ndarray) for name in NAMES}
         deltas = [
@@ -236,7 +280,7 @@ class Aggregates:
         with the delta applied, computed once per loaded index.
         """
         n = self.n if n is None else n
-        base = self.base[name][t]
+        base = self.base_column(name, t)
         delta = None if self.deltas is None else self.deltas[t]
         if (delta is None or len(delta.rows) == 0) and self.base_rows == n:
             return base

@@ -7,13 +7,12 @@ hard-linking it, so a file once written is never opened for writing again.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .checksums import check
+from .checksums import check, check_range
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -27,6 +26,13 @@ def save(path: Path, array_: np.ndarray) -> str:
 
 def load(path: Path) -> np.ndarray:
     check(path)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def load_unchecked(path: Path) -> np.memmap:
+    """The array of `path` memory-mapped, only its header checked (its first block):
+    the caller checks the bytes it reads (`checksums.check_range`) before using them."""
+    check_range(path, 0, 1)
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -55,4 +61,6 @@ def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:  # a file system without hard links
+        import shutil  # here: a reader of the index never copies
+
         shutil.copyfile(source, target)

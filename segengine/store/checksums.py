@@ -8,12 +8,20 @@ file's identity (path, size, mtime_ns, inode, device) so that later reads cost a
 ``stat``, not a hash. A manifest written before checksums existed has none: its files
 are read unchecked, and `segengine verify` says "no checksum recorded".
 
+A file of the engagement index larger than one block also has, under ``blocks``, an
+XXH3-64 hash per block of `BLOCK` bytes. A reader that needs part of such a file (one
+event type's column of an aggregate, one bitmap of a layer: `check_range`) hashes the
+blocks it reads, each once per process, not the whole file; the whole-file checksum
+stays what `segengine verify` checks. A file without blocks is checked whole.
+
 The hash is XXH3-128 (the ``xxhash`` package): 2-4 GB/s on one core here, against
 0.3 GB/s for BLAKE2b and 0.6 GB/s for SHA-256. At 1M contacts / 20M events a cold
-count on the index hashes its 504 MB once (0.26 s), one on DuckDB the 108 MB of
-Parquet (0.03 s); a warm count pays a ``stat`` per file. It detects accidental damage (bit rot, a torn
-copy, a bad sector); it is not a defence against someone who can rewrite the
-manifest too, which no checksum stored next to the data could be.
+count of "opened 3 times in 90 days" on the index hashes 2 MB (meta.json and the
+blocks of the bitmaps it reads) where whole files would be 504 MB (0.26 s); one on
+DuckDB the 108 MB of Parquet (0.03 s); a warm count pays a ``stat`` per file. It
+detects accidental damage (bit rot, a torn copy, a bad sector); it is not a defence
+against someone who can rewrite the manifest too, which no checksum stored next to
+the data could be.
 """
 
 from __future__ import annotations
@@ -28,6 +36,14 @@ from ..errors import StorageError
 
 ALGORITHM = "xxh3_128"
 CHUNK = 8 << 20
+#: The block of the per-block hashes of files written now (each file's record names
+#: its own block size).
+BLOCK = 1 << 20
+#: hex digits of one block's XXH3-64 in the manifest's ``blocks`` strings
+BLOCK_HEX = 16
+#: Files under this directory get block hashes: the index's arrays and bitmap layers
+#: are read in parts; Parquet files are read whole by the engines.
+BLOCKED_DIRECTORY = "index/"
 
 
 class DamagedFile(StorageError):
@@ -39,18 +55,41 @@ class DamagedFile(StorageError):
 _expected: dict[str, tuple[str, str]] = {}
 #: absolute path -> identity of the file when its content last matched
 _verified: dict[str, tuple[int, int, int, int]] = {}
+#: absolute path -> (its block size, its block hashes of `BLOCK_HEX` hex digits each)
+_blocks: dict[str, tuple[int, str]] = {}
+#: absolute path -> (identity of the file, the blocks that matched at that identity)
+_verified_blocks: dict[str, tuple[tuple[int, int, int, int], set[int]]] = {}
 _lock = threading.Lock()
 
 
 def file_checksum(path: str | os.PathLike[str]) -> str:
     """``xxh3_128:<hex>`` of a file's bytes."""
+    return file_checksums(path, blocks=False)[0]
+
+
+def file_checksums(path: str | os.PathLike[str], blocks: bool = True) -> tuple[str, str | None]:
+    """(``xxh3_128:<hex>`` of a file's bytes, ``<block size>:<hex>...``, its block hashes,
+    in the same pass over them: None for a file of one block or with `blocks` false)."""
     import xxhash
 
     digest = xxhash.xxh3_128()
+    parts: list[str] = []
+    size = BLOCK
+    step = CHUNK - CHUNK % size or size  # whole blocks per read
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+        while chunk := f.read(step):
             digest.update(chunk)
-    return f"{ALGORITHM}:{digest.hexdigest()}"
+            if blocks:
+                view = memoryview(chunk)
+                parts += [block_hash(view[i : i + size]) for i in range(0, len(chunk), size)]
+    whole = f"{ALGORITHM}:{digest.hexdigest()}"
+    return whole, f"{size}:{''.join(parts)}" if len(parts) > 1 else None
+
+
+def block_hash(data: bytes | memoryview) -> str:
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(data)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -78,6 +117,10 @@ def expect(root: Path, manifest: Mapping) -> None:
     with _lock:
         for rel, value in recorded.items():
             _expected.setdefault(os.path.join(base, rel), (value, rel))
+        for rel, value in (manifest.get("blocks") or {}).items():
+            size, _, digests = value.partition(":")
+            if size.isdigit() and int(size) > 0:  # otherwise the file is checked whole
+                _blocks.setdefault(os.path.join(base, rel), (int(size), digests))
 
 
 def check(path: str | os.PathLike[str]) -> None:
@@ -103,6 +146,44 @@ def check(path: str | os.PathLike[str]) -> None:
         _verified[key] = ident
 
 
+def check_range(path: str | os.PathLike[str], start: int, stop: int) -> None:
+    """Raise `DamagedFile` when the bytes ``[start, stop)`` of a committed file no longer
+    match its recorded checksums, before a reader trusts them.
+
+    A file with block hashes has the blocks overlapping the range hashed (each block
+    once per process while the file is unchanged); any other file is checked whole
+    (`check`).
+    """
+    key = os.fspath(path)
+    blocks = _blocks.get(key)
+    found = _expected.get(key)
+    if blocks is None or found is None:
+        check(key)
+        return
+    size, digests = blocks
+    try:
+        ident = _identity(os.stat(key))
+    except OSError:
+        return  # the reader's own open reports a missing file
+    if _verified.get(key) == ident:
+        return
+    rel = found[1]
+    if -(-ident[0] // size) != len(digests) // BLOCK_HEX:
+        raise damaged(rel)  # a file cut short or grown: its blocks are not the recorded ones
+    state = _verified_blocks.get(key)
+    done = state[1] if state is not None and state[0] == ident else set()
+    last = min(max(start, stop - 1), ident[0] - 1) // size
+    todo = [i for i in range(max(start, 0) // size, last + 1) if i not in done]
+    if todo:
+        with open(key, "rb") as f:
+            for i in todo:
+                f.seek(i * size)
+                if block_hash(f.read(size)) != digests[i * BLOCK_HEX : (i + 1) * BLOCK_HEX]:
+                    raise damaged(rel)
+    with _lock:
+        _verified_blocks[key] = (ident, done | set(todo))
+
+
 def referenced(root: Path, manifest: Mapping) -> Iterator[str]:
     """Workspace-relative paths of every file `manifest` references."""
     for table in ("contacts", "events", "status_log"):
@@ -118,25 +199,33 @@ def referenced(root: Path, manifest: Mapping) -> Iterator[str]:
                 yield path.relative_to(root).as_posix()
 
 
-def for_commit(root: Path, manifest: Mapping, base: Mapping) -> dict[str, str]:
-    """The checksums of a manifest about to be committed.
+def for_commit(root: Path, manifest: Mapping, base: Mapping) -> tuple[dict[str, str], dict[str, str]]:
+    """The checksums and the block hashes of a manifest about to be committed.
 
     A file of the previous manifest (the same inode: carried over or hard-linked into a
-    new index directory) keeps the checksum recorded when it was written, so damage it
-    took since is still detected; a new file is hashed.
+    new index directory) keeps the checksums recorded when it was written, so damage it
+    took since is still detected (one recorded without block hashes stays without); a
+    new file is hashed.
     """
-    known: dict[tuple[int, int], str] = {}
+    known: dict[tuple[int, int], tuple[str, str | None]] = {}
+    base_blocks = base.get("blocks") or {}
     for rel, value in (base.get("checksums") or {}).items():
         try:
             st = os.stat(root / rel)
         except OSError:
             continue
-        known[(st.st_dev, st.st_ino)] = value
+        known[(st.st_dev, st.st_ino)] = (value, base_blocks.get(rel))
     out: dict[str, str] = {}
+    blocks: dict[str, str] = {}
     for rel in referenced(root, manifest):
         st = os.stat(root / rel)
-        out[rel] = known.get((st.st_dev, st.st_ino)) or file_checksum(root / rel)
-    return out
+        whole, parts = known.get((st.st_dev, st.st_ino)) or file_checksums(
+            root / rel, blocks=rel.startswith(BLOCKED_DIRECTORY)
+        )
+        out[rel] = whole
+        if parts is not None:
+            blocks[rel] = parts
+    return out, blocks
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,10 @@ declared once here for the writers and readers of the store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NotRequired, TypedDict
 
 from ..fields import Schema
+from .checksums import check
 
 
 class Covers(TypedDict):
@@ -96,6 +96,10 @@ class Manifest(TypedDict):
     #: workspace-relative path -> ``xxh3_128:<hex>`` of every file referenced above
     #: (store/checksums.py); absent in manifests written before checksums existed
     checksums: NotRequired[dict[str, str]]
+    #: workspace-relative path -> ``<block size>:<hex>...``, the XXH3-64 hashes (16 hex
+    #: digits each) of the blocks of every index file larger than one block, which
+    #: readers check in parts (store/checksums.py); absent before block hashes existed
+    blocks: NotRequired[dict[str, str]]
 
 
 def empty_manifest() -> Manifest:
@@ -121,12 +125,48 @@ def schema_of(manifest: Manifest) -> Schema:
     return Schema.from_pairs(tuple(pair) for pair in manifest["fields"])
 
 
-@dataclass(frozen=True)
 class Tables:
-    """Where a consistent snapshot of the data lives: Parquet files and the schema."""
+    """Where a consistent snapshot of the data lives: Parquet files and the schema.
 
-    contacts: tuple[str, ...]
-    events: tuple[str, ...]
-    schema: Schema = field(default_factory=Schema)
-    #: identifies the snapshot (the workspace version); caches key on it
-    version: int = 0
+    The file lists are checked against the manifest's checksums when an engine first
+    asks for them (`checksums.check`: a hash the first time, a ``stat`` after), not when
+    the snapshot is opened: a count the engagement index answers reads no Parquet, so
+    it hashes none.
+    """
+
+    __slots__ = ("_contacts", "_events", "schema", "version")
+
+    def __init__(self, contacts: tuple[str, ...], events: tuple[str, ...],
+                 schema: Schema | None = None, version: int = 0):
+        self._contacts = tuple(contacts)
+        self._events = tuple(events)
+        self.schema = Schema() if schema is None else schema
+        #: identifies the snapshot (the workspace version); caches key on it
+        self.version = version
+
+    @property
+    def contacts(self) -> tuple[str, ...]:
+        return _checked(self._contacts)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return _checked(self._events)
+
+    def _key(self) -> tuple:
+        return (self._contacts, self._events, self.schema, self.version)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tables) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Tables(contacts={self._contacts!r}, events={self._events!r}, "
+                f"schema={self.schema!r}, version={self.version!r})")
+
+
+def _checked(paths: tuple[str, ...]) -> tuple[str, ...]:
+    for path in paths:
+        check(path)
+    return paths

@@ -26,7 +26,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -132,16 +131,20 @@ class Snapshot:
     def files(self, table: str) -> tuple[str, ...]:
         """Absolute paths of a table's files, each checked against its checksum on the
         first use in this process (store/checksums.py)."""
-        paths = tuple(str(self.root / rel) for rel in self.manifest.get(table, []))
+        paths = self._paths(table)
         for path in paths:
             checksums.check(path)
         return paths
 
+    def _paths(self, table: str) -> tuple[str, ...]:
+        return tuple(str(self.root / rel) for rel in self.manifest.get(table, []))
+
     @property
     def tables(self) -> Tables:
+        """The tables of this snapshot, whose files are checked when an engine reads them."""
         return Tables(
-            contacts=self.files("contacts"),
-            events=self.files("events"),
+            contacts=self._paths("contacts"),
+            events=self._paths("events"),
             schema=self.schema,
             version=self.version,
         )
@@ -192,7 +195,9 @@ class Transaction:
         for directory in {p.parent for p in self.new_files}:
             fsync_path(directory)
         crash_point("files-synced")
-        self.manifest["checksums"] = checksums.for_commit(self.root, self.manifest, self.base.manifest)
+        self.manifest["checksums"], self.manifest["blocks"] = checksums.for_commit(
+            self.root, self.manifest, self.base.manifest
+        )
         self.manifest["committed_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         current = self.root / MANIFEST
         if current.exists():
@@ -318,6 +323,8 @@ class Store:
             try:
                 yield tx
             finally:
+                import shutil  # with its compression modules, for writers only
+
                 shutil.rmtree(staging, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     staging.parent.rmdir()  # only when no other staging is left
@@ -358,6 +365,8 @@ class Store:
 
     def _collect_garbage(self) -> None:
         """Delete files of aborted or superseded writes. Called with the lock held."""
+        import shutil
+
         refs = self._referenced()
         for directory in (DATA_DIR, INDEX_DIR, SYNCS_DIR) if refs is not None else ():
             base = self.root / directory

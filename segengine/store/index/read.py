@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -99,6 +100,32 @@ class FieldColumn:
         return [] if code < 0 else np.flatnonzero(np.asarray(codes) == code).tolist()
 
 
+class TypeColumns(dict):
+    """One block's columns by event type, each type's files memory-mapped (and checked)
+    when first read: a rule on opens never hashes the sends, the biggest files."""
+
+    def __init__(self, directory: Path, spec: dict):
+        super().__init__()
+        self.directory, self.spec = directory, spec
+
+    def __missing__(self, etype: str) -> dict[str, np.ndarray]:
+        if etype not in EVENT_TYPES:
+            raise KeyError(etype)
+        n = int(self.spec["lengths"][etype])
+        cols = {}
+        for key, dtype in STORE_COLUMNS.items():
+            name = self.spec["files"].get(f"{etype}.{key}")
+            if name is None:
+                continue
+            path = self.directory / name
+            check(path)
+            cols[key] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else (
+                np.zeros(0, dtype)
+            )
+        self[etype] = cols
+        return cols
+
+
 @dataclass
 class EventBlock:
     """The events of one import, per type, memory-mapped."""
@@ -155,8 +182,6 @@ class IndexData:
         contacts = meta["contacts"]
         self.n = int(contacts["n"])
         part = self.directory / "contacts"
-        self.ids = np.asarray(load(part / "ids.npy"))
-        self.status = load(part / "status.npy")
         self.contact_bitmaps = BitmapStore.from_json(part, contacts["bitmaps"])
         self.fields = Fields(part, contacts["fields"], self._field)
         events = meta["events"]
@@ -186,6 +211,16 @@ class IndexData:
         #: structures an evaluator derives from this (immutable) index on first use and
         #: keeps while it is loaded, e.g. cumulative event counts (engines/index.py)
         self.derived: dict[tuple, object] = {}
+
+    # Opened (and checked) when first read, as every file of the index: a count reads
+    # the statuses, not the contact ids, and a count answered by bitmaps neither.
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return np.asarray(load(self.directory / "contacts" / "ids.npy"))
+
+    @cached_property
+    def status(self) -> np.ndarray:
+        return load(self.directory / "contacts" / "status.npy")
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
@@ -221,21 +256,7 @@ class IndexData:
         return self._blocks
 
     def _block(self, spec: dict) -> EventBlock:
-        columns: dict[str, dict[str, np.ndarray]] = {}
-        for etype in EVENT_TYPES:
-            n = int(spec["lengths"][etype])
-            cols = {}
-            for key, dtype in STORE_COLUMNS.items():
-                name = spec["files"].get(f"{etype}.{key}")
-                if name is None:
-                    continue
-                path = self.directory / "events" / name
-                check(path)
-                cols[key] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else (
-                    np.zeros(0, dtype)
-                )
-            columns[etype] = cols
-        return EventBlock(columns)
+        return EventBlock(TypeColumns(self.directory / "events", spec))
 
     def status_rows(self) -> tuple[str, dict[str, np.ndarray]]:
         """(the most common status, the rows of every other status code).
