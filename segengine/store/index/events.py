@@ -26,6 +26,7 @@ from .bitmaps import (
     day_order,
     flat,
     group_bitmaps,
+    is_sorted,
     python_lower,
     runs,
     sorted_unique,
@@ -273,12 +274,9 @@ class EventPart:
         Sorting the rows (SIMD) and counting runs is ~6x faster than a group-by here and
         touches only the batch's rows, not all contacts; min/max use ufunc.at.
         """
-        # One sort of (row, latest day first) keys gives counts, first, last and the
-        # latest RECENT days of every row of the batch.
-        flipped = np.int64(0xFFFFFFFF) - (days.astype(np.int64) - int(NO_LAST))
-        keys = np.sort((rows.astype(np.int64) << 32) | flipped)
-        sorted_rows = keys >> 32
-        sorted_days = (np.int64(0xFFFFFFFF) - (keys & 0xFFFFFFFF) + int(NO_LAST)).astype(np.int32)
+        # One sort by (row, latest day first) gives counts, first, last and the latest
+        # RECENT days of every row of the batch.
+        sorted_rows, sorted_days = by_row_latest_first(rows, days)
         distinct, counts = runs(sorted_rows)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         ends = starts + counts - 1
@@ -406,6 +404,26 @@ class EventPart:
             "aggregates": aggregates,
             "orphans": self.orphans,
         }
+
+
+def by_row_latest_first(rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, days) sorted by row, each row's days latest first.
+
+    Events of time-ordered files come with their days in order: read backwards they are
+    latest first, and a stable radix sort by row (two 16-bit passes, linear time) keeps
+    that order within each row, ~1.5x faster than sorting packed 64-bit keys, which is
+    what days out of order need.
+    """
+    if is_sorted(days):
+        rows, days = rows[::-1].astype(np.uint32, copy=False), days[::-1]
+        order = np.argsort((rows & 0xFFFF).astype(np.uint16), kind="stable")
+        if len(rows) and int(rows.max()) >= 1 << 16:
+            order = order[np.argsort((rows[order] >> 16).astype(np.uint16), kind="stable")]
+        return rows[order].astype(np.int64), days[order].astype(np.int32, copy=False)
+    flipped = np.int64(0xFFFFFFFF) - (days.astype(np.int64) - int(NO_LAST))
+    keys = np.sort((rows.astype(np.int64) << 32) | flipped)
+    sorted_days = (np.int64(0xFFFFFFFF) - (keys & 0xFFFFFFFF) + int(NO_LAST)).astype(np.int32)
+    return keys >> 32, sorted_days
 
 
 def type_codes(types: pa.Array) -> np.ndarray:
