@@ -45,3 +45,14 @@ def test_rows_latest_first_match_the_packed_sort(ordered, span, contacts):
     order = day_order(days)
     assert np.array_equal(days[order], np.sort(days))
     assert np.array_equal(order, np.argsort(days, kind="stable"))
+
+
+def test_top_merged_is_the_top_of_the_sorted_union():
+    from segengine.store.index.events import top_merged
+
+    rng = np.random.default_rng(5)
+    for size in (1, 2, 3, 5):
+        a = -np.sort(-rng.integers(-3, 4, (size, 2_000)), axis=0)
+        b = -np.sort(-rng.integers(-3, 4, (size, 2_000)), axis=0)
+        want = -np.sort(-np.concatenate((a, b)), axis=0)[:size]
+        assert np.array_equal(top_merged(a, b), want)
