@@ -3,8 +3,10 @@ and the event store (chunks of events sorted by day)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +50,8 @@ from .read import (
 
 #: Events aggregated and bitmapped together: bounds memory whatever the event count.
 BATCH_ROWS = 4_000_000
+#: Event types indexed at the same time (each on its own aggregates and bitmaps).
+INDEX_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 #: Events buffered before they are sorted by day and written as one event-store block:
 #: bounds the build's memory (~16 bytes an event) while keeping few blocks to search.
 BLOCK_ROWS = 32_000_000
@@ -233,19 +237,32 @@ class EventPart:
         for the block. Parquet batches are a row group each (~100k rows with their own
         dictionaries); indexing per chunk keeps the per-call overhead of bitmaps low.
         """
-        for etype, columns in self.chunk.items():
-            merged = {key: np.concatenate(parts) for key, parts in columns.items()}
-            r, d, c = merged["rows"], merged["day"], merged["campaign"]
-            distinct = self._aggregate(EVENT_TYPES.index(etype), r, d)
-            self._bitmaps(etype, distinct, r, d, c)
-            if "url" in merged:
-                self._url_bitmaps(r, merged["url"])
+        by_type = {etype: {key: np.concatenate(parts) for key, parts in columns.items()}
+                   for etype, columns in self.chunk.items()}
+        # The types touch disjoint aggregates and bitmaps, and numpy's sorts and gathers
+        # release the GIL: they are indexed side by side, the largest first.
+        self._cover_campaigns()
+        largest_first = sorted(by_type, key=lambda etype: -len(by_type[etype]["rows"]))
+        if len(largest_first) > 1 and INDEX_THREADS > 1:
+            with ThreadPoolExecutor(INDEX_THREADS) as pool:
+                list(pool.map(lambda etype: self._index_type(etype, by_type[etype]), largest_first))
+        else:
+            for etype in largest_first:
+                self._index_type(etype, by_type[etype])
+        for etype, merged in by_type.items():
             pending = self.pending.setdefault(etype, {})
             for key, values in merged.items():
                 pending.setdefault(key, []).append(values)
         self.pending_rows += self.chunk_rows
         self.chunk = {}
         self.chunk_rows = 0
+
+    def _index_type(self, etype: str, merged: dict[str, np.ndarray]) -> None:
+        r, d, c = merged["rows"], merged["day"], merged["campaign"]
+        distinct = self._aggregate(EVENT_TYPES.index(etype), r, d)
+        self._bitmaps(etype, distinct, r, d, c)
+        if "url" in merged:
+            self._url_bitmaps(r, merged["url"])
 
     def _url_codes(self, urls: pa.Array) -> np.ndarray:
         """URL codes: lower-cased, "" counts as no URL (code -1)."""
