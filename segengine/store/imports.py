@@ -699,7 +699,7 @@ EVENT_COLUMNS = ("email", "campaign", "type", "timestamp", "url")
 #: Events de-duplicated, sorted and written together: the good rows of one time range.
 #: Duplicates share their timestamp, so de-duplicating each range on its own is exact,
 #: and the sort and the hash table stay bounded (~1.5 GB) whatever the file's size.
-CHUNK_ROWS = 20_000_000
+CHUNK_ROWS = 10_000_000
 
 
 def import_events(
@@ -851,11 +851,14 @@ def stage_checked_events(
     """
     cols = source.columns
     campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
-    etype = f"lower({blank_to_null('CAST(' + q('type') + ' AS VARCHAR)')})"
+    allowed = ", ".join(lit(t) for t in EVENT_TYPES)
+    raw_type = f"CAST({q('type')} AS VARCHAR)"
+    # most files spell the types as stored: only the others are trimmed and lower-cased
+    etype = (f"CASE WHEN {raw_type} IN ({allowed}) THEN {raw_type} "
+             f"ELSE lower({blank_to_null(raw_type)}) END")
     ts, _ = parse_value(q("timestamp"), cols["timestamp"], FieldType.DATETIME)
     ts = f"CAST({ts} AS TIMESTAMP)"
     url = f"NULLIF(CAST({q('url')} AS VARCHAR), '')" if "url" in cols else "NULL::VARCHAR"
-    allowed = ", ".join(lit(t) for t in EVENT_TYPES)
     bounds = chunk_bounds(con, ts, source.rows, chunk_rows)
     chunk = "0"
     if bounds:
