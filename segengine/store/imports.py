@@ -700,6 +700,8 @@ EVENT_COLUMNS = ("email", "campaign", "type", "timestamp", "url")
 #: Duplicates share their timestamp, so de-duplicating each range on its own is exact,
 #: and the sort and the hash table stay bounded (~1.5 GB) whatever the file's size.
 CHUNK_ROWS = 10_000_000
+#: rows of a large file sampled to place the time ranges' bounds
+QUANTILE_SAMPLE = 1_000_000
 
 
 def import_events(
@@ -833,8 +835,14 @@ def chunk_bounds(con: duckdb.DuckDBPyConnection, timestamp: str, rows: int, chun
     if k <= 1:
         return []
     cuts = [i / k for i in range(1, k)]
+    # about QUANTILE_SAMPLE rows place the cuts as well as all of them, at a tenth of
+    # the cost of parsing every timestamp (a seeded sample: the same file, the same cuts)
+    sample = ""
+    if rows > QUANTILE_SAMPLE:
+        sample = f" USING SAMPLE {100 * QUANTILE_SAMPLE / rows:.6f}% (bernoulli, 1)"
     found = con.execute(
-        f"SELECT approx_quantile({timestamp}, {cuts}) FROM src WHERE {timestamp} IS NOT NULL"
+        f"SELECT approx_quantile({timestamp}, {cuts}) FROM (SELECT * FROM src{sample}) "
+        f"WHERE {timestamp} IS NOT NULL"
     ).fetchone()[0] or []
     return sorted({str(t) for t in found if t is not None})
 
