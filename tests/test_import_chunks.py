@@ -95,3 +95,10 @@ def test_chunked_imports_index_like_a_full_build(tmp_path):
     assert_same_answers(ws)
     ws.reindex()
     assert_same_answers(ws)
+
+
+def test_an_events_file_without_rows_imports_nothing(ws, tmp_path):
+    ws.import_contacts(write(tmp_path / "c.csv", "email\na@x.io\n"))
+    summary = import_events(ws, write(tmp_path / "e.csv", "email,campaign,type,timestamp\n"), 1)
+    assert outcome(summary) == (0, 0, 0, 0)
+    assert list(ws.snapshot().files("events")) == []

@@ -753,10 +753,12 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
     with progress.task(f"checking {source.rows:,} events"):
         key = match_addresses(con, contacts)
         checked = stage_checked_events(con, tx, source, key, chunk_rows)
+    staged = sorted(str(f) for f in Path(checked).parent.parent.glob("chunk=*/*.parquet"))
+    rows = f"read_parquet({file_list(staged)})" if staged else (
+        "(SELECT NULL::BIGINT AS line, NULL::VARCHAR AS raw_email, '' AS reason WHERE false)")
     con.execute(
-        "CREATE TEMP TABLE rejects AS SELECT line, "
-        f"{email_expr('raw_email')} AS email, reason "
-        f"FROM read_parquet({lit(checked)}) WHERE reason <> ''"
+        f"CREATE TEMP TABLE rejects AS SELECT line, {email_expr('raw_email')} AS email, reason "
+        f"FROM {rows} WHERE reason <> ''"
     )
     if strict:
         total = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
