@@ -60,8 +60,7 @@ def kind(rel: str) -> str:
 
 def read_everything(ws_path: Path) -> None:
     """Open every committed file through the readers the engines use."""
-    checksums._verified.clear()  # a fresh process: nothing checked yet
-    checksums._verified_blocks.clear()
+    checksums.forget()  # a fresh process: nothing checked yet
     snap = segengine.open(ws_path).snapshot()
     for table in ("contacts", "events", "status_log"):
         snap.files(table)
@@ -264,3 +263,28 @@ def test_a_count_hashes_the_blocks_it_reads_and_a_flip_in_them_is_an_error(block
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["total"] == json.loads(before.stdout)["total"]
     assert f"DAMAGED: {recent}" in run(ws, "verify").stdout
+
+
+def test_a_file_linked_into_the_next_index_is_not_hashed_again(tmp_path, monkeypatch):
+    """A hard link keeps the identity and checksum of the file it links: the first read
+    after an import costs a stat, while a damaged copy is still found."""
+    checksums.forget()
+    first = tmp_path / "a.bin"
+    first.write_bytes(b"x" * 1000)
+    value = checksums.file_checksum(first)
+    linked, copied = tmp_path / "b.bin", tmp_path / "c.bin"
+    os.link(first, linked)
+    shutil.copy(first, copied)
+    data = bytearray(copied.read_bytes())
+    data[7] ^= 1
+    copied.write_bytes(bytes(data))
+    checksums.expect(tmp_path, {"checksums": {n: value for n in ("a.bin", "b.bin", "c.bin")}})
+    checksums.check(first)
+    hashed = []
+    real = checksums.file_checksum
+    monkeypatch.setattr(checksums, "file_checksum", lambda p: hashed.append(p) or real(p))
+    checksums.check(linked)
+    assert hashed == []
+    with pytest.raises(checksums.DamagedFile, match="c.bin"):
+        checksums.check(copied)
+    checksums.forget()

@@ -361,6 +361,13 @@ def reason_sql(parts: list[tuple[str, str]]) -> str:
     return f"concat_ws('; ', {', '.join(cases)})"
 
 
+def lazy_reason_sql(parts: list[tuple[str, str]]) -> str:
+    """`reason_sql` building the text only for rows with a problem: most rows of a big
+    file have none, and concatenating '' per row costs more than testing the conditions."""
+    any_problem = " OR ".join(f"({cond})" for cond, _ in parts)
+    return f"CASE WHEN {any_problem} THEN {reason_sql(parts)} ELSE '' END"
+
+
 def quoted_value(col: str) -> str:
     """SQL producing a short, quoted rendering of a bad value for a reject reason."""
     return f"'''' || left(CAST({col} AS VARCHAR), 80) || ''''"
@@ -689,6 +696,14 @@ def log_status_changes(con, tx: Transaction, path: Path, at: dt.datetime, writte
 EVENT_COLUMNS = ("email", "campaign", "type", "timestamp", "url")
 
 
+#: Events de-duplicated, sorted and written together: the good rows of one time range.
+#: Duplicates share their timestamp, so de-duplicating each range on its own is exact,
+#: and the sort and the hash table stay bounded (~1.5 GB) whatever the file's size.
+CHUNK_ROWS = 10_000_000
+#: rows of a large file sampled to place the time ranges' bounds
+QUANTILE_SAMPLE = 1_000_000
+
+
 def import_events(
     ws: Store,
     path: str | os.PathLike[str],
@@ -696,13 +711,14 @@ def import_events(
     strict: bool = False,
     rejects_path: Path | None = None,
     progress: Progress | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> ImportSummary:
     path = Path(path)
     progress = progress or NullProgress()
     with ws.transaction() as tx:
         con = addresses.register(connect(tx.staging))
         try:
-            summary = _import_events(con, ws, tx, path, strict, rejects_path, progress)
+            summary = _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows)
         finally:
             con.close()
         if summary.imported:
@@ -713,7 +729,7 @@ def import_events(
         return summary
 
 
-def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportSummary:
+def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows) -> ImportSummary:
     source = open_source(con, path, tx, progress)
     match_builtin_columns(con, path, source, EVENT_COLUMNS)
     cols = source.columns
@@ -732,51 +748,17 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
     contacts = tx.base.files("contacts")
     if not contacts:
         raise ImportRejected("the workspace has no contacts yet: import contacts before events")
-    con.execute(
-        f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
-        f"FROM read_parquet({file_list(contacts)})"
-    )
-    campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
-    etype = f"lower({blank_to_null('CAST(' + q('type') + ' AS VARCHAR)')})"
-    ts, _ = parse_value(q("timestamp"), cols["timestamp"], FieldType.DATETIME)
-    url = f"NULLIF(CAST({q('url')} AS VARCHAR), '')" if "url" in cols else "NULL::VARCHAR"
-    allowed = ", ".join(lit(t) for t in EVENT_TYPES)
-    # Each value is normalised once in the inner query; the outer one names the
-    # problems of each record.
-    normalised = ", ".join([
-        f"{LINE} AS line", "_width", f"{email_expr(q('email'))} AS email",
-        f"{q('email')} AS raw_email", f"{campaign} AS campaign", f"{etype} AS type",
-        f"{q('type')} AS raw_type", f"CAST({ts} AS TIMESTAMP) AS timestamp",
-        f"{q('timestamp')} AS raw_timestamp", f"{url} AS url",
-    ])
-    nul = []
     if source.fmt == "parquet":
         check_builtin_shapes(path, source, EVENT_COLUMNS)
-        nul = nul_checks({name: f"CAST(n.{column} AS VARCHAR)" for name, column in (
-            ("email", "raw_email"), ("campaign", "campaign"), ("type", "raw_type"), ("url", "url"))})
-    reasons = width_check(source) + nul + [
-        ("n.email IS NULL OR n.email = ''", "'missing email'"),
-        ("n.email <> '' AND NOT n.valid_email",
-         f"'invalid email ' || {quoted_value('raw_email')} || ': it ' || n.email_problem"),
-        ("n.valid_email AND k.contact_id IS NULL",
-         f"'unknown email ' || {quoted_value('n.email')} || ' (import the contact first)'"),
-        ("campaign IS NULL", "'missing campaign'"),
-        (f"type IS NULL OR type NOT IN ({allowed})",
-         f"'unknown event type ' || coalesce({quoted_value('raw_type')}, 'empty') || "
-         "' (use sent, open, click, bounce or unsubscribe)'"),
-        ("timestamp IS NULL", f"'invalid timestamp ' || coalesce({quoted_value('raw_timestamp')}, 'empty')"),
-    ]
     with progress.task(f"checking {source.rows:,} events"):
-        con.execute(
-            "CREATE TEMP TABLE checked AS SELECT line, n.email, k.contact_id, campaign, type, "
-            f"timestamp, url, {reason_sql(reasons)} AS reason FROM ("
-            f"SELECT *, coalesce(email <> '' AND email_problem IS NULL, false) AS valid_email FROM ("
-            f"SELECT *, {addresses.sql_problem('email')} AS email_problem "
-            f"FROM (SELECT {normalised} FROM src)))"
-            " n LEFT JOIN known k ON k.known_email = n.email"
-        )
+        key = match_addresses(con, contacts)
+        checked = stage_checked_events(con, tx, source, key, chunk_rows)
+    staged = sorted(str(f) for f in Path(checked).parent.parent.glob("chunk=*/*.parquet"))
+    rows = f"read_parquet({file_list(staged)})" if staged else (
+        "(SELECT NULL::BIGINT AS line, NULL::VARCHAR AS raw_email, '' AS reason WHERE false)")
     con.execute(
-        "CREATE TEMP TABLE rejects AS SELECT line, email, reason FROM checked WHERE reason <> ''"
+        f"CREATE TEMP TABLE rejects AS SELECT line, {email_expr('raw_email')} AS email, reason "
+        f"FROM {rows} WHERE reason <> ''"
     )
     if strict:
         total = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
@@ -789,34 +771,10 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
     else:
         rejected, report, sample = write_rejects(con, ws.root, path, rejects_path)
     good = source.rows - rejected
-    new_rows = "SELECT contact_id, campaign, type, timestamp, url FROM checked WHERE reason = ''"
-    old_files = tx.base.files("events")
-    if old_files:
-        # An event is identified by all of its columns: what is stored already is not
-        # stored again. Only stored events in the new rows' time range can match.
-        lo, hi = con.execute(
-            "SELECT min(timestamp), max(timestamp) FROM checked WHERE reason = ''"
-        ).fetchone()
-        if lo is not None:
-            new_rows = (
-                f"{new_rows} EXCEPT SELECT contact_id, campaign, type, timestamp, url "
-                f"FROM read_parquet({file_list(old_files)}) "
-                f"WHERE timestamp BETWEEN TIMESTAMP {lit(str(lo))} AND TIMESTAMP {lit(str(hi))}"
-            )
-    else:
-        new_rows = f"SELECT DISTINCT * FROM ({new_rows})"
-    out = tx.new_file("events")
-    with progress.task(f"writing events ({good:,} good rows)"):
-        # In time order, each row group covers a short span: a scan for a window or a
-        # campaign skips the others by their statistics, and the file compresses ~2x
-        # better than in the de-duplication's hash order (costs ~20% of a big import).
-        con.execute(
-            f"COPY (SELECT * FROM ({new_rows}) ORDER BY timestamp) TO {lit(str(out))} "
-            "(FORMAT parquet, COMPRESSION zstd)"
-        )
-    imported = pq.ParquetFile(out).metadata.num_rows
+    written = write_event_chunks(con, tx, checked, good, progress)
+    imported = sum(rows for _, rows in written)
     if imported:
-        tx.manifest["events"] = [*tx.manifest["events"], tx.relative(out)]
+        tx.manifest["events"] = [*tx.manifest["events"], *(tx.relative(f) for f, _ in written)]
         tx.manifest["counts"]["events"] = int(tx.manifest["counts"]["events"]) + imported
     return ImportSummary(
         kind="events",
@@ -829,3 +787,169 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress) -> ImportS
         rejects_path=report,
         first_rejects=[{"line": line, "reason": reason} for line, reason in sample],
     )
+
+
+def match_addresses(con: duckdb.DuckDBPyConnection, contacts: list[str]) -> str:
+    """Normalise, check and look up each distinct address of the file once: the table
+    `addresses` (key, contact_id, reason). Returns the SQL of a source row's key.
+
+    A file repeats each contact's address in many events (200M events name 10M
+    addresses): the rule's regular expressions and the join with the contacts run per
+    address, not per event. The key is a 64-bit hash of the text as written, so the
+    per-event join is on integers; when two of the file's addresses share a hash
+    (about one file in a million at 10M addresses) the key is the text itself.
+    """
+    con.execute(
+        f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
+        f"FROM read_parquet({file_list(contacts)})"
+    )
+    con.execute(
+        "CREATE TEMP TABLE raw_addresses AS "
+        f"SELECT DISTINCT CAST({q('email')} AS VARCHAR) AS raw FROM src"
+    )
+    unique_hashes = con.execute(
+        "SELECT count(DISTINCT hash(raw)) = count(*) FROM raw_addresses"
+    ).fetchone()[0]
+    key = "hash({})" if unique_hashes else "{}"
+    reasons = [
+        ("email IS NULL OR email = ''", "'missing email'"),
+        ("email <> '' AND NOT valid",
+         f"'invalid email ' || {quoted_value('raw')} || ': it ' || problem"),
+        ("valid AND contact_id IS NULL",
+         f"'unknown email ' || {quoted_value('email')} || ' (import the contact first)'"),
+    ]
+    con.execute(
+        f"CREATE TEMP TABLE addresses AS SELECT {key.format('raw')} AS key, contact_id, "
+        f"NULLIF({reason_sql(reasons)}, '') AS reason FROM ("
+        "SELECT *, coalesce(email <> '' AND problem IS NULL, false) AS valid FROM ("
+        f"SELECT *, {addresses.sql_problem('email')} AS problem FROM ("
+        f"SELECT raw, {email_expr('raw')} AS email FROM raw_addresses)))"
+        " a LEFT JOIN known k ON k.known_email = a.email"
+    )
+    con.execute("DROP TABLE raw_addresses")
+    return key.format(f"CAST({q('email')} AS VARCHAR)")
+
+
+def chunk_bounds(con: duckdb.DuckDBPyConnection, timestamp: str, rows: int, chunk_rows: int) -> list[str]:
+    """Timestamps cutting the file's events into time ranges of about `chunk_rows` rows
+    (approximate quantiles: a range may hold more, never is one event split)."""
+    k = -(-rows // max(chunk_rows, 1))
+    if k <= 1:
+        return []
+    cuts = [i / k for i in range(1, k)]
+    # about QUANTILE_SAMPLE rows place the cuts as well as all of them, at a tenth of
+    # the cost of parsing every timestamp (a seeded sample: the same file, the same cuts)
+    sample = ""
+    if rows > QUANTILE_SAMPLE:
+        sample = f" USING SAMPLE {100 * QUANTILE_SAMPLE / rows:.6f}% (bernoulli, 1)"
+    found = con.execute(
+        f"SELECT approx_quantile({timestamp}, {cuts}) FROM (SELECT * FROM src{sample}) "
+        f"WHERE {timestamp} IS NOT NULL"
+    ).fetchone()[0] or []
+    return sorted({str(t) for t in found if t is not None})
+
+
+def stage_checked_events(
+    con: duckdb.DuckDBPyConnection, tx: Transaction, source: Source, key: str, chunk_rows: int
+) -> str:
+    """Parse and check every row once, writing them to staged Parquet files, one
+    directory per time range (`chunk=N`). Returns the glob of all staged files.
+
+    Good rows keep the stored columns; rejected ones their line, address as written and
+    reason. Nothing wide is held in memory: DuckDB streams rows from the file to the
+    staged parts.
+    """
+    cols = source.columns
+    campaign = f"NULLIF(CAST({q('campaign')} AS VARCHAR), '')"
+    allowed = ", ".join(lit(t) for t in EVENT_TYPES)
+    raw_type = f"CAST({q('type')} AS VARCHAR)"
+    # most files spell the types as stored: only the others are trimmed and lower-cased
+    etype = (f"CASE WHEN {raw_type} IN ({allowed}) THEN {raw_type} "
+             f"ELSE lower({blank_to_null(raw_type)}) END")
+    ts, _ = parse_value(q("timestamp"), cols["timestamp"], FieldType.DATETIME)
+    ts = f"CAST({ts} AS TIMESTAMP)"
+    url = f"NULLIF(CAST({q('url')} AS VARCHAR), '')" if "url" in cols else "NULL::VARCHAR"
+    bounds = chunk_bounds(con, ts, source.rows, chunk_rows)
+    chunk = "0"
+    if bounds:
+        cases = " ".join(f"WHEN timestamp < TIMESTAMP {lit(b)} THEN {i}" for i, b in enumerate(bounds))
+        chunk = f"CASE WHEN timestamp IS NULL THEN 0 {cases} ELSE {len(bounds)} END"
+    # Each value is normalised once in the inner query; the outer one names the
+    # problems of each record.
+    normalised = ", ".join([
+        f"{LINE} AS line", "_width", f"{key} AS key", f"{q('email')} AS raw_email",
+        f"{campaign} AS campaign", f"{etype} AS type", f"{q('type')} AS raw_type",
+        f"{ts} AS timestamp", f"{q('timestamp')} AS raw_timestamp", f"{url} AS url",
+    ])
+    nul = []
+    if source.fmt == "parquet":
+        nul = nul_checks({name: f"CAST(n.{column} AS VARCHAR)" for name, column in (
+            ("email", "raw_email"), ("campaign", "campaign"), ("type", "raw_type"), ("url", "url"))})
+    reasons = width_check(source) + nul + [
+        ("a.reason IS NOT NULL", "a.reason"),
+        ("campaign IS NULL", "'missing campaign'"),
+        (f"type IS NULL OR type NOT IN ({allowed})",
+         f"'unknown event type ' || coalesce({quoted_value('raw_type')}, 'empty') || "
+         "' (use sent, open, click, bounce or unsubscribe)'"),
+        ("timestamp IS NULL", f"'invalid timestamp ' || coalesce({quoted_value('raw_timestamp')}, 'empty')"),
+    ]
+    staged = tx.staging / "checked"
+    con.execute(
+        f"COPY (SELECT *, {chunk} AS chunk FROM ("
+        "SELECT CASE WHEN reason <> '' THEN line END AS line, "
+        "CASE WHEN reason <> '' THEN CAST(raw_email AS VARCHAR) END AS raw_email, "
+        "contact_id, campaign, type, timestamp, url, reason FROM ("
+        f"SELECT line, raw_email, a.contact_id, campaign, type, timestamp, url, "
+        f"{lazy_reason_sql(reasons)} AS reason "
+        f"FROM (SELECT {normalised} FROM src) n JOIN addresses a ON a.key IS NOT DISTINCT FROM n.key)))"
+        # read back once, soon: compressing harder than snappy costs more than it saves
+        f" TO {lit(str(staged))} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION snappy)"
+    )
+    return str(staged / "*" / "*.parquet")
+
+
+def write_event_chunks(
+    con: duckdb.DuckDBPyConnection, tx: Transaction, checked: str, good: int, progress: Progress
+) -> list[tuple[Path, int]]:
+    """De-duplicate and sort each time range's good rows into an events file of its own,
+    in time order; returns the files written that hold events, with their row counts.
+
+    An event is identified by all of its columns: what is stored already is not stored
+    again, and only stored events in a range's own time span can match its rows.
+    """
+    staged = Path(checked).parent.parent
+    chunks = sorted(int(d.name.partition("=")[2]) for d in staged.glob("chunk=*"))
+    old_files = tx.base.files("events")
+    written: list[tuple[Path, int]] = []
+    with progress.task(f"writing events ({good:,} good rows)", total=good) as task:
+        for n in chunks:
+            rows = f"read_parquet({lit(str(staged / f'chunk={n}' / '*.parquet'))})"
+            new_rows = f"SELECT contact_id, campaign, type, timestamp, url FROM {rows} WHERE reason = ''"
+            count, lo, hi = con.execute(
+                f"SELECT count(*), min(timestamp), max(timestamp) FROM ({new_rows})"
+            ).fetchone()
+            if not count:
+                continue
+            if old_files:
+                new_rows = (
+                    f"{new_rows} EXCEPT SELECT contact_id, campaign, type, timestamp, url "
+                    f"FROM read_parquet({file_list(old_files)}) "
+                    f"WHERE timestamp BETWEEN TIMESTAMP {lit(str(lo))} AND TIMESTAMP {lit(str(hi))}"
+                )
+            else:
+                new_rows = f"SELECT DISTINCT * FROM ({new_rows})"
+            out = tx.new_file("events")
+            # In time order, each row group covers a short span: a scan for a window or a
+            # campaign skips the others by their statistics, and the file compresses ~2x
+            # better than in the de-duplication's hash order.
+            con.execute(
+                f"COPY (SELECT * FROM ({new_rows}) ORDER BY timestamp) TO {lit(str(out))} "
+                "(FORMAT parquet, COMPRESSION zstd)"
+            )
+            imported = pq.ParquetFile(out).metadata.num_rows
+            if imported:
+                written.append((out, imported))
+            else:
+                out.unlink()
+            task.advance(count)
+    return written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -76,14 +77,54 @@ def build_index(
         and previous.meta["schema"] == _schema_json(schema)
         and previous.meta["contacts"]["version"] == CONTACTS_VERSION
     )
-    if same_contacts:
-        for file in sorted((previous.directory / "contacts").iterdir()):
-            link_or_copy(file, directory / "contacts" / file.name)
-        contact_meta = previous.meta["contacts"]
-    else:
-        contact_meta = build_contacts(directory, contacts, schema)
-    ids = load(directory / "contacts" / "ids.npy")
-    n = contact_meta["n"]
+    with ThreadPoolExecutor(1) as pool:
+        if same_contacts:
+            for file in sorted((previous.directory / "contacts").iterdir()):
+                link_or_copy(file, directory / "contacts" / file.name)
+            contact_meta = previous.meta["contacts"]
+            ids = load(directory / "contacts" / "ids.npy")
+            events_meta, reused = _build_events(
+                events, ids, bool(contact_meta["dense"]), same_contacts, directory, previous,
+                covers, progress)
+        else:
+            # The contact part and the event part only share the contacts' ids: the
+            # fields are indexed on a thread of their own while the events stream.
+            building = pool.submit(build_contacts, directory, contacts, schema)
+            ids = contact_ids(contacts)
+            dense = bool(len(ids) == 0 or (ids[0] == 1 and ids[-1] == len(ids)))
+            events_meta, reused = _build_events(
+                events, ids, dense, same_contacts, directory, previous, covers, progress)
+            contact_meta = building.result()
+    meta = {
+        "format": FORMAT,
+        "covers": covers,
+        "schema": _schema_json(schema),
+        "contacts": contact_meta,
+        "events": events_meta,
+        "incremental": reused,
+    }
+    (directory / META).write_text(json.dumps(meta))
+    return meta
+
+
+def contact_ids(files: Sequence[str]) -> np.ndarray:
+    """The contacts' ids in order, as the contact part stores them (`ids.npy`)."""
+    parts = [pq.read_table(f, columns=["contact_id"]).column("contact_id").to_numpy()
+             for f in files]
+    ids = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():  # workspace files are sorted already
+        ids = np.sort(ids)
+    return ids
+
+
+def _build_events(
+    events: Sequence[str], ids: np.ndarray, dense: bool, same_contacts: bool,
+    directory: Path, previous: IndexData | None, covers: dict[str, list[str]],
+    progress: Progress | None,
+) -> tuple[dict, bool]:
+    """The event part (extending `previous` when it can); returns its meta and whether
+    it was an update."""
+    n = len(ids)
     old_events = previous.meta["covers"]["events"] if previous is not None else []
     reuse = (
         previous is not None
@@ -98,17 +139,8 @@ def build_index(
     part = EventPart.extend(previous, n, directory, total) if reuse else EventPart.empty(n, directory)
     reporter = progress if progress is not None and total else NullProgress()
     with reporter.task(f"indexing {total:,} events", total=total) as task:
-        part.add_files(new_files, np.asarray(ids), bool(contact_meta["dense"]), task)
-    meta = {
-        "format": FORMAT,
-        "covers": covers,
-        "schema": _schema_json(schema),
-        "contacts": contact_meta,
-        "events": part.write(),
-        "incremental": bool(reuse),
-    }
-    (directory / META).write_text(json.dumps(meta))
-    return meta
+        part.add_files(new_files, np.asarray(ids), dense, task)
+    return part.write(), bool(reuse)
 
 
 def _schema_json(schema: Schema) -> list[list[str]]:

@@ -43,8 +43,8 @@ def read_contacts(files: Sequence[str], schema: Schema) -> pa.Table:
     wanted = ["contact_id", "email", "status", "lists", "date_added", *schema.custom_fields]
     tables = []
     for f in files:
-        table = pq.read_table(f)
-        tables.append(table.select([c for c in wanted if c in table.column_names]))
+        names = pq.ParquetFile(f).schema_arrow.names
+        tables.append(pq.read_table(f, columns=[c for c in wanted if c in names]))
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:

@@ -3,8 +3,10 @@ and the event store (chunks of events sorted by day)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,7 @@ from .bitmaps import (
     day_order,
     flat,
     group_bitmaps,
+    is_sorted,
     python_lower,
     runs,
     sorted_unique,
@@ -47,6 +50,8 @@ from .read import (
 
 #: Events aggregated and bitmapped together: bounds memory whatever the event count.
 BATCH_ROWS = 4_000_000
+#: Event types indexed at the same time (each on its own aggregates and bitmaps).
+INDEX_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 #: Events buffered before they are sorted by day and written as one event-store block:
 #: bounds the build's memory (~16 bytes an event) while keeping few blocks to search.
 BLOCK_ROWS = 32_000_000
@@ -89,8 +94,21 @@ def merge_recent(
     top = position < RECENT
     new = np.full((RECENT, len(distinct)), NO_LAST, np.int32)
     new[position[top], column[top]] = sorted_days[top]
-    both = np.concatenate((had, new))
-    return (-np.sort(-both.astype(np.int64), axis=0)[:RECENT]).astype(np.int32)
+    return top_merged(had, new)
+
+
+def top_merged(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The first len(a) rows of the merge of two arrays sorted down their columns (latest
+    first), elementwise: the k-th largest is max over i of min(a[i-1], b[k-i]) with an
+    infinite a[-1] and b[-1]. A few passes over whole rows instead of one sort per column,
+    which numpy runs ~10x slower along a strided axis."""
+    out = np.empty_like(a)
+    for k in range(len(a)):
+        best = np.maximum(a[k], b[k])
+        for i in range(k):
+            best = np.maximum(best, np.minimum(a[i], b[k - 1 - i]))
+        out[k] = best
+    return out
 
 
 @dataclass
@@ -219,19 +237,32 @@ class EventPart:
         for the block. Parquet batches are a row group each (~100k rows with their own
         dictionaries); indexing per chunk keeps the per-call overhead of bitmaps low.
         """
-        for etype, columns in self.chunk.items():
-            merged = {key: np.concatenate(parts) for key, parts in columns.items()}
-            r, d, c = merged["rows"], merged["day"], merged["campaign"]
-            distinct = self._aggregate(EVENT_TYPES.index(etype), r, d)
-            self._bitmaps(etype, distinct, r, d, c)
-            if "url" in merged:
-                self._url_bitmaps(r, merged["url"])
+        by_type = {etype: {key: np.concatenate(parts) for key, parts in columns.items()}
+                   for etype, columns in self.chunk.items()}
+        # The types touch disjoint aggregates and bitmaps, and numpy's sorts and gathers
+        # release the GIL: they are indexed side by side, the largest first.
+        self._cover_campaigns()
+        largest_first = sorted(by_type, key=lambda etype: -len(by_type[etype]["rows"]))
+        if len(largest_first) > 1 and INDEX_THREADS > 1:
+            with ThreadPoolExecutor(INDEX_THREADS) as pool:
+                list(pool.map(lambda etype: self._index_type(etype, by_type[etype]), largest_first))
+        else:
+            for etype in largest_first:
+                self._index_type(etype, by_type[etype])
+        for etype, merged in by_type.items():
             pending = self.pending.setdefault(etype, {})
             for key, values in merged.items():
                 pending.setdefault(key, []).append(values)
         self.pending_rows += self.chunk_rows
         self.chunk = {}
         self.chunk_rows = 0
+
+    def _index_type(self, etype: str, merged: dict[str, np.ndarray]) -> None:
+        r, d, c = merged["rows"], merged["day"], merged["campaign"]
+        distinct = self._aggregate(EVENT_TYPES.index(etype), r, d)
+        self._bitmaps(etype, distinct, r, d, c)
+        if "url" in merged:
+            self._url_bitmaps(r, merged["url"])
 
     def _url_codes(self, urls: pa.Array) -> np.ndarray:
         """URL codes: lower-cased, "" counts as no URL (code -1)."""
@@ -247,12 +278,18 @@ class EventPart:
         files: dict[str, str] = {}
         lengths = {t: 0 for t in EVENT_TYPES}
         for etype, columns in self.pending.items():
-            merged = {key: np.concatenate(parts) for key, parts in columns.items()}
-            order = day_order(merged["day"])
-            lengths[etype] = len(order)
-            for key, values in merged.items():
+            days = np.concatenate(columns["day"])
+            # time-ordered files give days in order: the batches are written as they are
+            order = None if is_sorted(days) else day_order(days)
+            lengths[etype] = len(days)
+            for key, parts in columns.items():
                 name = files[f"{etype}.{key}"] = f"{block}.{etype}.{key}.bin"
-                values[order].tofile(self.directory / "events" / name)
+                if order is None:
+                    with open(self.directory / "events" / name, "wb") as out:
+                        for values in parts:
+                            values.tofile(out)
+                else:
+                    np.concatenate(parts)[order].tofile(self.directory / "events" / name)
         self.blocks.append({"name": block, "files": files, "lengths": lengths})
         self.pending = {}
         self.pending_rows = 0
@@ -273,12 +310,9 @@ class EventPart:
         Sorting the rows (SIMD) and counting runs is ~6x faster than a group-by here and
         touches only the batch's rows, not all contacts; min/max use ufunc.at.
         """
-        # One sort of (row, latest day first) keys gives counts, first, last and the
-        # latest RECENT days of every row of the batch.
-        flipped = np.int64(0xFFFFFFFF) - (days.astype(np.int64) - int(NO_LAST))
-        keys = np.sort((rows.astype(np.int64) << 32) | flipped)
-        sorted_rows = keys >> 32
-        sorted_days = (np.int64(0xFFFFFFFF) - (keys & 0xFFFFFFFF) + int(NO_LAST)).astype(np.int32)
+        # One sort by (row, latest day first) gives counts, first, last and the latest
+        # RECENT days of every row of the batch.
+        sorted_rows, sorted_days = by_row_latest_first(rows, days)
         distinct, counts = runs(sorted_rows)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
         ends = starts + counts - 1
@@ -406,6 +440,26 @@ class EventPart:
             "aggregates": aggregates,
             "orphans": self.orphans,
         }
+
+
+def by_row_latest_first(rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, days) sorted by row, each row's days latest first.
+
+    Events of time-ordered files come with their days in order: read backwards they are
+    latest first, and a stable radix sort by row (two 16-bit passes, linear time) keeps
+    that order within each row, ~1.5x faster than sorting packed 64-bit keys, which is
+    what days out of order need.
+    """
+    if is_sorted(days):
+        rows, days = rows[::-1].astype(np.uint32, copy=False), days[::-1]
+        order = np.argsort((rows & 0xFFFF).astype(np.uint16), kind="stable")
+        if len(rows) and int(rows.max()) >= 1 << 16:
+            order = order[np.argsort((rows[order] >> 16).astype(np.uint16), kind="stable")]
+        return rows[order].astype(np.int64), days[order].astype(np.int32, copy=False)
+    flipped = np.int64(0xFFFFFFFF) - (days.astype(np.int64) - int(NO_LAST))
+    keys = np.sort((rows.astype(np.int64) << 32) | flipped)
+    sorted_days = (np.int64(0xFFFFFFFF) - (keys & 0xFFFFFFFF) + int(NO_LAST)).astype(np.int32)
+    return keys >> 32, sorted_days
 
 
 def type_codes(types: pa.Array) -> np.ndarray:
