@@ -48,6 +48,7 @@ from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
+from .masks import bitmap_to_mask, mask_to_bitmap
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -66,9 +67,7 @@ MAX_PROBE = 1000
 def to_mask(rows: Rows, n: int) -> np.ndarray:
     if isinstance(rows, np.ndarray):
         return rows
-    mask = np.zeros(n, dtype=bool)
-    mask[bitmap_rows(rows)] = True
-    return mask
+    return bitmap_to_mask(rows, n)
 
 
 def complement(a: Rows, n: int) -> Rows:
@@ -88,14 +87,11 @@ SPARSE = 8
 
 
 #: Rough cost per element (ns, numpy 2 on x86) of the conversions between the forms:
-#: finding a mask's rows is a pass over all contacts (`flatnonzero`), bitmaps are built
-#: per row, gathering or scattering a bitmap's rows costs per row of the bitmap, and a
-#: new mask per contact.
-NONZERO, TO_BITMAP, GATHER, SCATTER, COPY = 2, 10, 8, 8, 0.3
-
-
-def mask_bitmap(mask: np.ndarray) -> BitMap:
-    return to_bitmap(np.flatnonzero(mask))
+#: a mask and a bitmap convert through Roaring's serialized form (`masks`), a fraction of
+#: a nanosecond per contact plus a few per row of the chunks sparse enough to be stored
+#: as values; gathering a bitmap's rows through a mask and building a bitmap of the
+#: survivors costs per row of the bitmap.
+PACK, VALUES, GATHER, TO_BITMAP = 0.15, 3, 8, 10
 
 
 def all_of(parts: Sequence[Rows], n: int) -> Rows:
@@ -122,11 +118,11 @@ def all_of(parts: Sequence[Rows], n: int) -> Rows:
     costs = join_costs(n, len(bitmap), count)
     cheapest = min(costs, key=costs.get)
     if cheapest == "to_bitmap":
-        return bitmap & mask_bitmap(mask)
+        return bitmap & mask_to_bitmap(mask)
     if cheapest == "gather":
         rows = bitmap_rows(bitmap)
         return to_bitmap(rows[mask[rows]])
-    return mask & to_mask_cheaply(bitmap, n)
+    return mask & bitmap_to_mask(bitmap, n)
 
 
 def any_of(parts: Sequence[Rows], n: int) -> Rows:
@@ -142,28 +138,23 @@ def any_of(parts: Sequence[Rows], n: int) -> Rows:
         return mask
     costs = join_costs(n, len(bitmap), int(np.count_nonzero(mask)))
     if costs["to_bitmap"] < costs["to_mask"]:
-        return bitmap | mask_bitmap(mask)
-    return mask | to_mask_cheaply(bitmap, n)
+        return bitmap | mask_to_bitmap(mask)
+    return mask | bitmap_to_mask(bitmap, n)
 
 
 def join_costs(n: int, in_bitmap: int, in_mask: int) -> dict[str, float]:
     """Estimated cost of joining a bitmap and a mask: turn the mask into a bitmap, gather
     the bitmap's rows through the mask (AND only), or turn the bitmap into a mask."""
     return {
-        "to_bitmap": NONZERO * n + TO_BITMAP * in_mask,
+        "to_bitmap": PACK * n + VALUES * sparse_rows(in_mask, n),
         "gather": GATHER * in_bitmap + TO_BITMAP * in_bitmap * in_mask / max(n, 1),
-        "to_mask": COPY * n + SCATTER * min(in_bitmap, n - in_bitmap),
+        "to_mask": PACK * n + VALUES * sparse_rows(in_bitmap, n),
     }
 
 
-def to_mask_cheaply(bitmap: BitMap, n: int) -> np.ndarray:
-    """`bitmap` as a mask, scattering its rows or (when it holds most rows) its
-    complement's: "not bounced" is a few scattered rows, not millions."""
-    if len(bitmap) * 2 <= n:
-        return to_mask(bitmap, n)
-    mask = np.ones(n, dtype=bool)
-    mask[bitmap_rows(bitmap.flip(0, n))] = False
-    return mask
+def sparse_rows(rows: int, n: int) -> int:
+    """About how many of `rows` (spread over `n`) sit in chunks stored as values."""
+    return rows if rows * 16 < n else 0
 
 
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
