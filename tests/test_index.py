@@ -110,6 +110,28 @@ def test_count_structures_match_the_reference(ws, data, marks, sparse, tmp_path_
             assert sum(engine.count([root], ws.as_of).values()) == len(want), rule
 
 
+#: Random workspaces for the cumulative day unions of date fields (8 trees each).
+DAY_UNION_EXAMPLES = int(os.environ.get("SEGENGINE_DAY_UNION_EXAMPLES", "15"))
+
+
+@settings(max_examples=DAY_UNION_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), marks=st.integers(1, 12))
+def test_day_unions_match_the_reference(ws, data, marks, tmp_path_factory):
+    """Date rules answered from cumulative unions of the day bitmaps (every run of days
+    takes that path, with few marks so bounds fall between them), against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "MAX_DAY_UNION", 0)
+        patch.setattr(index_engine_module, "DAY_MARKS", marks)
+        for _ in range(8):
+            root = data.draw(rule_trees(ws.schema, ws.campaigns))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, root
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), root
+
+
 def updated_index_engine(tables, directory: Path, delta: bool) -> IndexEngine:
     """An index of the first events file, then updated with the second: its aggregates
     in a delta over the first's base, or (`delta` False) folded into a new base."""

@@ -323,6 +323,49 @@ class CountMarks:
         return mark + self._between(self.n, self.slices, int(self.days[i]), day)
 
 
+#: How many cumulative unions `DayUnions` keeps each way: a run of days from the first or
+#: to the last then reads at most 1/DAY_MARKS of the day bitmaps besides one union.
+DAY_MARKS = 16
+
+
+@dataclass
+class DayUnions:
+    """Unions of a field's day bitmaps from its first day and to its last, at a few days.
+
+    A contact's date is on one day, so the bitmaps are disjoint and the rows of any run
+    of days are the rows up to its end less those before its start: two cumulative
+    unions, each a stored mark and at most `step` day bitmaps, instead of one bitmap per
+    day (a birthday "before 1990" spans thousands).
+    """
+
+    days: np.ndarray
+    bitmaps: list[BitMap]
+    step: int
+    prefixes: list[BitMap]  # prefixes[i]: the union of bitmaps[: (i + 1) * step]
+
+    @classmethod
+    def build(cls, days: np.ndarray, bitmaps: list[BitMap]) -> DayUnions:
+        step = max(1, -(-len(days) // DAY_MARKS))
+        prefixes, running = [], BitMap()
+        for start in range(0, len(days) - len(days) % step, step):
+            running = running | union_all(bitmaps[start : start + step])
+            prefixes.append(running)
+        return cls(days, bitmaps, step, prefixes)
+
+    def before(self, j: int) -> BitMap:
+        """The union of the first `j` day bitmaps."""
+        i = j // self.step
+        rest = self.bitmaps[i * self.step : j]
+        if i == 0:
+            return union_all(rest)
+        return BitMap.union(self.prefixes[i - 1], *rest) if rest else self.prefixes[i - 1]
+
+    def between(self, lo: int, hi: int) -> BitMap:
+        """The union of day bitmaps lo..hi-1 (positions in `days`)."""
+        upto = self.before(hi)
+        return upto - self.before(lo) if lo else upto
+
+
 @dataclass
 class UrlCounts:
     """Per click URL code, the rows that clicked it (sorted) and how many times."""
@@ -515,7 +558,18 @@ class Evaluator(Visitor[Rows]):
         days = column.bitmap_days
         lo = 0 if low is None else int(np.searchsorted(days, low, side="left"))
         hi = len(days) if high is None else int(np.searchsorted(days, high, side="right"))
-        return union_all([self.value_bitmap(column, int(day)) for day in days[lo:hi]])
+        if hi - lo <= MAX_DAY_UNION:
+            return union_all([self.value_bitmap(column, int(day)) for day in days[lo:hi]])
+        return self.day_unions(column).between(lo, hi)
+
+    def day_unions(self, column: FieldColumn) -> DayUnions:
+        """The field's cumulative day unions (built on first use, kept with the index)."""
+        key = ("day-unions", column.name)
+        unions = self.index.derived.get(key)
+        if unions is None:
+            bitmaps = [self.value_bitmap(column, int(day)) for day in column.bitmap_days]
+            unions = self.index.derived[key] = DayUnions.build(column.bitmap_days, bitmaps)
+        return unions
 
     def value_bitmap(self, column: FieldColumn, code: int) -> BitMap:
         return self.index.contact_bitmaps.get(BitmapKeys.field_value(column.name, code))
