@@ -85,11 +85,13 @@ COUNT_EXAMPLES = int(os.environ.get("SEGENGINE_COUNT_EXAMPLES", "15"))
 
 @settings(max_examples=COUNT_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ws=workspaces(), data=st.data(), marks=st.integers(1, 4),
-       sparse=st.sampled_from([1, 8, 10**9]))
-def test_count_structures_match_the_reference(ws, data, marks, sparse, tmp_path_factory):
+       sparse=st.sampled_from([1, 8, 10**9]), kept=st.integers(1, 3))
+def test_count_structures_match_the_reference(ws, data, marks, sparse, kept, tmp_path_factory):
     """Count ranges in windows (cumulative marks) and URL counts without a window
     (per-URL runs), with few marks so bounds fall between them, and `sparse` choosing
-    the cumulative path (10**9: always) or sorting, against the reference."""
+    the cumulative path (10**9: always) or sorting, against the reference. The eight
+    rules share one index, so the counts kept per day (`kept` of them) are reused and
+    dropped between rules."""
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     engine = index_engine(tables, directory / "index")
@@ -102,6 +104,7 @@ def test_count_structures_match_the_reference(ws, data, marks, sparse, tmp_path_
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(index_engine_module, "MARKS", marks)
         patch.setattr(index_engine_module, "SPARSE", sparse)
+        patch.setattr(index_engine_module, "KEPT_DAYS", kept)
         for _ in range(8):
             rule = data.draw(windowed | url_counts)
             root = Group("all", (rule,))

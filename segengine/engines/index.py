@@ -17,6 +17,7 @@ on empty values" falls out of ``negative = not positive``.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -364,6 +365,36 @@ class DayUnions:
         """The union of day bitmaps lo..hi-1 (positions in `days`)."""
         upto = self.before(hi)
         return upto - self.before(lo) if lo else upto
+
+
+#: How many days' cumulative counts `Evaluator.counts_before` keeps per event type (one
+#: array of 2 or 4 bytes per contact each).
+KEPT_DAYS = 4
+
+
+class KeptDays:
+    """The last few days' arrays, computed on first ask (oldest dropped first)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[int, np.ndarray] = {}
+        self.lock = threading.Lock()
+
+    def get(self, day: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        with self.lock:
+            found = self.arrays.get(day)
+        if found is not None:
+            return found
+        found = compute()
+        with self.lock:
+            self.arrays[day] = found
+            while len(self.arrays) > KEPT_DAYS:
+                del self.arrays[next(iter(self.arrays))]
+        return found
+
+
+def compact(counts: np.ndarray) -> np.ndarray:
+    """Non-negative counts in the smallest unsigned type of 2 or 4 bytes that holds them."""
+    return counts.astype(np.uint16 if counts.max(initial=0) < 2**16 else np.uint32)
 
 
 @dataclass
@@ -742,11 +773,20 @@ class Evaluator(Visitor[Rows]):
         low, high = window
         marks = self.count_marks(etype)
         before_high = (
-            np.asarray(self.index.count[self.type_code(etype)]).astype(np.int64)
+            np.asarray(self.index.count[self.type_code(etype)])
             if high is None or marks.last_day is None or high >= marks.last_day
-            else marks.before(high + 1)
+            else self.counts_before(etype, high + 1)
         )
-        return before_high if low is None else before_high - marks.before(low)
+        # Both are cumulative, so the difference is never negative: unsigned is exact.
+        return before_high if low is None else before_high - self.counts_before(etype, low)
+
+    def counts_before(self, etype: str, day: int) -> np.ndarray:
+        """Per row, the events of `etype` before `day`, kept for the last KEPT_DAYS days
+        asked: a window relative to `as_of` is asked again by every segment that day."""
+        kept = self.index.derived.get(("counts-before", etype))
+        if kept is None:
+            kept = self.index.derived[("counts-before", etype)] = KeptDays()
+        return kept.get(day, lambda: compact(self.count_marks(etype).before(day)))
 
     def url_counts(self) -> UrlCounts:
         """Per click URL, the rows that clicked it and how often (built on first use)."""
