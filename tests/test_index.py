@@ -135,6 +135,34 @@ def test_day_unions_match_the_reference(ws, data, marks, tmp_path_factory):
             assert sum(engine.count([root], ws.as_of).values()) == len(want), root
 
 
+#: Random workspaces for counts over chosen campaigns (8 rules each).
+CAMPAIGN_COUNT_EXAMPLES = int(os.environ.get("SEGENGINE_CAMPAIGN_COUNT_EXAMPLES", "15"))
+
+
+@settings(max_examples=CAMPAIGN_COUNT_EXAMPLES, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), steps=st.sampled_from([0, 2000, 10**9]))
+def test_counts_over_campaigns_match_the_reference(ws, data, steps, tmp_path_factory):
+    """Count ranges over a few campaigns (with and without a window) from per-campaign
+    level bitmaps, or by counting the events (`steps` 0), against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    chosen = st.lists(st.sampled_from(ws.campaigns), min_size=1, max_size=4).map(
+        lambda c: tuple(sorted(set(c)))) | st.integers(1, 6).map(LastCampaigns)
+    rules = st.builds(
+        ActivityRule, st.sampled_from(["opened", "clicked", "sent"]), chosen,
+        when=st.none() | _WINDOWS, count=_COUNTS, negate=st.booleans())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "MAX_LEVEL_STEPS", steps)
+        for _ in range(8):
+            rule = data.draw(rules)
+            root = Group("all", (rule,))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, rule
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), rule
+
+
 def updated_index_engine(tables, directory: Path, delta: bool) -> IndexEngine:
     """An index of the first events file, then updated with the second: its aggregates
     in a delta over the first's base, or (`delta` False) folded into a new base."""

@@ -397,6 +397,29 @@ def compact(counts: np.ndarray) -> np.ndarray:
     return counts.astype(np.uint16 if counts.max(initial=0) < 2**16 else np.uint32)
 
 
+#: Up to this many bitmap steps (campaigns x bound^2) a count over campaigns is answered
+#: by `Evaluator.campaign_count_test`; beyond it the events are counted.
+MAX_LEVEL_STEPS = 2000
+
+
+class CampaignLevels:
+    """One campaign's contacts with at least 1, 2, ... events of one type, as bitmaps."""
+
+    def __init__(self, once: BitMap, repeated_rows: np.ndarray, repeated_counts: np.ndarray):
+        self.once = once  # the campaign's bitmap of the type: at least one event
+        self.rows = repeated_rows  # rows with two events or more, sorted
+        self.counts = repeated_counts
+        self.levels: dict[int, BitMap] = {}
+
+    def at_least(self, k: int) -> BitMap:
+        if k == 1:
+            return self.once
+        found = self.levels.get(k)
+        if found is None:
+            found = self.levels[k] = to_bitmap(self.rows[self.counts >= k])
+        return found
+
+
 @dataclass
 class UrlCounts:
     """Per click URL code, the rows that clicked it (sorted) and how many times."""
@@ -742,8 +765,66 @@ class Evaluator(Visitor[Rows]):
                 return test(counts)
         if campaigns is None and window == (None, None):  # a URL count, ever
             return self.url_count_test(events.url_contains, test)
+        if campaigns is not None and events.url_contains is None:
+            matched = self.campaign_count_test(etype, campaigns, window, low, high)
+            if matched is not None:
+                return matched
         rows = self.matching_rows(etype, campaigns, window, events.url_contains)
         return self.count_test(rows, test)
+
+    def campaign_count_test(
+        self, etype: str, campaigns: np.ndarray, window: tuple, low: int, high: int | None
+    ) -> BitMap | None:
+        """A count range over a few campaigns in bitmap algebra, from per-campaign levels.
+
+        `levels[j]` holds the rows with at least j events of the campaigns added so far;
+        adding a campaign c, a row reaches j when it had j - i before and has at least i
+        of c (`CampaignLevels`), so the range is levels[low] less levels[high + 1].
+        None (count the events instead) when a campaign's events straddle the window or
+        the bound is too high for the levels to pay.
+        """
+        top = low if high is None else high + 1
+        if len(campaigns) * top * top > MAX_LEVEL_STEPS:
+            return None
+        spans = self.campaign_spans(etype, campaigns)
+        if spans is None:
+            return None
+        first, last = spans
+        lo, hi = window
+        has = first <= last
+        inside = has & (first >= (lo if lo is not None else first)) & (
+            last <= (hi if hi is not None else last)
+        )
+        outside = ~has | (last < lo if lo is not None else False) | (
+            first > hi if hi is not None else False
+        )
+        if not np.all(inside | outside):
+            return None
+        levels: list[BitMap] = [BitMap() for _ in range(top + 1)]  # levels[0] unused
+        for code in campaigns[inside].tolist():
+            of = self.campaign_levels(etype, int(code))
+            grown = []
+            for j in range(1, top + 1):
+                parts = [levels[j], of.at_least(j)]
+                parts += [levels[j - i] & of.at_least(i) for i in range(1, j)]
+                grown.append(union_all(parts))
+            levels[1:] = grown
+        reached = everyone(self.n) if low == 0 else levels[low]
+        return reached if high is None else reached - levels[high + 1]
+
+    def campaign_levels(self, etype: str, code: int) -> CampaignLevels:
+        """One campaign's rows by how many events of `etype` they have (built on first use)."""
+        key = ("campaign-levels", etype, code)
+        levels = self.index.derived.get(key)
+        if levels is None:
+            rows = self.matching_rows(etype, np.array([code], dtype=np.int64), (None, None), None)
+            distinct, counts = runs(np.sort(rows))
+            repeated = counts >= 2
+            levels = self.index.derived[key] = CampaignLevels(
+                self.index.bitmaps.get(BitmapKeys.campaign(etype, code)),
+                distinct[repeated], counts[repeated],
+            )
+        return levels
 
     # --- per-contact count structures, derived once per loaded index ---------------------
 
