@@ -27,6 +27,10 @@ from strategies import (
     _URL_CONTAINS,
     _WINDOWS,
     AS_OF,
+    DATE_SINGLE,
+    DAYS,
+    NUMBER_SINGLE,
+    NUMBERS,
     SCHEMA,
     rule_trees,
     workspaces,
@@ -130,6 +134,52 @@ def test_day_unions_match_the_reference(ws, data, marks, tmp_path_factory):
         patch.setattr(index_engine_module, "DAY_MARKS", marks)
         for _ in range(8):
             root = data.draw(rule_trees(ws.schema, ws.campaigns))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, root
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), root
+
+
+#: Random workspaces for number and date rules on the sorted values (8 trees each).
+VALUE_ORDER_EXAMPLES = int(os.environ.get("SEGENGINE_VALUE_ORDER_EXAMPLES", "15"))
+
+
+@settings(max_examples=VALUE_ORDER_EXAMPLES, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), fine=st.integers(1, 3), chunks=st.integers(1, 8),
+       marks=st.integers(1, 4))
+def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, tmp_path_factory):
+    """Number and date rules answered from the columns' sorted rows (from the first ask,
+    with chunks of a few rows so bounds fall inside them), against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    # values from the data's own pools, so bounds land on stored values and inside runs
+    numbers = st.sampled_from(NUMBERS)
+    number_rules = st.one_of(
+        st.builds(FieldRule, st.just("score"), st.sampled_from(NUMBER_SINGLE), numbers),
+        st.builds(FieldRule, st.just("score"), st.just("between"),
+                  st.tuples(numbers, numbers).map(lambda p: tuple(sorted(p)))),
+        st.builds(FieldRule, st.just("score"), st.just("in"),
+                  st.lists(numbers, min_size=1, max_size=3).map(tuple)),
+    )
+    date_rules = st.one_of(
+        st.builds(FieldRule, st.sampled_from(["birthday", "last_seen"]),
+                  st.sampled_from(DATE_SINGLE), st.sampled_from(DAYS)),
+        st.builds(FieldRule, st.sampled_from(["birthday", "last_seen"]), st.just("between"),
+                  st.tuples(st.sampled_from(DAYS), st.sampled_from(DAYS)).map(
+                      lambda p: tuple(sorted(p)))),
+    )
+    value_rules = st.builds(
+        lambda rule, negate: Group("all", (rule,), negate=negate),
+        number_rules | date_rules, st.booleans())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "ORDER_AFTER", 0)
+        patch.setattr(index_engine_module, "FINE_ROWS", fine)
+        patch.setattr(index_engine_module, "FINE_CHUNKS", chunks)
+        patch.setattr(index_engine_module, "COARSE_MARKS", marks)
+        patch.setattr(index_engine_module, "SPARSE", 10**9)  # no per-row tests
+        for _ in range(8):
+            root = data.draw(rule_trees(ws.schema, ws.campaigns) | value_rules)
             want = expected(ws, root)
             assert engine.contact_ids([root], ws.as_of).tolist() == want, root
             assert sum(engine.count([root], ws.as_of).values()) == len(want), root

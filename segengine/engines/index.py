@@ -420,6 +420,84 @@ class CampaignLevels:
         return found
 
 
+#: A number or date column is sorted into `ValueOrder` on the ask after this many (a
+#: one-shot count pays one pass, not a sort of every contact).
+ORDER_AFTER = 1
+#: `ValueOrder` cuts the sorted rows into this many bitmaps (at least FINE_ROWS rows
+#: each), and keeps this many cumulative unions of them.
+FINE_CHUNKS, FINE_ROWS, COARSE_MARKS = 1024, 1024, 16
+
+
+@dataclass
+class ValueOrder:
+    """A number or date column's rows with a value, sorted by value, as bitmaps.
+
+    The rows of a value range are a run of the sorted rows: those before its end less
+    those before its start. Rows before a position are a cumulative union (one of
+    COARSE_MARKS), the fine chunks after it (fewer than FINE_CHUNKS / COARSE_MARKS) and
+    at most one chunk's rows made into a bitmap: a range costs some bitmap unions
+    whatever the number of contacts, where a compare passes over all of them.
+    """
+
+    values: np.ndarray  # the values, ascending
+    rows: np.ndarray  # their rows
+    fine: int
+    chunks: list[BitMap]  # chunks[i]: rows[i * fine : (i + 1) * fine]
+    coarse: int  # chunks per cumulative union
+    prefixes: list[BitMap]  # prefixes[k]: the union of chunks[: (k + 1) * coarse]
+
+    @classmethod
+    def build(cls, values: np.ndarray, has: np.ndarray) -> ValueOrder:
+        rows = np.flatnonzero(has).astype(np.uint32)
+        order = np.argsort(values[rows], kind="stable")
+        rows, values = rows[order], values[rows][order]
+        fine = max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS))
+        chunks = [to_bitmap(np.sort(rows[i : i + fine])) for i in range(0, len(rows), fine)]
+        coarse = max(1, -(-len(chunks) // COARSE_MARKS))
+        prefixes, running = [], BitMap()
+        for start in range(0, len(chunks) - len(chunks) % coarse, coarse):
+            running = running | union_all(chunks[start : start + coarse])
+            prefixes.append(running)
+        return cls(values, rows, fine, chunks, coarse, prefixes)
+
+    def before(self, p: int) -> BitMap:
+        """The rows of the first `p` values."""
+        c = p // self.fine
+        k = c // self.coarse
+        parts = [self.prefixes[k - 1]] if k else []
+        parts += self.chunks[k * self.coarse : c]
+        tail = self.rows[c * self.fine : p]
+        if len(tail):
+            parts.append(to_bitmap(np.sort(tail)))
+        return union_all(parts)
+
+    def run(self, p: int, q: int) -> BitMap:
+        """The rows of values p..q-1 (positions in the order)."""
+        if q <= p:
+            return BitMap()
+        upto = self.before(q)
+        return upto - self.before(p) if p else upto
+
+    def position(self, value: Any, side: str) -> int:
+        return int(np.searchsorted(self.values, value, side=side))
+
+    def compare(self, op: str, values: tuple) -> BitMap:
+        """`NUMBER_OPS[op]` on the rows with a value (NaN values and bounds excluded)."""
+        at = self.position
+        if op == "in":
+            return union_all([self.run(at(v, "left"), at(v, "right")) for v in values])
+        v = values[0]
+        ranges = {
+            "eq": lambda: (at(v, "left"), at(v, "right")),
+            "gt": lambda: (at(v, "right"), len(self.values)),
+            "gte": lambda: (at(v, "left"), len(self.values)),
+            "lt": lambda: (0, at(v, "left")),
+            "lte": lambda: (0, at(v, "right")),
+            "between": lambda: (at(v, "left"), at(values[1], "right")),
+        }
+        return self.run(*ranges[op]())
+
+
 @dataclass
 class UrlCounts:
     """Per click URL code, the rows that clicked it (sorted) and how many times."""
@@ -583,6 +661,10 @@ class Evaluator(Visitor[Rows]):
         if node.type is FieldType.SET:
             return self.list_rows(node.op, node.values)
         column = self.index.fields[node.field]
+        if column.type is FieldType.NUMBER and not any(np.isnan(v) for v in node.values):
+            order = self.value_order(column, "values")
+            if order is not None:
+                return order.compare(node.op, node.values)
         matched = self.positive(column, node.op, node.values)
         if column.type not in EMPTY_NEVER_MATCHES and isinstance(matched, np.ndarray):
             matched &= self.present(column)  # bitmaps hold present rows only
@@ -593,8 +675,31 @@ class Evaluator(Visitor[Rows]):
         low, high = day_numbers(node.low, node.high)
         if column.bitmap_days is not None:
             return self.days_union(column, low, high)
+        order = self.value_order(column, "days")
+        if order is not None:
+            return order.run(
+                0 if low is None else order.position(day32(low), "left"),
+                len(order.values) if high is None else order.position(day32(high), "right"),
+            )
         matched = in_range(np.asarray(column.arrays["days"]), low, high)
         return matched & np.asarray(self.present(column))
+
+    def value_order(self, column: FieldColumn, values: str) -> ValueOrder | None:
+        """The column's rows sorted by value, once it has been asked ORDER_AFTER times."""
+        key = ("value-order", column.name)
+        order = self.index.derived.get(key)
+        if isinstance(order, ValueOrder):
+            return order
+        asked = int(order or 0)
+        if asked < ORDER_AFTER:
+            self.index.derived[key] = asked + 1
+            return None
+        data = np.asarray(column.arrays[values])
+        has = np.asarray(column.arrays["present"])
+        if data.dtype.kind == "f":
+            has = has & ~np.isnan(data)
+        order = self.index.derived[key] = ValueOrder.build(data, has)
+        return order
 
     def present(self, column: FieldColumn) -> Rows:
         if column.type is FieldType.TEXT:
