@@ -146,10 +146,12 @@ VALUE_ORDER_EXAMPLES = int(os.environ.get("SEGENGINE_VALUE_ORDER_EXAMPLES", "15"
 @settings(max_examples=VALUE_ORDER_EXAMPLES, deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(ws=workspaces(), data=st.data(), fine=st.integers(1, 3), chunks=st.integers(1, 8),
-       marks=st.integers(1, 4))
-def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, tmp_path_factory):
+       marks=st.integers(1, 4), sparse=st.sampled_from([1, 8, 10**9]))
+def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse,
+                                           tmp_path_factory):
     """Number and date rules answered from the columns' sorted rows (from the first ask,
-    with chunks of a few rows so bounds fall inside them), against the reference."""
+    with chunks of a few rows so bounds fall inside them), with and without the per-row
+    tests of the other rules of a group (`sparse`), against the reference."""
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     engine = index_engine(tables, directory / "index")
@@ -177,7 +179,7 @@ def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, tmp_pa
         patch.setattr(index_engine_module, "FINE_ROWS", fine)
         patch.setattr(index_engine_module, "FINE_CHUNKS", chunks)
         patch.setattr(index_engine_module, "COARSE_MARKS", marks)
-        patch.setattr(index_engine_module, "SPARSE", 10**9)  # no per-row tests
+        patch.setattr(index_engine_module, "SPARSE", sparse)
         for _ in range(8):
             root = data.draw(rule_trees(ws.schema, ws.campaigns) | value_rules)
             want = expected(ws, root)

@@ -606,6 +606,10 @@ class Evaluator(Visitor[Rows]):
         column = self.index.fields[node.field]
         if column.type is FieldType.TEXT:
             return not column.value_bitmaps and not isinstance(node, DayRange)
+        if isinstance(node, (Compare, DayRange)) and isinstance(
+            self.index.derived.get(("value-order", column.name)), ValueOrder
+        ):
+            return False  # a range of the sorted rows is a few bitmap unions
         return not (isinstance(node, DayRange) and column.bitmap_days is not None)
 
     def row_test(self, node: Any, rows: np.ndarray) -> np.ndarray:
