@@ -825,3 +825,30 @@ def test_index_build_reports_progress(tmp_path):
     summary = ws.import_events(SAMPLE / "events.csv", progress=progress)
     n = summary.imported
     assert progress.tasks[f"indexing {n:,} events"] == [n, n]
+
+
+def test_a_rule_segments_of_a_union_share_is_evaluated_once(fixed, monkeypatch):
+    """Two segments with the same count rule (and a tree that repeats a group): the
+    rule's events are counted once per evaluation, and the answers stay exact."""
+    ws, engine = fixed
+    counted = []
+    original = Evaluator.counted
+
+    def counting(self, events, low, high):
+        counted.append(events)
+        return original(self, events, low, high)
+
+    monkeypatch.setattr(Evaluator, "counted", counting)
+    twice = ActivityRule("opened", "any", None, CountCondition("gte", 2))
+    shared = Group("any", (twice, FieldRule("vip", "is", True)))
+    roots = [
+        Group("all", (twice, FieldRule("status", "is", "active"))),
+        Group("all", (shared, FieldRule("score", "gt", 0.0))),
+        Group("any", (shared, Group("all", (shared,), negate=True))),
+    ]
+    union = sorted(set().union(*(expected(ws, r) for r in roots)))
+    assert engine.contact_ids(roots, ws.as_of).tolist() == union
+    assert len(counted) == 1
+    for root in roots:  # each evaluation counts for itself
+        assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root)
+    assert len(counted) == 4

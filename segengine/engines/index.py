@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -540,6 +540,9 @@ class Evaluator(Visitor[Rows]):
     tables: Tables
     as_of: dt.date
     fallback: Callable[[Any], np.ndarray] | None = None
+    #: answers of this evaluation's nodes: a rule or group that segments of a union (or
+    #: branches of a tree) share is evaluated once; answers are never modified in place
+    answers: dict[Any, Rows] = field(default_factory=dict, repr=False)
 
     engine_name = "index"
     COMPARE_OPS = {
@@ -564,6 +567,16 @@ class Evaluator(Visitor[Rows]):
         return f"field {node.field!r} ({node.type}) is not in the index"
 
     def visit(self, node: Any) -> Rows:
+        """The rows matching `node`, once per evaluation (`answers`)."""
+        try:
+            found = self.answers.get(node)
+        except TypeError:  # a tree built by hand with an unhashable value
+            return self.answer(node)
+        if found is None:
+            found = self.answers[node] = self.answer(node)
+        return found
+
+    def answer(self, node: Any) -> Rows:
         """The rows matching `node`; what the index lacks goes to `fallback`."""
         if not self.supports(node):
             if self.fallback is None:
