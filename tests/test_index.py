@@ -27,6 +27,10 @@ from strategies import (
     _URL_CONTAINS,
     _WINDOWS,
     AS_OF,
+    DATE_SINGLE,
+    DAYS,
+    NUMBER_SINGLE,
+    NUMBERS,
     SCHEMA,
     rule_trees,
     workspaces,
@@ -85,11 +89,13 @@ COUNT_EXAMPLES = int(os.environ.get("SEGENGINE_COUNT_EXAMPLES", "15"))
 
 @settings(max_examples=COUNT_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ws=workspaces(), data=st.data(), marks=st.integers(1, 4),
-       sparse=st.sampled_from([1, 8, 10**9]))
-def test_count_structures_match_the_reference(ws, data, marks, sparse, tmp_path_factory):
+       sparse=st.sampled_from([1, 8, 10**9]), kept=st.integers(1, 3))
+def test_count_structures_match_the_reference(ws, data, marks, sparse, kept, tmp_path_factory):
     """Count ranges in windows (cumulative marks) and URL counts without a window
     (per-URL runs), with few marks so bounds fall between them, and `sparse` choosing
-    the cumulative path (10**9: always) or sorting, against the reference."""
+    the cumulative path (10**9: always) or sorting, against the reference. The eight
+    rules share one index, so the counts kept per day (`kept` of them) are reused and
+    dropped between rules."""
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     engine = index_engine(tables, directory / "index")
@@ -102,8 +108,107 @@ def test_count_structures_match_the_reference(ws, data, marks, sparse, tmp_path_
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(index_engine_module, "MARKS", marks)
         patch.setattr(index_engine_module, "SPARSE", sparse)
+        patch.setattr(index_engine_module, "KEPT_DAYS", kept)
         for _ in range(8):
             rule = data.draw(windowed | url_counts)
+            root = Group("all", (rule,))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, rule
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), rule
+
+
+#: Random workspaces for the cumulative day unions of date fields (8 trees each).
+DAY_UNION_EXAMPLES = int(os.environ.get("SEGENGINE_DAY_UNION_EXAMPLES", "15"))
+
+
+@settings(max_examples=DAY_UNION_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), marks=st.integers(1, 12))
+def test_day_unions_match_the_reference(ws, data, marks, tmp_path_factory):
+    """Date rules answered from cumulative unions of the day bitmaps (every run of days
+    takes that path, with few marks so bounds fall between them), against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "MAX_DAY_UNION", 0)
+        patch.setattr(index_engine_module, "DAY_MARKS", marks)
+        for _ in range(8):
+            root = data.draw(rule_trees(ws.schema, ws.campaigns))
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, root
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), root
+
+
+#: Random workspaces for number and date rules on the sorted values (8 trees each).
+VALUE_ORDER_EXAMPLES = int(os.environ.get("SEGENGINE_VALUE_ORDER_EXAMPLES", "15"))
+
+
+@settings(max_examples=VALUE_ORDER_EXAMPLES, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), fine=st.integers(1, 3), chunks=st.integers(1, 8),
+       marks=st.integers(1, 4), sparse=st.sampled_from([1, 8, 10**9]))
+def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse,
+                                           tmp_path_factory):
+    """Number and date rules answered from the columns' sorted rows (from the first ask,
+    with chunks of a few rows so bounds fall inside them), with and without the per-row
+    tests of the other rules of a group (`sparse`), against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    # values from the data's own pools, so bounds land on stored values and inside runs
+    numbers = st.sampled_from(NUMBERS)
+    number_rules = st.one_of(
+        st.builds(FieldRule, st.just("score"), st.sampled_from(NUMBER_SINGLE), numbers),
+        st.builds(FieldRule, st.just("score"), st.just("between"),
+                  st.tuples(numbers, numbers).map(lambda p: tuple(sorted(p)))),
+        st.builds(FieldRule, st.just("score"), st.just("in"),
+                  st.lists(numbers, min_size=1, max_size=3).map(tuple)),
+    )
+    date_rules = st.one_of(
+        st.builds(FieldRule, st.sampled_from(["birthday", "last_seen"]),
+                  st.sampled_from(DATE_SINGLE), st.sampled_from(DAYS)),
+        st.builds(FieldRule, st.sampled_from(["birthday", "last_seen"]), st.just("between"),
+                  st.tuples(st.sampled_from(DAYS), st.sampled_from(DAYS)).map(
+                      lambda p: tuple(sorted(p)))),
+    )
+    value_rules = st.builds(
+        lambda rule, negate: Group("all", (rule,), negate=negate),
+        number_rules | date_rules, st.booleans())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "ORDER_AFTER", 0)
+        patch.setattr(index_engine_module, "FINE_ROWS", fine)
+        patch.setattr(index_engine_module, "FINE_CHUNKS", chunks)
+        patch.setattr(index_engine_module, "COARSE_MARKS", marks)
+        patch.setattr(index_engine_module, "SPARSE", sparse)
+        for _ in range(8):
+            root = data.draw(rule_trees(ws.schema, ws.campaigns) | value_rules)
+            want = expected(ws, root)
+            assert engine.contact_ids([root], ws.as_of).tolist() == want, root
+            assert sum(engine.count([root], ws.as_of).values()) == len(want), root
+
+
+#: Random workspaces for counts over chosen campaigns (8 rules each).
+CAMPAIGN_COUNT_EXAMPLES = int(os.environ.get("SEGENGINE_CAMPAIGN_COUNT_EXAMPLES", "15"))
+
+
+@settings(max_examples=CAMPAIGN_COUNT_EXAMPLES, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data(), steps=st.sampled_from([0, 2000, 10**9]))
+def test_counts_over_campaigns_match_the_reference(ws, data, steps, tmp_path_factory):
+    """Count ranges over a few campaigns (with and without a window) from per-campaign
+    level bitmaps, or by counting the events (`steps` 0), against the reference."""
+    directory = tmp_path_factory.mktemp("ws")
+    tables = write_workspace(ws, directory / "data")
+    engine = index_engine(tables, directory / "index")
+    chosen = st.lists(st.sampled_from(ws.campaigns), min_size=1, max_size=4).map(
+        lambda c: tuple(sorted(set(c)))) | st.integers(1, 6).map(LastCampaigns)
+    rules = st.builds(
+        ActivityRule, st.sampled_from(["opened", "clicked", "sent"]), chosen,
+        when=st.none() | _WINDOWS, count=_COUNTS, negate=st.booleans())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "MAX_LEVEL_STEPS", steps)
+        for _ in range(8):
+            rule = data.draw(rules)
             root = Group("all", (rule,))
             want = expected(ws, root)
             assert engine.contact_ids([root], ws.as_of).tolist() == want, rule
@@ -720,3 +825,30 @@ def test_index_build_reports_progress(tmp_path):
     summary = ws.import_events(SAMPLE / "events.csv", progress=progress)
     n = summary.imported
     assert progress.tasks[f"indexing {n:,} events"] == [n, n]
+
+
+def test_a_rule_segments_of_a_union_share_is_evaluated_once(fixed, monkeypatch):
+    """Two segments with the same count rule (and a tree that repeats a group): the
+    rule's events are counted once per evaluation, and the answers stay exact."""
+    ws, engine = fixed
+    counted = []
+    original = Evaluator.counted
+
+    def counting(self, events, low, high):
+        counted.append(events)
+        return original(self, events, low, high)
+
+    monkeypatch.setattr(Evaluator, "counted", counting)
+    twice = ActivityRule("opened", "any", None, CountCondition("gte", 2))
+    shared = Group("any", (twice, FieldRule("vip", "is", True)))
+    roots = [
+        Group("all", (twice, FieldRule("status", "is", "active"))),
+        Group("all", (shared, FieldRule("score", "gt", 0.0))),
+        Group("any", (shared, Group("all", (shared,), negate=True))),
+    ]
+    union = sorted(set().union(*(expected(ws, r) for r in roots)))
+    assert engine.contact_ids(roots, ws.as_of).tolist() == union
+    assert len(counted) == 1
+    for root in roots:  # each evaluation counts for itself
+        assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root)
+    assert len(counted) == 4

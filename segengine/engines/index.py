@@ -17,8 +17,9 @@ on empty values" falls out of ``negative = not positive``.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +49,7 @@ from ..store.index.layout import DAY_US, BitmapKeys, day_number
 from ..store.index.read import FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
+from .masks import bitmap_to_mask, mask_to_bitmap
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -66,9 +68,7 @@ MAX_PROBE = 1000
 def to_mask(rows: Rows, n: int) -> np.ndarray:
     if isinstance(rows, np.ndarray):
         return rows
-    mask = np.zeros(n, dtype=bool)
-    mask[bitmap_rows(rows)] = True
-    return mask
+    return bitmap_to_mask(rows, n)
 
 
 def complement(a: Rows, n: int) -> Rows:
@@ -88,14 +88,11 @@ SPARSE = 8
 
 
 #: Rough cost per element (ns, numpy 2 on x86) of the conversions between the forms:
-#: finding a mask's rows is a pass over all contacts (`flatnonzero`), bitmaps are built
-#: per row, gathering or scattering a bitmap's rows costs per row of the bitmap, and a
-#: new mask per contact.
-NONZERO, TO_BITMAP, GATHER, SCATTER, COPY = 2, 10, 8, 8, 0.3
-
-
-def mask_bitmap(mask: np.ndarray) -> BitMap:
-    return to_bitmap(np.flatnonzero(mask))
+#: a mask and a bitmap convert through Roaring's serialized form (`masks`), a fraction of
+#: a nanosecond per contact plus a few per row of the chunks sparse enough to be stored
+#: as values; gathering a bitmap's rows through a mask and building a bitmap of the
+#: survivors costs per row of the bitmap.
+PACK, VALUES, GATHER, TO_BITMAP = 0.15, 3, 8, 10
 
 
 def all_of(parts: Sequence[Rows], n: int) -> Rows:
@@ -122,11 +119,11 @@ def all_of(parts: Sequence[Rows], n: int) -> Rows:
     costs = join_costs(n, len(bitmap), count)
     cheapest = min(costs, key=costs.get)
     if cheapest == "to_bitmap":
-        return bitmap & mask_bitmap(mask)
+        return bitmap & mask_to_bitmap(mask)
     if cheapest == "gather":
         rows = bitmap_rows(bitmap)
         return to_bitmap(rows[mask[rows]])
-    return mask & to_mask_cheaply(bitmap, n)
+    return mask & bitmap_to_mask(bitmap, n)
 
 
 def any_of(parts: Sequence[Rows], n: int) -> Rows:
@@ -142,28 +139,23 @@ def any_of(parts: Sequence[Rows], n: int) -> Rows:
         return mask
     costs = join_costs(n, len(bitmap), int(np.count_nonzero(mask)))
     if costs["to_bitmap"] < costs["to_mask"]:
-        return bitmap | mask_bitmap(mask)
-    return mask | to_mask_cheaply(bitmap, n)
+        return bitmap | mask_to_bitmap(mask)
+    return mask | bitmap_to_mask(bitmap, n)
 
 
 def join_costs(n: int, in_bitmap: int, in_mask: int) -> dict[str, float]:
     """Estimated cost of joining a bitmap and a mask: turn the mask into a bitmap, gather
     the bitmap's rows through the mask (AND only), or turn the bitmap into a mask."""
     return {
-        "to_bitmap": NONZERO * n + TO_BITMAP * in_mask,
+        "to_bitmap": PACK * n + VALUES * sparse_rows(in_mask, n),
         "gather": GATHER * in_bitmap + TO_BITMAP * in_bitmap * in_mask / max(n, 1),
-        "to_mask": COPY * n + SCATTER * min(in_bitmap, n - in_bitmap),
+        "to_mask": PACK * n + VALUES * sparse_rows(in_bitmap, n),
     }
 
 
-def to_mask_cheaply(bitmap: BitMap, n: int) -> np.ndarray:
-    """`bitmap` as a mask, scattering its rows or (when it holds most rows) its
-    complement's: "not bounced" is a few scattered rows, not millions."""
-    if len(bitmap) * 2 <= n:
-        return to_mask(bitmap, n)
-    mask = np.ones(n, dtype=bool)
-    mask[bitmap_rows(bitmap.flip(0, n))] = False
-    return mask
+def sparse_rows(rows: int, n: int) -> int:
+    """About how many of `rows` (spread over `n`) sit in chunks stored as values."""
+    return rows if rows * 16 < n else 0
 
 
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
@@ -332,6 +324,180 @@ class CountMarks:
         return mark + self._between(self.n, self.slices, int(self.days[i]), day)
 
 
+#: How many cumulative unions `DayUnions` keeps each way: a run of days from the first or
+#: to the last then reads at most 1/DAY_MARKS of the day bitmaps besides one union.
+DAY_MARKS = 16
+
+
+@dataclass
+class DayUnions:
+    """Unions of a field's day bitmaps from its first day and to its last, at a few days.
+
+    A contact's date is on one day, so the bitmaps are disjoint and the rows of any run
+    of days are the rows up to its end less those before its start: two cumulative
+    unions, each a stored mark and at most `step` day bitmaps, instead of one bitmap per
+    day (a birthday "before 1990" spans thousands).
+    """
+
+    days: np.ndarray
+    bitmaps: list[BitMap]
+    step: int
+    prefixes: list[BitMap]  # prefixes[i]: the union of bitmaps[: (i + 1) * step]
+
+    @classmethod
+    def build(cls, days: np.ndarray, bitmaps: list[BitMap]) -> DayUnions:
+        step = max(1, -(-len(days) // DAY_MARKS))
+        prefixes, running = [], BitMap()
+        for start in range(0, len(days) - len(days) % step, step):
+            running = running | union_all(bitmaps[start : start + step])
+            prefixes.append(running)
+        return cls(days, bitmaps, step, prefixes)
+
+    def before(self, j: int) -> BitMap:
+        """The union of the first `j` day bitmaps."""
+        i = j // self.step
+        rest = self.bitmaps[i * self.step : j]
+        if i == 0:
+            return union_all(rest)
+        return BitMap.union(self.prefixes[i - 1], *rest) if rest else self.prefixes[i - 1]
+
+    def between(self, lo: int, hi: int) -> BitMap:
+        """The union of day bitmaps lo..hi-1 (positions in `days`)."""
+        upto = self.before(hi)
+        return upto - self.before(lo) if lo else upto
+
+
+#: How many days' cumulative counts `Evaluator.counts_before` keeps per event type (one
+#: array of 2 or 4 bytes per contact each).
+KEPT_DAYS = 4
+
+
+class KeptDays:
+    """The last few days' arrays, computed on first ask (oldest dropped first)."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[int, np.ndarray] = {}
+        self.lock = threading.Lock()
+
+    def get(self, day: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        with self.lock:
+            found = self.arrays.get(day)
+        if found is not None:
+            return found
+        found = compute()
+        with self.lock:
+            self.arrays[day] = found
+            while len(self.arrays) > KEPT_DAYS:
+                del self.arrays[next(iter(self.arrays))]
+        return found
+
+
+def compact(counts: np.ndarray) -> np.ndarray:
+    """Non-negative counts in the smallest unsigned type of 2 or 4 bytes that holds them."""
+    return counts.astype(np.uint16 if counts.max(initial=0) < 2**16 else np.uint32)
+
+
+#: Up to this many bitmap steps (campaigns x bound^2) a count over campaigns is answered
+#: by `Evaluator.campaign_count_test`; beyond it the events are counted.
+MAX_LEVEL_STEPS = 2000
+
+
+class CampaignLevels:
+    """One campaign's contacts with at least 1, 2, ... events of one type, as bitmaps."""
+
+    def __init__(self, once: BitMap, repeated_rows: np.ndarray, repeated_counts: np.ndarray):
+        self.once = once  # the campaign's bitmap of the type: at least one event
+        self.rows = repeated_rows  # rows with two events or more, sorted
+        self.counts = repeated_counts
+        self.levels: dict[int, BitMap] = {}
+
+    def at_least(self, k: int) -> BitMap:
+        if k == 1:
+            return self.once
+        found = self.levels.get(k)
+        if found is None:
+            found = self.levels[k] = to_bitmap(self.rows[self.counts >= k])
+        return found
+
+
+#: A number or date column is sorted into `ValueOrder` on the ask after this many (a
+#: one-shot count pays one pass, not a sort of every contact).
+ORDER_AFTER = 1
+#: `ValueOrder` cuts the sorted rows into this many bitmaps (at least FINE_ROWS rows
+#: each), and keeps this many cumulative unions of them.
+FINE_CHUNKS, FINE_ROWS, COARSE_MARKS = 1024, 1024, 16
+
+
+@dataclass
+class ValueOrder:
+    """A number or date column's rows with a value, sorted by value, as bitmaps.
+
+    The rows of a value range are a run of the sorted rows: those before its end less
+    those before its start. Rows before a position are a cumulative union (one of
+    COARSE_MARKS), the fine chunks after it (fewer than FINE_CHUNKS / COARSE_MARKS) and
+    at most one chunk's rows made into a bitmap: a range costs some bitmap unions
+    whatever the number of contacts, where a compare passes over all of them.
+    """
+
+    values: np.ndarray  # the values, ascending
+    rows: np.ndarray  # their rows
+    fine: int
+    chunks: list[BitMap]  # chunks[i]: rows[i * fine : (i + 1) * fine]
+    coarse: int  # chunks per cumulative union
+    prefixes: list[BitMap]  # prefixes[k]: the union of chunks[: (k + 1) * coarse]
+
+    @classmethod
+    def build(cls, values: np.ndarray, has: np.ndarray) -> ValueOrder:
+        rows = np.flatnonzero(has).astype(np.uint32)
+        order = np.argsort(values[rows], kind="stable")
+        rows, values = rows[order], values[rows][order]
+        fine = max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS))
+        chunks = [to_bitmap(np.sort(rows[i : i + fine])) for i in range(0, len(rows), fine)]
+        coarse = max(1, -(-len(chunks) // COARSE_MARKS))
+        prefixes, running = [], BitMap()
+        for start in range(0, len(chunks) - len(chunks) % coarse, coarse):
+            running = running | union_all(chunks[start : start + coarse])
+            prefixes.append(running)
+        return cls(values, rows, fine, chunks, coarse, prefixes)
+
+    def before(self, p: int) -> BitMap:
+        """The rows of the first `p` values."""
+        c = p // self.fine
+        k = c // self.coarse
+        parts = [self.prefixes[k - 1]] if k else []
+        parts += self.chunks[k * self.coarse : c]
+        tail = self.rows[c * self.fine : p]
+        if len(tail):
+            parts.append(to_bitmap(np.sort(tail)))
+        return union_all(parts)
+
+    def run(self, p: int, q: int) -> BitMap:
+        """The rows of values p..q-1 (positions in the order)."""
+        if q <= p:
+            return BitMap()
+        upto = self.before(q)
+        return upto - self.before(p) if p else upto
+
+    def position(self, value: Any, side: str) -> int:
+        return int(np.searchsorted(self.values, value, side=side))
+
+    def compare(self, op: str, values: tuple) -> BitMap:
+        """`NUMBER_OPS[op]` on the rows with a value (NaN values and bounds excluded)."""
+        at = self.position
+        if op == "in":
+            return union_all([self.run(at(v, "left"), at(v, "right")) for v in values])
+        v = values[0]
+        ranges = {
+            "eq": lambda: (at(v, "left"), at(v, "right")),
+            "gt": lambda: (at(v, "right"), len(self.values)),
+            "gte": lambda: (at(v, "left"), len(self.values)),
+            "lt": lambda: (0, at(v, "left")),
+            "lte": lambda: (0, at(v, "right")),
+            "between": lambda: (at(v, "left"), at(values[1], "right")),
+        }
+        return self.run(*ranges[op]())
+
+
 @dataclass
 class UrlCounts:
     """Per click URL code, the rows that clicked it (sorted) and how many times."""
@@ -374,6 +540,9 @@ class Evaluator(Visitor[Rows]):
     tables: Tables
     as_of: dt.date
     fallback: Callable[[Any], np.ndarray] | None = None
+    #: answers of this evaluation's nodes: a rule or group that segments of a union (or
+    #: branches of a tree) share is evaluated once; answers are never modified in place
+    answers: dict[Any, Rows] = field(default_factory=dict, repr=False)
 
     engine_name = "index"
     COMPARE_OPS = {
@@ -398,6 +567,16 @@ class Evaluator(Visitor[Rows]):
         return f"field {node.field!r} ({node.type}) is not in the index"
 
     def visit(self, node: Any) -> Rows:
+        """The rows matching `node`, once per evaluation (`answers`)."""
+        try:
+            found = self.answers.get(node)
+        except TypeError:  # a tree built by hand with an unhashable value
+            return self.answer(node)
+        if found is None:
+            found = self.answers[node] = self.answer(node)
+        return found
+
+    def answer(self, node: Any) -> Rows:
         """The rows matching `node`; what the index lacks goes to `fallback`."""
         if not self.supports(node):
             if self.fallback is None:
@@ -440,6 +619,10 @@ class Evaluator(Visitor[Rows]):
         column = self.index.fields[node.field]
         if column.type is FieldType.TEXT:
             return not column.value_bitmaps and not isinstance(node, DayRange)
+        if isinstance(node, (Compare, DayRange)) and isinstance(
+            self.index.derived.get(("value-order", column.name)), ValueOrder
+        ):
+            return False  # a range of the sorted rows is a few bitmap unions
         return not (isinstance(node, DayRange) and column.bitmap_days is not None)
 
     def row_test(self, node: Any, rows: np.ndarray) -> np.ndarray:
@@ -495,6 +678,10 @@ class Evaluator(Visitor[Rows]):
         if node.type is FieldType.SET:
             return self.list_rows(node.op, node.values)
         column = self.index.fields[node.field]
+        if column.type is FieldType.NUMBER and not any(np.isnan(v) for v in node.values):
+            order = self.value_order(column, "values")
+            if order is not None:
+                return order.compare(node.op, node.values)
         matched = self.positive(column, node.op, node.values)
         if column.type not in EMPTY_NEVER_MATCHES and isinstance(matched, np.ndarray):
             matched &= self.present(column)  # bitmaps hold present rows only
@@ -505,8 +692,31 @@ class Evaluator(Visitor[Rows]):
         low, high = day_numbers(node.low, node.high)
         if column.bitmap_days is not None:
             return self.days_union(column, low, high)
+        order = self.value_order(column, "days")
+        if order is not None:
+            return order.run(
+                0 if low is None else order.position(day32(low), "left"),
+                len(order.values) if high is None else order.position(day32(high), "right"),
+            )
         matched = in_range(np.asarray(column.arrays["days"]), low, high)
         return matched & np.asarray(self.present(column))
+
+    def value_order(self, column: FieldColumn, values: str) -> ValueOrder | None:
+        """The column's rows sorted by value, once it has been asked ORDER_AFTER times."""
+        key = ("value-order", column.name)
+        order = self.index.derived.get(key)
+        if isinstance(order, ValueOrder):
+            return order
+        asked = int(order or 0)
+        if asked < ORDER_AFTER:
+            self.index.derived[key] = asked + 1
+            return None
+        data = np.asarray(column.arrays[values])
+        has = np.asarray(column.arrays["present"])
+        if data.dtype.kind == "f":
+            has = has & ~np.isnan(data)
+        order = self.index.derived[key] = ValueOrder.build(data, has)
+        return order
 
     def present(self, column: FieldColumn) -> Rows:
         if column.type is FieldType.TEXT:
@@ -524,7 +734,18 @@ class Evaluator(Visitor[Rows]):
         days = column.bitmap_days
         lo = 0 if low is None else int(np.searchsorted(days, low, side="left"))
         hi = len(days) if high is None else int(np.searchsorted(days, high, side="right"))
-        return union_all([self.value_bitmap(column, int(day)) for day in days[lo:hi]])
+        if hi - lo <= MAX_DAY_UNION:
+            return union_all([self.value_bitmap(column, int(day)) for day in days[lo:hi]])
+        return self.day_unions(column).between(lo, hi)
+
+    def day_unions(self, column: FieldColumn) -> DayUnions:
+        """The field's cumulative day unions (built on first use, kept with the index)."""
+        key = ("day-unions", column.name)
+        unions = self.index.derived.get(key)
+        if unions is None:
+            bitmaps = [self.value_bitmap(column, int(day)) for day in column.bitmap_days]
+            unions = self.index.derived[key] = DayUnions.build(column.bitmap_days, bitmaps)
+        return unions
 
     def value_bitmap(self, column: FieldColumn, code: int) -> BitMap:
         return self.index.contact_bitmaps.get(BitmapKeys.field_value(column.name, code))
@@ -666,8 +887,66 @@ class Evaluator(Visitor[Rows]):
                 return test(counts)
         if campaigns is None and window == (None, None):  # a URL count, ever
             return self.url_count_test(events.url_contains, test)
+        if campaigns is not None and events.url_contains is None:
+            matched = self.campaign_count_test(etype, campaigns, window, low, high)
+            if matched is not None:
+                return matched
         rows = self.matching_rows(etype, campaigns, window, events.url_contains)
         return self.count_test(rows, test)
+
+    def campaign_count_test(
+        self, etype: str, campaigns: np.ndarray, window: tuple, low: int, high: int | None
+    ) -> BitMap | None:
+        """A count range over a few campaigns in bitmap algebra, from per-campaign levels.
+
+        `levels[j]` holds the rows with at least j events of the campaigns added so far;
+        adding a campaign c, a row reaches j when it had j - i before and has at least i
+        of c (`CampaignLevels`), so the range is levels[low] less levels[high + 1].
+        None (count the events instead) when a campaign's events straddle the window or
+        the bound is too high for the levels to pay.
+        """
+        top = low if high is None else high + 1
+        if len(campaigns) * top * top > MAX_LEVEL_STEPS:
+            return None
+        spans = self.campaign_spans(etype, campaigns)
+        if spans is None:
+            return None
+        first, last = spans
+        lo, hi = window
+        has = first <= last
+        inside = has & (first >= (lo if lo is not None else first)) & (
+            last <= (hi if hi is not None else last)
+        )
+        outside = ~has | (last < lo if lo is not None else False) | (
+            first > hi if hi is not None else False
+        )
+        if not np.all(inside | outside):
+            return None
+        levels: list[BitMap] = [BitMap() for _ in range(top + 1)]  # levels[0] unused
+        for code in campaigns[inside].tolist():
+            of = self.campaign_levels(etype, int(code))
+            grown = []
+            for j in range(1, top + 1):
+                parts = [levels[j], of.at_least(j)]
+                parts += [levels[j - i] & of.at_least(i) for i in range(1, j)]
+                grown.append(union_all(parts))
+            levels[1:] = grown
+        reached = everyone(self.n) if low == 0 else levels[low]
+        return reached if high is None else reached - levels[high + 1]
+
+    def campaign_levels(self, etype: str, code: int) -> CampaignLevels:
+        """One campaign's rows by how many events of `etype` they have (built on first use)."""
+        key = ("campaign-levels", etype, code)
+        levels = self.index.derived.get(key)
+        if levels is None:
+            rows = self.matching_rows(etype, np.array([code], dtype=np.int64), (None, None), None)
+            distinct, counts = runs(np.sort(rows))
+            repeated = counts >= 2
+            levels = self.index.derived[key] = CampaignLevels(
+                self.index.bitmaps.get(BitmapKeys.campaign(etype, code)),
+                distinct[repeated], counts[repeated],
+            )
+        return levels
 
     # --- per-contact count structures, derived once per loaded index ---------------------
 
@@ -697,11 +976,20 @@ class Evaluator(Visitor[Rows]):
         low, high = window
         marks = self.count_marks(etype)
         before_high = (
-            np.asarray(self.index.count[self.type_code(etype)]).astype(np.int64)
+            np.asarray(self.index.count[self.type_code(etype)])
             if high is None or marks.last_day is None or high >= marks.last_day
-            else marks.before(high + 1)
+            else self.counts_before(etype, high + 1)
         )
-        return before_high if low is None else before_high - marks.before(low)
+        # Both are cumulative, so the difference is never negative: unsigned is exact.
+        return before_high if low is None else before_high - self.counts_before(etype, low)
+
+    def counts_before(self, etype: str, day: int) -> np.ndarray:
+        """Per row, the events of `etype` before `day`, kept for the last KEPT_DAYS days
+        asked: a window relative to `as_of` is asked again by every segment that day."""
+        kept = self.index.derived.get(("counts-before", etype))
+        if kept is None:
+            kept = self.index.derived[("counts-before", etype)] = KeptDays()
+        return kept.get(day, lambda: compact(self.count_marks(etype).before(day)))
 
     def url_counts(self) -> UrlCounts:
         """Per click URL, the rows that clicked it and how often (built on first use)."""
