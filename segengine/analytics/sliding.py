@@ -10,8 +10,7 @@ points of one trend (`TrendMemory`):
   window, moved from one point to the next by adding the days that enter the window
   and subtracting those that leave it (the store is sorted by day, so a day is a
   slice); "the last 5 campaigns" are the same campaigns for weeks, so their counts
-  move too; and each count test ("at least 3") of those counts, retested only on the
-  contacts whose counts moved;
+  move too;
 * "has an event" of a campaign list, by the campaigns and the days they cover (cut to
   the days those campaigns have events on), reused while those stay the same;
 * the contacts added by the point, grown by the day bitmaps of `date_added`;
@@ -54,19 +53,8 @@ class TrendMemory:
     """What a trend's points share (one per trend call: it holds one snapshot's index)."""
 
     #: (event type, campaigns or None for any, window length or None for "since ever")
-    #: -> its `Window`
-    windows: dict[tuple[Any, ...], Window] = field(default_factory=dict)
-    #: a window's key and a count range -> (the window's move it holds for, the test's
-    #: answer for every contact)
-    tests: dict[tuple[Any, ...], tuple[int, np.ndarray]] = field(default_factory=dict)
-    #: scratch space of one int32 per contact (`add_rows`), kept across points
-    scratch: np.ndarray | None = None
-    #: the last `Window.version` given
-    versions: int = 0
-
-    def version(self) -> int:
-        self.versions += 1
-        return self.versions
+    #: -> (low, high, counts)
+    windows: dict[tuple[Any, ...], tuple[int | None, int, np.ndarray]] = field(default_factory=dict)
     #: campaign-filtered answers by (kind, type, campaigns, days, url, low, high)
     answers: dict[tuple[Any, ...], Rows] = field(default_factory=dict)
     #: the contacts added by the last point
@@ -82,29 +70,8 @@ class TrendMemory:
 
 
 @dataclass
-class Window:
-    """Each contact's number of events of `campaigns` (None: any) on days [low, high]
-    (low None: since ever)."""
-
-    low: int | None
-    high: int
-    campaigns: tuple[int, ...] | None
-    counts: np.ndarray
-    #: which counts these are (unique within a trend: a test kept for other counts is
-    #: never taken for these), the version they moved from and the rows that move
-    #: touched (None: computed whole)
-    version: int
-    previous: int | None = None
-    touched: np.ndarray | None = None
-
-
-@dataclass
 class PointEvaluator(Evaluator):
-    """The index evaluator of one point of a trend; create one per point, in order.
-
-    A count test's answer is kept and updated in place by the next point: use (or copy)
-    a point's answer before evaluating the next one, as `Evaluation.as_it_stood` does.
-    """
+    """The index evaluator of one point of a trend; create one per point, in order."""
 
     memory: TrendMemory = field(default_factory=TrendMemory)
 
@@ -129,10 +96,10 @@ class PointEvaluator(Evaluator):
         if campaigns is None and node.events.url_contains is None and high is not None and (
             low is not None and high - low + 1 > MAX_DAY_UNION
         ):
-            return self.window_test(etype, low, high, None, 1, None)
+            return self.window_counts(etype, low, high) > 0
         if campaigns is not None and node.events.url_contains is None and low is None:
             # "ever" in a campaign list: its counts only grow by the days entering
-            return self.window_test(etype, low, high, campaigns, 1, None)
+            return self.window_counts(etype, low, high, campaigns) > 0
         if campaigns is not None:
             # a fixed window on a campaign list: the same answer once the window is past
             return self.remembered("has", node.events, 1, None, lambda: super(PointEvaluator, self)
@@ -142,7 +109,7 @@ class PointEvaluator(Evaluator):
     def counted(self, events: Events, low: int, high: int | None) -> Rows:
         etype, campaigns, (first, last) = self.selection(events)
         if events.url_contains is None and last is not None:
-            return self.window_test(etype, first, last, campaigns, low, high)
+            return count_in(low, high)(self.window_counts(etype, first, last, campaigns))
         return super().counted(events, low, high)
 
     def remembered(self, kind: str, events: Events, low: int, high: int | None, compute) -> Rows:
@@ -156,137 +123,51 @@ class PointEvaluator(Evaluator):
             found = self.memory.answers[key] = compute()
         return found
 
-    def window_test(
-        self, etype: str, first: int | None, last: int, campaigns: np.ndarray | None,
-        low: int, high: int | None,
-    ) -> np.ndarray:
-        """Whether each row's number of `etype` events (of `campaigns`) on days
-        [first, last] is in [low, high]: the last point's answer, retested on the rows
-        whose counts moved since."""
-        window = self.window_counts(etype, first, last, campaigns)
-        test = count_in(low, high)
-        key = (etype, None if campaigns is None else tuple(campaigns.tolist()),
-               None if first is None else last - first, low, high)
-        kept = self.memory.tests.get(key)
-        if kept is not None and kept[0] == window.version:
-            return kept[1]
-        if kept is not None and kept[0] == window.previous and window.touched is not None:
-            answer = kept[1]
-            rows = window.touched
-            answer[rows] = test(window.counts[rows])
-        else:
-            answer = test(window.counts)
-            forget(self.memory.tests, key, (0, 2, 3, 4))
-        self.memory.tests[key] = (window.version, answer)
-        return answer
-
     def window_counts(
         self, etype: str, low: int | None, high: int, campaigns: np.ndarray | None = None
-    ) -> Window:
+    ) -> np.ndarray:
         """Each row's number of `etype` events (of `campaigns`, None: any) on days
-        [low, high] (low None: since ever), moved from the last point's counts: by the
-        days entering and leaving the window and, for a window on "the last N campaigns"
-        whose campaigns changed, by the events of the campaigns that left and came."""
+        [low, high] (low None: since ever), moved from the last point's counts."""
         chosen = None if campaigns is None else tuple(campaigns.tolist())
         key = (etype, chosen, None if low is None else high - low)
         state = self.memory.windows.get(key)
-        if state is None and chosen is not None:
-            state = next((w for k, w in self.memory.windows.items()
-                          if k[0] == etype and k[1] is not None and k[2] == key[2]), None)
-        if state is not None and (state.low, state.high, state.campaigns) == (low, high, chosen):
-            return state
-        touched = None if state is None else self.move_days(state, etype, low, high)
-        if touched is not None and state.campaigns != chosen:
-            swapped = self.swap_campaigns(state, etype, campaigns)
-            touched = None if swapped is None else touched + swapped
-        if touched is not None:
-            forget(self.memory.windows, key, (0, 2))
-            self.memory.windows[key] = state
-            state.previous, state.version = state.version, self.memory.version()
-            state.touched = np.concatenate(touched) if touched else np.zeros(0, np.uint32)
-            return state
+        if state is not None:
+            old_low, old_high, counts = state
+            entering = high - old_high
+            leaving = 0 if low is None or old_low is None else low - old_low
+            moved = entering >= 0 and leaving >= 0
+            if moved and (low is None or entering + leaving <= high - low):
+                # in place: a point's answer is a test of the counts, never the counts
+                self.add_days(counts, etype, old_high + 1, high, 1, campaigns)
+                if low is not None and old_low is not None:
+                    self.add_days(counts, etype, old_low, low - 1, -1, campaigns)
+                self.memory.windows[key] = (low, high, counts)
+                return counts
         rows = self.matching_rows(etype, campaigns, (low, high), None)
         counts = np.bincount(rows, minlength=self.n).astype(np.int32)
         forget(self.memory.windows, key, (0, 2))
-        window = self.memory.windows[key] = Window(low, high, chosen, counts, self.memory.version())
-        return window
-
-    def move_days(self, state: Window, etype: str, low: int | None, high: int) -> list[np.ndarray] | None:
-        """Move `state` to days [low, high] by the days entering and leaving (its own
-        campaigns); None when that is not a move forward shorter than the window."""
-        entering = high - state.high
-        leaving = 0 if low is None or state.low is None else low - state.low
-        if entering < 0 or leaving < 0 or (low is not None and entering + leaving > high - low):
-            return None
-        chosen = None if state.campaigns is None else np.array(state.campaigns, np.int64)
-        # in place: a point's answer is a test of the counts, never the counts
-        touched = self.add_days(state.counts, etype, state.high + 1, high, 1, chosen)
-        if low is not None and state.low is not None:
-            touched += self.add_days(state.counts, etype, state.low, low - 1, -1, chosen)
-        state.low, state.high = low, high
-        return touched
-
-    def swap_campaigns(self, state: Window, etype: str, campaigns: np.ndarray) -> list[np.ndarray] | None:
-        """Move `state` to `campaigns` by the events of the campaigns that left and came
-        (None when more changed than stayed: counting afresh is then cheaper)."""
-        old, new = set(state.campaigns or ()), set(campaigns.tolist())
-        gone, came = sorted(old - new), sorted(new - old)
-        if len(gone) + len(came) > len(new):
-            return None
-        touched = []
-        for codes, sign in ((gone, -1), (came, 1)):
-            if codes:
-                rows = self.matching_rows(etype, np.array(codes, np.int64), (state.low, state.high), None)
-                add_rows(state.counts, rows, sign, self.scratch())
-                touched.append(rows)
-        state.campaigns = tuple(campaigns.tolist())
-        return touched
-
-    def scratch(self) -> np.ndarray:
-        if self.memory.scratch is None or len(self.memory.scratch) != self.n:
-            self.memory.scratch = np.empty(self.n, np.int32)
-        return self.memory.scratch
+        self.memory.windows[key] = (low, high, counts)
+        return counts
 
     def add_days(
         self, counts: np.ndarray, etype: str, low: int, high: int, sign: int,
         campaigns: np.ndarray | None,
-    ) -> list[np.ndarray]:
-        """Add `sign` to the counts of the rows of each event on days [low, high];
-        returns those rows."""
+    ) -> None:
         if low > high or (campaigns is not None and len(campaigns) == 0):
-            return []
+            return
         wanted = None
         if campaigns is not None:
             wanted = np.zeros(len(self.index.campaigns), dtype=bool)
             wanted[campaigns] = True
-        touched = []
         for cols, lo, hi in self.window_slices(etype, (low, high)):
             if hi <= lo:
                 continue
             rows = np.asarray(cols["rows"][lo:hi])
             if wanted is not None:
                 rows = rows[wanted[cols["campaign"][lo:hi]]]
-            add_rows(counts, rows, sign, self.scratch())
-            touched.append(rows)
-        return touched
-
-
-def add_rows(counts: np.ndarray, rows: np.ndarray, sign: int, scratch: np.ndarray) -> None:
-    """``counts[r] += sign`` once per occurrence of r in `rows`, without a sort.
-
-    A fancy add counts each distinct row once. The other occurrences are those whose
-    position a later occurrence overwrote in `scratch` (any int32 array of a slot per
-    row; its contents do not matter); they are few (a contact's second event of a day)
-    and added by ``ufunc.at``. ~5x faster than counting the rows sorted.
-    """
-    if len(rows) == 0:
-        return
-    positions = np.arange(len(rows), dtype=np.int32)
-    scratch[rows] = positions
-    repeats = rows[scratch[rows] != positions]
-    counts[rows] += sign
-    if len(repeats):
-        np.add.at(counts, repeats, sign)
+            # a day's events are few: counting them sorted beats ufunc.at's scatter
+            rows, times = np.unique(rows, return_counts=True)
+            counts[rows] += sign * times.astype(np.int32)
 
 
 @functools.lru_cache(maxsize=4096)
