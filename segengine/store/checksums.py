@@ -127,6 +127,32 @@ def expect(root: Path, manifest: Mapping) -> None:
                 _blocks.setdefault(os.path.join(base, rel), (int(size), digests))
 
 
+def _unchecked(key: str) -> tuple[str, str, tuple[int, int, int, int]] | None:
+    """(recorded checksum, workspace-relative path, identity) of a committed file whose
+    content this process has not matched yet at its current identity; None when there
+    is nothing to check (no checksum recorded, already matched, or missing: the reader's
+    own open reports that). A hard link keeps the identity, and so the match, of the file
+    it links."""
+    found = _expected.get(key)
+    if found is None:
+        return None
+    try:
+        ident = _identity(os.stat(key))
+    except OSError:
+        return None
+    if _verified.get(key) == ident or _matched.get(ident) == found[0]:
+        with _lock:
+            _verified[key] = ident
+        return None
+    return found[0], found[1], ident
+
+
+def _matches(key: str, expected: str, ident: tuple[int, int, int, int]) -> None:
+    with _lock:
+        _verified[key] = ident
+        _matched[ident] = expected
+
+
 def check(path: str | os.PathLike[str]) -> None:
     """Raise `DamagedFile` when a committed file no longer has its recorded checksum.
 
@@ -134,21 +160,13 @@ def check(path: str | os.PathLike[str]) -> None:
     a file without a recorded checksum is not checked.
     """
     key = os.fspath(path)
-    found = _expected.get(key)
-    if found is None:
+    pending = _unchecked(key)
+    if pending is None:
         return
-    expected, rel = found
-    try:
-        ident = _identity(os.stat(key))
-    except OSError:
-        return  # the reader's own open reports a missing file
-    if _verified.get(key) == ident:
-        return
-    if _matched.get(ident) != expected and file_checksum(key) != expected:
+    expected, rel, ident = pending
+    if file_checksum(key) != expected:
         raise damaged(rel)
-    with _lock:
-        _verified[key] = ident
-        _matched[ident] = expected
+    _matches(key, expected, ident)
 
 
 def forget() -> None:
@@ -169,18 +187,14 @@ def check_range(path: str | os.PathLike[str], start: int, stop: int) -> None:
     """
     key = os.fspath(path)
     blocks = _blocks.get(key)
-    found = _expected.get(key)
-    if blocks is None or found is None:
+    if blocks is None:
         check(key)
         return
-    size, digests = blocks
-    try:
-        ident = _identity(os.stat(key))
-    except OSError:
-        return  # the reader's own open reports a missing file
-    if _verified.get(key) == ident:
+    pending = _unchecked(key)
+    if pending is None:
         return
-    rel = found[1]
+    _, rel, ident = pending
+    size, digests = blocks
     if -(-ident[0] // size) != len(digests) // BLOCK_HEX:
         raise damaged(rel)  # a file cut short or grown: its blocks are not the recorded ones
     state = _verified_blocks.get(key)
