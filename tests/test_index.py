@@ -89,13 +89,16 @@ COUNT_EXAMPLES = int(os.environ.get("SEGENGINE_COUNT_EXAMPLES", "15"))
 
 @settings(max_examples=COUNT_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ws=workspaces(), data=st.data(), marks=st.integers(1, 4),
-       sparse=st.sampled_from([1, 8, 10**9]), kept=st.integers(1, 3))
-def test_count_structures_match_the_reference(ws, data, marks, sparse, kept, tmp_path_factory):
-    """Count ranges in windows (cumulative marks) and URL counts without a window
-    (per-URL runs), with few marks so bounds fall between them, and `sparse` choosing
-    the cumulative path (10**9: always) or sorting, against the reference. The eight
-    rules share one index, so the counts kept per day (`kept` of them) are reused and
-    dropped between rules."""
+       sparse=st.sampled_from([1, 8, 10**9]), kept=st.integers(1, 3),
+       order_after=st.sampled_from([0, 1, 10**9]))
+def test_count_structures_match_the_reference(ws, data, marks, sparse, kept, order_after,
+                                              tmp_path_factory):
+    """Count ranges in windows (cumulative marks, and from `order_after` asks on the
+    window's counts sorted) and URL counts without a window (per-URL runs), with few
+    marks so bounds fall between them, and `sparse` choosing the cumulative path
+    (10**9: always) or sorting, against the reference. The eight rules share one
+    index, so the counts kept per day (`kept` of them) are reused and dropped between
+    rules, and each rule is counted twice (a second ask may take the sorted counts)."""
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     engine = index_engine(tables, directory / "index")
@@ -109,6 +112,7 @@ def test_count_structures_match_the_reference(ws, data, marks, sparse, kept, tmp
         patch.setattr(index_engine_module, "MARKS", marks)
         patch.setattr(index_engine_module, "SPARSE", sparse)
         patch.setattr(index_engine_module, "KEPT_DAYS", kept)
+        patch.setattr(index_engine_module, "ORDER_AFTER", order_after)
         for _ in range(8):
             rule = data.draw(windowed | url_counts)
             root = Group("all", (rule,))
@@ -131,7 +135,7 @@ def test_day_unions_match_the_reference(ws, data, marks, tmp_path_factory):
     engine = index_engine(tables, directory / "index")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(index_engine_module, "MAX_DAY_UNION", 0)
-        patch.setattr(index_engine_module, "DAY_MARKS", marks)
+        patch.setattr(index_engine_module, "MARK_UNIONS", marks)
         for _ in range(8):
             root = data.draw(rule_trees(ws.schema, ws.campaigns))
             want = expected(ws, root)
@@ -146,12 +150,15 @@ VALUE_ORDER_EXAMPLES = int(os.environ.get("SEGENGINE_VALUE_ORDER_EXAMPLES", "15"
 @settings(max_examples=VALUE_ORDER_EXAMPLES, deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(ws=workspaces(), data=st.data(), fine=st.integers(1, 3), chunks=st.integers(1, 8),
-       marks=st.integers(1, 4), sparse=st.sampled_from([1, 8, 10**9]))
-def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse,
-                                           tmp_path_factory):
-    """Number and date rules answered from the columns' sorted rows (from the first ask,
-    with chunks of a few rows so bounds fall inside them), with and without the per-row
-    tests of the other rules of a group (`sparse`), against the reference."""
+       marks=st.integers(1, 4), sparse=st.sampled_from([1, 8, 10**9]),
+       ordered_rows=st.sampled_from([0, 10**9]), day_union=st.sampled_from([0, 31]))
+def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse, ordered_rows,
+                                           day_union, tmp_path_factory):
+    """Number, date and boolean rules, counts of events (ever and in windows) and wide
+    windows (`day_union` 0: every window of more than one day) answered from sorted rows
+    (from the first ask, with chunks of a few rows so bounds fall inside them), with and
+    without the per-row tests of the other rules of a group (`sparse`, `ordered_rows`),
+    against the reference."""
     directory = tmp_path_factory.mktemp("ws")
     tables = write_workspace(ws, directory / "data")
     engine = index_engine(tables, directory / "index")
@@ -171,14 +178,21 @@ def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse
                   st.tuples(st.sampled_from(DAYS), st.sampled_from(DAYS)).map(
                       lambda p: tuple(sorted(p)))),
     )
+    boolean_rules = st.builds(FieldRule, st.just("vip"), st.just("is"), st.booleans()) | st.builds(
+        FieldRule, st.just("vip"), st.sampled_from(["is_empty", "is_not_empty"]), st.none())
+    activity_rules = st.builds(
+        ActivityRule, st.sampled_from(["opened", "clicked", "sent"]),
+        when=st.none() | _WINDOWS, count=_COUNTS, negate=st.booleans())
     value_rules = st.builds(
         lambda rule, negate: Group("all", (rule,), negate=negate),
-        number_rules | date_rules, st.booleans())
+        number_rules | date_rules | boolean_rules | activity_rules, st.booleans())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(index_engine_module, "ORDER_AFTER", 0)
+        patch.setattr(index_engine_module, "ORDERED_ROWS", ordered_rows)
+        patch.setattr(index_engine_module, "MAX_DAY_UNION", day_union)
         patch.setattr(index_engine_module, "FINE_ROWS", fine)
         patch.setattr(index_engine_module, "FINE_CHUNKS", chunks)
-        patch.setattr(index_engine_module, "COARSE_MARKS", marks)
+        patch.setattr(index_engine_module, "MARK_UNIONS", marks)
         patch.setattr(index_engine_module, "SPARSE", sparse)
         for _ in range(8):
             root = data.draw(rule_trees(ws.schema, ws.campaigns) | value_rules)

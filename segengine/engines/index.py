@@ -105,9 +105,7 @@ def all_of(parts: Sequence[Rows], n: int) -> Rows:
     bitmaps, masks = split_forms(parts)
     if not parts:
         return everyone(n)
-    bitmap = BitMap.intersection(*bitmaps) if len(bitmaps) > 1 else (
-        bitmaps[0] if bitmaps else None
-    )
+    bitmap = intersect_all(bitmaps) if bitmaps else None
     mask = masks[0] if masks else None
     for other in masks[1:]:
         mask = mask & other
@@ -161,6 +159,16 @@ def sparse_rows(rows: int, n: int) -> int:
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
     """The union; one bitmap is returned as it is (rows are never modified in place)."""
     return BitMap.union(*bitmaps) if len(bitmaps) > 1 else bitmaps[0] if bitmaps else BitMap()
+
+
+def intersect_all(bitmaps: Sequence[BitMap]) -> BitMap:
+    """The intersection, smallest first, one pair at a time: a chain of `&` is a few
+    times faster than `BitMap.intersection(*bitmaps)` on bitmaps of millions of rows."""
+    ordered = sorted(bitmaps, key=len)
+    result = ordered[0]
+    for other in ordered[1:]:
+        result = result & other
+    return result
 
 
 def everyone(n: int) -> BitMap:
@@ -324,47 +332,75 @@ class CountMarks:
         return mark + self._between(self.n, self.slices, int(self.days[i]), day)
 
 
-#: How many cumulative unions `DayUnions` keeps each way: a run of days from the first or
-#: to the last then reads at most 1/DAY_MARKS of the day bitmaps besides one union.
-DAY_MARKS = 16
+#: How many cumulative unions `Cumulative` keeps: the union of any first run of its
+#: bitmaps then reads one kept union and at most 1/(2 * MARK_UNIONS) of the bitmaps.
+MARK_UNIONS = 32
+
+
+@dataclass
+class Cumulative:
+    """Unions of the first c of a sequence of disjoint bitmaps, for any c.
+
+    Every `step`-th union is kept (`marks`); the union of the first c is the nearest
+    mark below with the bitmaps up to c added, or the nearest above with the bitmaps
+    from c removed (exact because the bitmaps are disjoint): a contact's date is on
+    one day, its value in one chunk of the sorted values.
+    """
+
+    bitmaps: list[BitMap]
+    step: int
+    marks: list[BitMap]  # marks[k]: the union of bitmaps[: (k + 1) * step] (the last: all)
+
+    @classmethod
+    def build(cls, bitmaps: list[BitMap]) -> Cumulative:
+        step = max(1, -(-len(bitmaps) // MARK_UNIONS))
+        marks, running = [], BitMap()
+        for start in range(0, len(bitmaps), step):
+            running = running | union_all(bitmaps[start : start + step])
+            marks.append(running)
+        return cls(bitmaps, step, marks)
+
+    @property
+    def everyone(self) -> BitMap:
+        """The union of all the bitmaps."""
+        return self.marks[-1] if self.marks else BitMap()
+
+    def first(self, c: int, add: BitMap | None = None, remove: BitMap | None = None) -> BitMap:
+        """The union of bitmaps[:c], with `add` (rows of bitmap c) added or `remove`
+        (rows of bitmap c - 1) taken out: the caller's partial bitmap at the edge."""
+        k = c // self.step
+        below = c - k * self.step  # bitmaps to add to the mark below (k - 1)
+        top = min((k + 1) * self.step, len(self.bitmaps))
+        if below and k < len(self.marks) and top - c < below:
+            removed = self.bitmaps[c:top] + ([remove] if remove is not None else [])
+            upto = self.marks[k] - union_all(removed) if removed else self.marks[k]
+            return upto | add if add is not None else upto
+        parts = [self.marks[k - 1]] if k else []
+        parts += self.bitmaps[k * self.step : c]
+        if remove is not None:
+            return union_all(parts) - remove
+        if add is not None:
+            parts.append(add)
+        return union_all(parts)
 
 
 @dataclass
 class DayUnions:
-    """Unions of a field's day bitmaps from its first day and to its last, at a few days.
-
-    A contact's date is on one day, so the bitmaps are disjoint and the rows of any run
-    of days are the rows up to its end less those before its start: two cumulative
-    unions, each a stored mark and at most `step` day bitmaps, instead of one bitmap per
-    day (a birthday "before 1990" spans thousands).
-    """
+    """A date field's day bitmaps as cumulative unions: the rows of any run of days are
+    the rows up to its end less those before its start (`Cumulative`), instead of one
+    bitmap per day (a birthday "before 1990" spans thousands)."""
 
     days: np.ndarray
-    bitmaps: list[BitMap]
-    step: int
-    prefixes: list[BitMap]  # prefixes[i]: the union of bitmaps[: (i + 1) * step]
+    unions: Cumulative
 
     @classmethod
     def build(cls, days: np.ndarray, bitmaps: list[BitMap]) -> DayUnions:
-        step = max(1, -(-len(days) // DAY_MARKS))
-        prefixes, running = [], BitMap()
-        for start in range(0, len(days) - len(days) % step, step):
-            running = running | union_all(bitmaps[start : start + step])
-            prefixes.append(running)
-        return cls(days, bitmaps, step, prefixes)
-
-    def before(self, j: int) -> BitMap:
-        """The union of the first `j` day bitmaps."""
-        i = j // self.step
-        rest = self.bitmaps[i * self.step : j]
-        if i == 0:
-            return union_all(rest)
-        return BitMap.union(self.prefixes[i - 1], *rest) if rest else self.prefixes[i - 1]
+        return cls(days, Cumulative.build(bitmaps))
 
     def between(self, lo: int, hi: int) -> BitMap:
         """The union of day bitmaps lo..hi-1 (positions in `days`)."""
-        upto = self.before(hi)
-        return upto - self.before(lo) if lo else upto
+        upto = self.unions.first(hi)
+        return upto - self.unions.first(lo) if lo else upto
 
 
 #: How many days' cumulative counts `Evaluator.counts_before` keeps per event type (one
@@ -420,66 +456,85 @@ class CampaignLevels:
         return found
 
 
-#: A number or date column is sorted into `ValueOrder` on the ask after this many (a
-#: one-shot count pays one pass, not a sort of every contact).
+#: A column is sorted into `ValueOrder` on the ask after this many (a one-shot count
+#: pays one pass, not a sort of every contact).
 ORDER_AFTER = 1
-#: `ValueOrder` cuts the sorted rows into this many bitmaps (at least FINE_ROWS rows
-#: each), and keeps this many cumulative unions of them.
-FINE_CHUNKS, FINE_ROWS, COARSE_MARKS = 1024, 1024, 16
+#: `ValueOrder` cuts the sorted rows into about this many bitmaps, at least FINE_ROWS
+#: rows each, each cut at a change of value where one is near.
+FINE_CHUNKS, FINE_ROWS = 1024, 1024
+#: Fewer rows than this are tested one by one even where a column's sorted rows exist
+#: (a range of them costs a few bitmap unions, a fraction of a millisecond).
+ORDERED_ROWS = 50_000
 
 
 @dataclass
 class ValueOrder:
-    """A number or date column's rows with a value, sorted by value, as bitmaps.
+    """A column's rows with a value, sorted by value, as bitmaps of consecutive chunks.
 
     The rows of a value range are a run of the sorted rows: those before its end less
-    those before its start. Rows before a position are a cumulative union (one of
-    COARSE_MARKS), the fine chunks after it (fewer than FINE_CHUNKS / COARSE_MARKS) and
-    at most one chunk's rows made into a bitmap: a range costs some bitmap unions
-    whatever the number of contacts, where a compare passes over all of them.
+    those before its start. Chunks end where the value changes whenever a change is
+    near, so a column of few distinct values (a score, a boolean, a count) answers any
+    range from whole chunks, and any other takes at most one chunk's rows made into a
+    bitmap; the chunks' cumulative unions (`Cumulative`) make the rows before a
+    position a few bitmap unions whatever the number of contacts, where a compare
+    passes over all of them.
     """
 
     values: np.ndarray  # the values, ascending
     rows: np.ndarray  # their rows
-    fine: int
-    chunks: list[BitMap]  # chunks[i]: rows[i * fine : (i + 1) * fine]
-    coarse: int  # chunks per cumulative union
-    prefixes: list[BitMap]  # prefixes[k]: the union of chunks[: (k + 1) * coarse]
+    starts: np.ndarray  # chunk c is rows[starts[c] : starts[c + 1]]
+    chunks: Cumulative
 
     @classmethod
     def build(cls, values: np.ndarray, has: np.ndarray) -> ValueOrder:
         rows = np.flatnonzero(has).astype(np.uint32)
-        order = np.argsort(values[rows], kind="stable")
-        rows, values = rows[order], values[rows][order]
-        fine = max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS))
-        chunks = [to_bitmap(np.sort(rows[i : i + fine])) for i in range(0, len(rows), fine)]
-        coarse = max(1, -(-len(chunks) // COARSE_MARKS))
-        prefixes, running = [], BitMap()
-        for start in range(0, len(chunks) - len(chunks) % coarse, coarse):
-            running = running | union_all(chunks[start : start + coarse])
-            prefixes.append(running)
-        return cls(values, rows, fine, chunks, coarse, prefixes)
+        values = values[rows]
+        order = np.argsort(values, kind="stable")
+        rows, values = rows[order], values[order]
+        starts = chunk_starts(values, max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS)))
+        bitmaps = [to_bitmap(np.sort(rows[a:b])) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        return cls(values, rows, starts, Cumulative.build(bitmaps))
+
+    @property
+    def everyone(self) -> BitMap:
+        """The rows with a value."""
+        return self.chunks.everyone
 
     def before(self, p: int) -> BitMap:
         """The rows of the first `p` values."""
-        c = p // self.fine
-        k = c // self.coarse
-        parts = [self.prefixes[k - 1]] if k else []
-        parts += self.chunks[k * self.coarse : c]
-        tail = self.rows[c * self.fine : p]
-        if len(tail):
-            parts.append(to_bitmap(np.sort(tail)))
-        return union_all(parts)
+        if p <= 0:
+            return BitMap()
+        if p >= len(self.rows):
+            return self.everyone
+        c = int(np.searchsorted(self.starts, p, side="right")) - 1
+        start, end = int(self.starts[c]), int(self.starts[c + 1])
+        if p == start:
+            return self.chunks.first(c)
+        if p - start <= end - p:
+            return self.chunks.first(c, add=to_bitmap(np.sort(self.rows[start:p])))
+        return self.chunks.first(c + 1, remove=to_bitmap(np.sort(self.rows[p:end])))
 
     def run(self, p: int, q: int) -> BitMap:
         """The rows of values p..q-1 (positions in the order)."""
         if q <= p:
             return BitMap()
+        if q >= len(self.rows):
+            return self.everyone - self.before(p) if p else self.everyone
         upto = self.before(q)
         return upto - self.before(p) if p else upto
 
     def position(self, value: Any, side: str) -> int:
-        return int(np.searchsorted(self.values, value, side=side))
+        """Where `value` would go in the values (a bound outside an integer type's range:
+        before or after them all)."""
+        dtype = self.values.dtype
+        if dtype.kind in "iu" and not isinstance(value, np.floating | float):
+            info = np.iinfo(dtype)
+            if int(value) < info.min:
+                return 0
+            if int(value) > info.max:
+                return len(self.values)
+        # the key in the values' own type: a key of another type converts the whole array
+        return int(np.searchsorted(self.values, dtype.type(value), side=side))
 
     def compare(self, op: str, values: tuple) -> BitMap:
         """`NUMBER_OPS[op]` on the rows with a value (NaN values and bounds excluded)."""
@@ -496,6 +551,19 @@ class ValueOrder:
             "between": lambda: (at(v, "left"), at(values[1], "right")),
         }
         return self.run(*ranges[op]())
+
+
+def chunk_starts(values: np.ndarray, fine: int) -> np.ndarray:
+    """Chunk bounds over sorted `values`: about every `fine` positions, each moved to the
+    next change of value when one comes within `fine` positions (a run of one value
+    longer than that is cut where it falls)."""
+    n = len(values)
+    targets = np.arange(fine, n, fine)
+    changes = np.flatnonzero(values[1:] != values[:-1]) + 1
+    at = np.searchsorted(changes, targets, side="left")
+    moved = np.append(changes, n)[at]  # the first change at or after each target
+    cuts = np.where(moved - targets < fine, moved, targets)
+    return np.unique(np.concatenate(([0], cuts[cuts < n], [n]))).astype(np.int64)
 
 
 @dataclass
@@ -595,7 +663,7 @@ class Evaluator(Visitor[Rows]):
         parts = [self.visit(rule) for rule in first]
         if per_row and parts:
             narrowed = all_of(parts, self.n)
-            if isinstance(narrowed, BitMap) and len(narrowed) * SPARSE < self.n:
+            if isinstance(narrowed, BitMap) and self.row_tests_pay(len(narrowed), per_row):
                 rows = bitmap_rows(narrowed)
                 for rule in per_row:
                     rows = rows[self.row_test(rule, rows)]
@@ -619,11 +687,35 @@ class Evaluator(Visitor[Rows]):
         column = self.index.fields[node.field]
         if column.type is FieldType.TEXT:
             return not column.value_bitmaps and not isinstance(node, DayRange)
-        if isinstance(node, (Compare, DayRange)) and isinstance(
-            self.index.derived.get(("value-order", column.name)), ValueOrder
-        ):
-            return False  # a range of the sorted rows is a few bitmap unions
         return not (isinstance(node, DayRange) and column.bitmap_days is not None)
+
+    def row_tests_pay(self, rows: int, rules: Sequence[Any]) -> bool:
+        """Whether testing `rules` on `rows` rows one by one beats answering them over all
+        contacts: a pass over every contact costs more than a gather of a few of them,
+        a range of a column's sorted rows (`ValueOrder`) less than a gather of many.
+
+        Where a column would be sorted (it was asked before), a test on many rows
+        counts as an ask, so the next evaluation answers it from the sorted rows.
+        """
+        if rows * SPARSE >= self.n:
+            return False
+        if rows < ORDERED_ROWS:
+            return True
+        keys = [self.order_key(rule) for rule in rules]
+        due = [self.asked(key) for key in keys if key is not None]
+        return len(due) < len(keys) or not all(due)
+
+    def order_key(self, node: Any) -> tuple | None:
+        """The `index.derived` key of the sorted rows that answer a row-testable rule
+        (None: a text rule, answered by its dictionary)."""
+        if type(node) is Not:
+            return self.order_key(node.rule)
+        column = self.index.fields[node.field]
+        if column.type is FieldType.TEXT or (
+            isinstance(node, Present) and column.type is not FieldType.BOOLEAN
+        ):
+            return None
+        return ("value-order", column.name)
 
     def row_test(self, node: Any, rows: np.ndarray) -> np.ndarray:
         """`node` on the contacts `rows` only, as a mask over `rows` (exactly the rows
@@ -682,6 +774,10 @@ class Evaluator(Visitor[Rows]):
             order = self.value_order(column, "values")
             if order is not None:
                 return order.compare(node.op, node.values)
+        if column.type is FieldType.BOOLEAN:
+            order = self.value_order(column, "values")
+            if order is not None:
+                return order.compare("eq", (int(bool(node.values[0])),))
         matched = self.positive(column, node.op, node.values)
         if column.type not in EMPTY_NEVER_MATCHES and isinstance(matched, np.ndarray):
             matched &= self.present(column)  # bitmaps hold present rows only
@@ -702,20 +798,42 @@ class Evaluator(Visitor[Rows]):
         return matched & np.asarray(self.present(column))
 
     def value_order(self, column: FieldColumn, values: str) -> ValueOrder | None:
-        """The column's rows sorted by value, once it has been asked ORDER_AFTER times."""
-        key = ("value-order", column.name)
-        order = self.index.derived.get(key)
-        if isinstance(order, ValueOrder):
-            return order
-        asked = int(order or 0)
+        """The column's rows sorted by value, once it has been asked ORDER_AFTER times
+        (a boolean's empty value, -1, and a number's NaN are no value)."""
+
+        def source() -> tuple[np.ndarray, np.ndarray]:
+            data = np.asarray(column.arrays[values])
+            if column.type is FieldType.BOOLEAN:
+                return data, data >= 0
+            has = np.asarray(column.arrays["present"])
+            return data, has & ~np.isnan(data) if data.dtype.kind == "f" else has
+
+        return self.ordered(("value-order", column.name), source)
+
+    def asked(self, key: tuple) -> bool:
+        """Count an ask of the sorted rows under `key`; whether they are due (built, or
+        asked ORDER_AFTER times before)."""
+        found = self.index.derived.get(key)
+        if isinstance(found, ValueOrder):
+            return True
+        asked = int(found or 0)
         if asked < ORDER_AFTER:
             self.index.derived[key] = asked + 1
+            return False
+        return True
+
+    def ordered(
+        self, key: tuple, source: Callable[[], tuple[np.ndarray, np.ndarray]]
+    ) -> ValueOrder | None:
+        """The rows sorted by value of `source()` (values, and which rows have one), kept
+        with the index under `key` from its ORDER_AFTER + 1-th ask on (None before)."""
+        if not self.asked(key):
             return None
-        data = np.asarray(column.arrays[values])
-        has = np.asarray(column.arrays["present"])
-        if data.dtype.kind == "f":
-            has = has & ~np.isnan(data)
-        order = self.index.derived[key] = ValueOrder.build(data, has)
+        found = self.index.derived.get(key)
+        if isinstance(found, ValueOrder):
+            return found
+        values, has = source()
+        order = self.index.derived[key] = ValueOrder.build(values, has)
         return order
 
     def present(self, column: FieldColumn) -> Rows:
@@ -726,6 +844,9 @@ class Evaluator(Visitor[Rows]):
                 return complement(self.value_bitmap(column, empty), self.n)
             return np.asarray(column.arrays["codes"]) != empty
         if column.type is FieldType.BOOLEAN:
+            order = self.value_order(column, "values")
+            if order is not None:
+                return order.everyone
             return np.asarray(column.arrays["values"]) >= 0
         return np.asarray(column.arrays["present"])
 
@@ -792,13 +913,7 @@ class Evaluator(Visitor[Rows]):
         names = [store.get(BitmapKeys.list_name(v.lower())) for v in dict.fromkeys(values)]
         if op == "includes":
             return union_all(names)
-        return (  # includes_all
-            BitMap.intersection(*names)
-            if len(names) > 1
-            else BitMap(names[0])
-            if names
-            else everyone(self.n)
-        )
+        return intersect_all(names) if names else everyone(self.n)  # includes_all
 
     # --- bucket rules ----------------------------------------------------------------
 
@@ -875,24 +990,67 @@ class Evaluator(Visitor[Rows]):
         etype, campaigns, window = self.selection(events)
         test = count_in(low, high)
         if campaigns is None and window == (None, None) and events.url_contains is None:
+            order = self.aggregate_order("count", self.type_code(etype))
+            if order is not None:
+                return self.count_range(order, low, high)
             return test(np.asarray(self.index.count[self.type_code(etype)]))
         if campaigns is None and events.url_contains is None:
             matched = self.recent_test(etype, window, low, high)
             if matched is not None:
                 return matched
-            counts = self.counts_outside_window(etype, window)
-            if counts is None:
-                counts = self.window_counts(etype, window)
+            key = ("window-order", etype, window)
+            if self.window_counted(etype, window) and self.asked(key):
+                order = self.ordered(key, lambda: self.window_source(etype, window))
+                return self.count_range(order, low, high)
+            counts = self.counts_in_window(etype, window)
             if counts is not None:
                 return test(counts)
         if campaigns is None and window == (None, None):  # a URL count, ever
-            return self.url_count_test(events.url_contains, test)
+            return self.url_count_test(events.url_contains, low, high)
         if campaigns is not None and events.url_contains is None:
             matched = self.campaign_count_test(etype, campaigns, window, low, high)
             if matched is not None:
                 return matched
         rows = self.matching_rows(etype, campaigns, window, events.url_contains)
         return self.count_test(rows, test)
+
+    def counts_in_window(self, etype: str, window: tuple) -> np.ndarray | None:
+        """Per row, its events of `etype` in `window` from the cumulative structures
+        (None: the window holds so few events that sorting them is cheaper)."""
+        counts = self.counts_outside_window(etype, window)
+        return counts if counts is not None else self.window_counts(etype, window)
+
+    def window_counted(self, etype: str, window: tuple) -> bool:
+        """Whether `counts_in_window` answers for `window` (not too few events in it)."""
+        inside = sum(hi - lo for _, lo, hi in self.window_slices(etype, window))
+        return inside * SPARSE >= self.n
+
+    def window_source(self, etype: str, window: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """A window's per-row counts as a `ValueOrder` source (rows with none: no value);
+        only for a window `window_counted` answers for."""
+        counts = self.counts_outside_window(etype, window)
+        if counts is None:
+            counts = self.window_counts(etype, window)
+        return counts, counts > 0
+
+    def aggregate_order(self, name: str, t: int) -> ValueOrder | None:
+        """The rows with events of type `t`, sorted by their aggregate `name` (count,
+        first or last day), from the ORDER_AFTER + 1-th ask on."""
+        aggregates = {"count": self.index.count, "first": self.index.first, "last": self.index.last}
+        return self.ordered(
+            ("aggregate-order", name, t),
+            lambda: (np.asarray(aggregates[name][t]), np.asarray(self.index.count[t]) > 0),
+        )
+
+    def count_range(self, order: ValueOrder, low: int, high: int | None) -> BitMap:
+        """The rows whose count is in [low, high], from the sorted rows with a count of
+        at least one (`order`): a range of them, or the complement of those above."""
+        if low >= 1:
+            return order.compare("gte", (low,)) if high is None else order.compare(
+                "between", (low, high))
+        if high is None:
+            return everyone(self.n)
+        return complement(order.compare("gt", (high,)), self.n)
 
     def campaign_count_test(
         self, etype: str, campaigns: np.ndarray, window: tuple, low: int, high: int | None
@@ -1000,21 +1158,45 @@ class Evaluator(Visitor[Rows]):
             self.index.derived[("url-counts",)] = counts
         return counts
 
-    def url_count_test(self, url_contains: str, test: Callable[[np.ndarray], np.ndarray]) -> Rows:
-        """Contacts whose clicks on URLs containing `url_contains` pass `test`, from the
-        per-URL counts: the matching URLs' (row, count) runs, added up per row."""
+    def url_count_test(self, url_contains: str, low: int, high: int | None) -> Rows:
+        """Contacts whose clicks on URLs containing `url_contains` number in [low, high],
+        from the per-URL counts: the matching URLs' (row, count) runs, added up per row;
+        from the second ask on, those rows sorted by count."""
+        order = self.ordered(("url-order", url_contains), lambda: self.url_source(url_contains))
+        if order is not None:
+            return self.count_range(order, low, high)
+        test = count_in(low, high)
+        rows, counts = self.url_row_counts(url_contains)
+        if counts.dtype.kind == "f":  # a bincount over every contact
+            return test(counts)
+        if bool(test(np.zeros(1, np.int64))[0]):
+            return complement(to_bitmap(rows[~test(counts)]), self.n)
+        return to_bitmap(rows[test(counts)])
+
+    def url_row_counts(self, url_contains: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their clicks on URLs containing `url_contains`): sorted distinct rows
+        and counts, or for many rows (None, the counts of every contact as floats)."""
         codes = np.flatnonzero(self.url_hits(url_contains))
         rows, counts = self.url_counts().of(codes)
         if len(codes) > 1 and len(rows):
             if len(rows) * SPARSE >= self.n:
-                return test(np.bincount(rows, weights=counts, minlength=self.n))
+                return None, np.bincount(rows, weights=counts, minlength=self.n)
             order = np.argsort(rows, kind="stable")
             rows, counts = rows[order], counts[order]
             starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
             rows, counts = rows[starts], np.add.reduceat(counts, starts)
-        if bool(test(np.zeros(1, np.int64))[0]):
-            return complement(to_bitmap(rows[~test(counts)]), self.n)
-        return to_bitmap(rows[test(counts)])
+        return rows, counts
+
+    def url_source(self, url_contains: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every contact's clicks on URLs containing `url_contains`, as a `ValueOrder`
+        source (rows without such a click: no value)."""
+        rows, counts = self.url_row_counts(url_contains)
+        if rows is None:
+            every = counts.astype(np.int64)
+        else:
+            every = np.zeros(self.n, np.int64)
+            every[rows] = counts
+        return every, every > 0
 
     def has_event(
         self, etype: str, campaigns: np.ndarray | None, window: tuple
@@ -1043,8 +1225,14 @@ class Evaluator(Visitor[Rows]):
         if len(selected) > MAX_DAY_UNION:
             t = self.type_code(etype)
             if hi == len(days):  # every event of this type is on or before `high`
+                order = self.aggregate_order("last", t)
+                if order is not None:
+                    return order.compare("gte", (day32(low),))
                 return np.asarray(self.index.last[t]) >= low
             if lo == 0:  # every event of this type is on or after `low`
+                order = self.aggregate_order("first", t)
+                if order is not None:
+                    return order.compare("lte", (day32(high),))
                 return np.asarray(self.index.first[t]) <= high
         return union_all([bitmaps.get(BitmapKeys.day(etype, int(d))) for d in selected])
 

@@ -214,6 +214,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
+        self._last: tuple[tuple[int, ...], Snapshot] | None = None
         if not (self.root / MARKER).is_file():
             hint = "run `segengine init DIR` first, or pass -w/--workspace"
             if not self.root.exists():
@@ -269,6 +270,21 @@ class Store:
     # --- reading -------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        """The committed state. A commit replaces the manifest file (a rename), so the
+        same file, by inode, size and times, is the same state: read once, kept."""
+        try:
+            st = os.stat(self.root / MANIFEST)
+        except FileNotFoundError as exc:
+            raise WorkspaceError(f"{self.root}: cannot read {MANIFEST}: {exc}") from exc
+        identity = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        last = self._last
+        if last is not None and last[0] == identity:
+            return last[1]
+        snapshot = self._read_snapshot()
+        self._last = (identity, snapshot)
+        return snapshot
+
+    def _read_snapshot(self) -> Snapshot:
         try:
             manifest = json.loads((self.root / MANIFEST).read_text())
             if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), int):
