@@ -866,3 +866,18 @@ def test_a_rule_segments_of_a_union_share_is_evaluated_once(fixed, monkeypatch):
     for root in roots:  # each evaluation counts for itself
         assert engine.contact_ids([root], ws.as_of).tolist() == expected(ws, root)
     assert len(counted) == 4
+
+
+@pytest.mark.parametrize("values", [
+    np.array([3.0, 100.0, 0.0, 41.0, 3.0]),  # whole numbers: 16-bit offsets
+    np.array([3.5, -1.0, 2.0]),  # fractions: a comparison sort
+    np.array([-128, 127, 0, -5], dtype=np.int8),
+    np.array([2**60, 2**60 + 5, 2**60 - 3], dtype=np.int64),
+    np.array([2**62, -(2**62)], dtype=np.int64),  # a span too wide for offsets
+    np.array([2**64 - 1, 2**64 - 7], dtype=np.uint64),
+    np.array([2.0**60, 2.0**60 + 256, 2.0**60 - 512]),
+    np.array([np.inf, 1.0, -np.inf]),
+    np.array([], dtype=np.float64),
+])
+def test_sorting_a_column_for_its_order_sorts_every_kind_of_value(values):
+    assert np.array_equal(values[index_engine_module.sort_order(values)], np.sort(values))

@@ -489,7 +489,7 @@ class ValueOrder:
     def build(cls, values: np.ndarray, has: np.ndarray) -> ValueOrder:
         rows = np.flatnonzero(has).astype(np.uint32)
         values = values[rows]
-        order = np.argsort(values, kind="stable")
+        order = sort_order(values)
         rows, values = rows[order], values[order]
         starts = chunk_starts(values, max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS)))
         bitmaps = [to_bitmap(np.sort(rows[a:b])) for a, b in zip(starts[:-1], starts[1:], strict=True)]
@@ -551,6 +551,21 @@ class ValueOrder:
             "between": lambda: (at(v, "left"), at(values[1], "right")),
         }
         return self.run(*ranges[op]())
+
+
+def sort_order(values: np.ndarray) -> np.ndarray:
+    """The positions that sort `values`. Whole numbers within a span of 65,536 (scores,
+    counts, booleans, days) are sorted as 16-bit offsets, which numpy radix-sorts in one
+    pass over the data: about ten times faster than a comparison sort of 10M values."""
+    kind = values.dtype.kind
+    if len(values) and kind in "iuf" and values.dtype.itemsize > 2:
+        exact = float if kind == "f" else int
+        low, high = exact(values.min()), exact(values.max())
+        if high - low < 2**16 and (kind != "f" or bool(np.all(values == np.floor(values)))):
+            # in the values' own type: a difference below the span cannot overflow it
+            offsets = (values - values.dtype.type(low)).astype(np.uint16)
+            return np.argsort(offsets, kind="stable")
+    return np.argsort(values, kind="stable")
 
 
 def chunk_starts(values: np.ndarray, fine: int) -> np.ndarray:
@@ -660,16 +675,38 @@ class Evaluator(Visitor[Rows]):
         last, and when the others leave few rows they test only those rows."""
         per_row = [rule for rule in node.rules if self.row_testable(rule)]
         first = [rule for rule in node.rules if not self.row_testable(rule)]
-        parts = [self.visit(rule) for rule in first]
+        parts = [self.all_of_rules(first)] if first else []
         if per_row and parts:
-            narrowed = all_of(parts, self.n)
+            narrowed = parts[0]
             if isinstance(narrowed, BitMap) and self.row_tests_pay(len(narrowed), per_row):
                 rows = bitmap_rows(narrowed)
                 for rule in per_row:
                     rows = rows[self.row_test(rule, rows)]
                 return to_bitmap(rows)
-            parts = [narrowed]
         return all_of(parts + [self.visit(rule) for rule in per_row], self.n)
+
+    def all_of_rules(self, rules: Sequence[Any]) -> Rows:
+        """The AND of `rules`, where a negated rule answered by a bitmap is taken away
+        from the others (one difference) instead of complemented and intersected."""
+        parts, removed = [], []
+        for rule in rules:
+            if type(rule) is Not:
+                inner = self.visit(rule.rule)
+                if isinstance(inner, BitMap):
+                    removed.append(inner)
+                    continue
+                parts.append(self.negate(inner))
+            else:
+                parts.append(self.visit(rule))
+        if not removed:
+            return all_of(parts, self.n)
+        gone = union_all(removed)
+        if not parts:
+            return complement(gone, self.n)
+        kept = all_of(parts, self.n)
+        if isinstance(kept, BitMap):
+            return kept - gone
+        return all_of([kept, complement(gone, self.n)], self.n)
 
     # --- field tests on some rows (the planner's selective path) ----------------------
 
