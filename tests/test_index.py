@@ -880,4 +880,8 @@ def test_a_rule_segments_of_a_union_share_is_evaluated_once(fixed, monkeypatch):
     np.array([], dtype=np.float64),
 ])
 def test_sorting_a_column_for_its_order_sorts_every_kind_of_value(values):
-    assert np.array_equal(values[index_engine_module.sort_order(values)], np.sort(values))
+    keys, bounds, order = index_engine_module.sorted_runs(values)
+    assert np.array_equal(values[order], np.sort(values))
+    distinct, counts = np.unique(values, return_counts=True)
+    assert np.array_equal(keys, distinct) and keys.dtype == values.dtype
+    assert bounds.tolist() == [0, *np.cumsum(counts).tolist()]

@@ -480,20 +480,28 @@ class ValueOrder:
     passes over all of them.
     """
 
-    values: np.ndarray  # the values, ascending
-    rows: np.ndarray  # their rows
+    keys: np.ndarray  # the distinct values, ascending
+    bounds: np.ndarray  # rows[bounds[k] : bounds[k + 1]] have value keys[k]
+    rows: np.ndarray  # the rows, by value (ascending within a value)
     starts: np.ndarray  # chunk c is rows[starts[c] : starts[c + 1]]
     chunks: Cumulative
 
     @classmethod
     def build(cls, values: np.ndarray, has: np.ndarray) -> ValueOrder:
         rows = np.flatnonzero(has).astype(np.uint32)
-        values = values[rows]
-        order = sort_order(values)
-        rows, values = rows[order], values[order]
-        starts = chunk_starts(values, max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS)))
-        bitmaps = [to_bitmap(np.sort(rows[a:b])) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-        return cls(values, rows, starts, Cumulative.build(bitmaps))
+        keys, bounds, order = sorted_runs(values[rows])
+        rows = rows[order]
+        starts = chunk_starts(bounds, max(FINE_ROWS, -(-len(rows) // FINE_CHUNKS)))
+        # a stable sort leaves a value's rows ascending: only a chunk of several values
+        # is sorted again
+        single = np.searchsorted(bounds, starts[:-1], side="right") == np.searchsorted(
+            bounds, starts[1:], side="left")
+        bitmaps = [
+            to_bitmap(rows[a:b] if one else np.sort(rows[a:b]))
+            for a, b, one in zip(starts[:-1].tolist(), starts[1:].tolist(), single.tolist(),
+                                 strict=True)
+        ]
+        return cls(keys, bounds, rows, starts, Cumulative.build(bitmaps))
 
     @property
     def everyone(self) -> BitMap:
@@ -524,17 +532,17 @@ class ValueOrder:
         return upto - self.before(p) if p else upto
 
     def position(self, value: Any, side: str) -> int:
-        """Where `value` would go in the values (a bound outside an integer type's range:
-        before or after them all)."""
-        dtype = self.values.dtype
+        """Where `value` would go in the sorted values (a bound outside an integer type's
+        range: before or after them all)."""
+        dtype = self.keys.dtype
         if dtype.kind in "iu" and not isinstance(value, np.floating | float):
             info = np.iinfo(dtype)
             if int(value) < info.min:
                 return 0
             if int(value) > info.max:
-                return len(self.values)
+                return len(self.rows)
         # the key in the values' own type: a key of another type converts the whole array
-        return int(np.searchsorted(self.values, dtype.type(value), side=side))
+        return int(self.bounds[np.searchsorted(self.keys, dtype.type(value), side=side)])
 
     def compare(self, op: str, values: tuple) -> BitMap:
         """`NUMBER_OPS[op]` on the rows with a value (NaN values and bounds excluded)."""
@@ -544,8 +552,8 @@ class ValueOrder:
         v = values[0]
         ranges = {
             "eq": lambda: (at(v, "left"), at(v, "right")),
-            "gt": lambda: (at(v, "right"), len(self.values)),
-            "gte": lambda: (at(v, "left"), len(self.values)),
+            "gt": lambda: (at(v, "right"), len(self.rows)),
+            "gte": lambda: (at(v, "left"), len(self.rows)),
             "lt": lambda: (0, at(v, "left")),
             "lte": lambda: (0, at(v, "right")),
             "between": lambda: (at(v, "left"), at(values[1], "right")),
@@ -553,30 +561,43 @@ class ValueOrder:
         return self.run(*ranges[op]())
 
 
-def sort_order(values: np.ndarray) -> np.ndarray:
-    """The positions that sort `values`. Whole numbers within a span of 65,536 (scores,
-    counts, booleans, days) are sorted as 16-bit offsets, which numpy radix-sorts in one
-    pass over the data: about ten times faster than a comparison sort of 10M values."""
+def sorted_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values ascending, where each one's run starts (and the end), the
+    positions that sort `values` stably).
+
+    Whole numbers within a span of 65,536 (scores, counts, booleans, days) are sorted as
+    16-bit offsets, which numpy radix-sorts in one pass over the data (about ten times
+    faster than a comparison sort of 10M values), and their runs are counted, not found.
+    """
     kind = values.dtype.kind
-    if len(values) and kind in "iuf" and values.dtype.itemsize > 2:
+    if len(values) and kind in "iuf":
         exact = float if kind == "f" else int
         low, high = exact(values.min()), exact(values.max())
         if high - low < 2**16 and (kind != "f" or bool(np.all(values == np.floor(values)))):
             # in the values' own type: a difference below the span cannot overflow it
             offsets = (values - values.dtype.type(low)).astype(np.uint16)
-            return np.argsort(offsets, kind="stable")
-    return np.argsort(values, kind="stable")
+            counts = np.bincount(offsets)
+            present = np.flatnonzero(counts)
+            keys = (values.dtype.type(low) + present.astype(values.dtype)).astype(values.dtype)
+            bounds = np.concatenate(([0], np.cumsum(counts[present]))).astype(np.int64)
+            return keys, bounds, np.argsort(offsets, kind="stable")
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    changes = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    firsts = np.concatenate(([0], changes)).astype(np.int64) if len(ordered) else changes
+    bounds = np.concatenate((firsts, [len(ordered)])).astype(np.int64)
+    return ordered[firsts], bounds, order
 
 
-def chunk_starts(values: np.ndarray, fine: int) -> np.ndarray:
-    """Chunk bounds over sorted `values`: about every `fine` positions, each moved to the
-    next change of value when one comes within `fine` positions (a run of one value
-    longer than that is cut where it falls)."""
-    n = len(values)
+def chunk_starts(bounds: np.ndarray, fine: int) -> np.ndarray:
+    """Chunk bounds over sorted values whose runs start at `bounds` (and end at its
+    last): about every `fine` positions, each moved to the next change of value when
+    one comes within `fine` positions (a run of one value longer than that is cut where
+    it falls)."""
+    n = int(bounds[-1]) if len(bounds) else 0
     targets = np.arange(fine, n, fine)
-    changes = np.flatnonzero(values[1:] != values[:-1]) + 1
-    at = np.searchsorted(changes, targets, side="left")
-    moved = np.append(changes, n)[at]  # the first change at or after each target
+    changes = bounds[1:]  # every run's end, the last being n
+    moved = changes[np.searchsorted(changes, targets, side="left")]
     cuts = np.where(moved - targets < fine, moved, targets)
     return np.unique(np.concatenate(([0], cuts[cuts < n], [n]))).astype(np.int64)
 
