@@ -152,3 +152,15 @@ def test_the_cold_benchmark_times_alternating_pairs(sample: Path) -> None:
     assert result["total"] == expected["total"]
     assert result["ratio"] == result["count_seconds"] / result["import_seconds"] > 0
     assert "| cold count ms |" in "\n".join(cold.lines(result))
+
+
+def test_numpy_on_first_use_puts_numpy_itself_in_the_module() -> None:
+    import numpy
+
+    from segengine.lazy import OnFirstUse, numpy_on_first_use
+
+    namespace: dict = {}
+    namespace["np"] = numpy_on_first_use(namespace)
+    assert isinstance(namespace["np"], OnFirstUse)
+    assert namespace["np"].arange(3).tolist() == [0, 1, 2]
+    assert namespace["np"] is numpy  # later uses are plain global look-ups

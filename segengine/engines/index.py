@@ -1037,7 +1037,7 @@ class Evaluator(Visitor[Rows]):
             return union_all([bitmaps.get(BitmapKeys.campaign(etype, c)) for c in campaigns])
         if campaigns is not None:
             return self.campaigns_in_window(etype, campaigns, window)
-        days = self.index.bitmap_days(etype)
+        days = self.index.bitmap_day_list(etype)
         lo = 0 if low is None else bisect.bisect_left(days, low)
         hi = len(days) if high is None else bisect.bisect_right(days, high)
         selected = days[lo:hi]
@@ -1220,7 +1220,7 @@ class Evaluator(Visitor[Rows]):
 
     def at_least_since(self, etype: str, k: int, low: int) -> Rows:
         """Rows with at least `k` (<= RECENT) events of `etype` on or after day `low`."""
-        days = self.index.recent_days(etype, k)
+        days = self.index.recent_day_list(etype, k)
         if days is None:  # an index built before the recent-day bitmaps
             return np.asarray(self.index.recent[self.type_code(etype)][k - 1]) >= day32(low)
         start = bisect.bisect_left(days, low)

@@ -203,7 +203,8 @@ class IndexData:
         self.day_range = events["day_range"]
         self._urls: pa.Array | None = None
         self._blocks: list[EventBlock] | None = None
-        self._days: dict[str, list[int]] = {}
+        self._days: dict[str, np.ndarray] = {}
+        self._day_lists: dict[str, list[int]] = {}
         self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
         #: bucket numbers per seed and bucket ranges' rows, computed on first use
         self.buckets = BucketCache(self.n)
@@ -281,22 +282,36 @@ class IndexData:
             self._status_rows = (largest, groups)
         return self._status_rows
 
-    def bitmap_days(self, etype: str) -> list[int]:
+    def bitmap_days(self, etype: str) -> np.ndarray:
         """The sorted days that have a (type, day) bitmap."""
+        return self._day_array(BitmapKeys.day_prefix(etype))
+
+    def bitmap_day_list(self, etype: str) -> list[int]:
+        """`bitmap_days` as a list, for `bisect`: a window of day bitmaps needs no numpy."""
         return self._named_days(BitmapKeys.day_prefix(etype))
 
-    def recent_days(self, etype: str, k: int) -> list[int] | None:
+    def recent_days(self, etype: str, k: int) -> np.ndarray | None:
         """The sorted days that have a (type, k-th latest, day) bitmap (None: not built)."""
+        if not self.meta["events"]["recent_bitmaps"]:
+            return None
+        return self._day_array(BitmapKeys.recent_prefix(etype, k))
+
+    def recent_day_list(self, etype: str, k: int) -> list[int] | None:
+        """`recent_days` as a list, for `bisect` (no numpy)."""
         if not self.meta["events"]["recent_bitmaps"]:
             return None
         return self._named_days(BitmapKeys.recent_prefix(etype, k))
 
     def _named_days(self, prefix: str) -> list[int]:
-        # a list searched with `bisect`: a window of day bitmaps needs no numpy
-        if prefix not in self._days:
-            self._days[prefix] = sorted(
+        if prefix not in self._day_lists:
+            self._day_lists[prefix] = sorted(
                 BitmapKeys.day_of(prefix, name) for name in self.bitmaps.names(prefix)
             )
+        return self._day_lists[prefix]
+
+    def _day_array(self, prefix: str) -> np.ndarray:
+        if prefix not in self._days:
+            self._days[prefix] = np.array(self._named_days(prefix), dtype=np.int64)
         return self._days[prefix]
 
 
