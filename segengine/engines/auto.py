@@ -23,10 +23,9 @@ from .base import Engine
 from .index import Evaluator, contact_ids_of, count_by_status
 
 if TYPE_CHECKING:
-    from .duckdb import DuckDBEngine
-
-if TYPE_CHECKING:
     import numpy as np
+
+    from .duckdb import DuckDBEngine
 else:
     np = numpy_on_first_use(globals())
 

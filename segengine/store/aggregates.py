@@ -171,8 +171,9 @@ class Aggregates:
     def deltas(self) -> list[Delta] | None:
         """None: the base is the whole truth (full arrays over all `n` rows, writable in
         a writer); otherwise one delta per event type."""
-        if self._read_deltas is not None:
-            self._deltas, self._read_deltas = self._read_deltas(), None
+        read = self._read_deltas  # once: another thread may read them at the same time
+        if read is not None:
+            self._deltas, self._read_deltas = read(), None
         return self._deltas
 
     @deltas.setter

@@ -14,10 +14,8 @@ from ..lazy import numpy_on_first_use
 from .checksums import check, check_range
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
-if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 else:
     np = numpy_on_first_use(globals())
 

@@ -22,10 +22,8 @@ from typing import TYPE_CHECKING
 from ...lazy import numpy_on_first_use
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
-if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 else:
     np = numpy_on_first_use(globals())
 
