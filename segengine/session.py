@@ -20,6 +20,7 @@ from its Parquet files, by the same rules.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -44,13 +45,6 @@ SegmentArg = str | os.PathLike[str] | Mapping[str, Any] | Segment
 DEFINITION_SUFFIXES = (".json", ".yaml", ".yml")
 #: How many parsed definition files a session keeps.
 FILE_CACHE_SIZE = 64
-
-
-def close_match(name: str, names: Iterable[str]) -> list[str]:
-    """The name of `names` closest to a mistyped `name` (a list of at most one)."""
-    import difflib  # only an error message needs it, not every command's start-up
-
-    return difflib.get_close_matches(name, list(names), n=1)
 
 
 def parse_as_of(value: str | dt.date | None) -> dt.date:
@@ -139,7 +133,7 @@ class Session:
             if not os.path.isfile(text):
                 raise SegmentNotFound(f"segment file {text} does not exist")
             return self._load_file(path, text, snap.schema)
-        hint = close_match(text, snap.segments)
+        hint = difflib.get_close_matches(text, list(snap.segments), n=1)
         did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise SegmentNotFound(
             f"no saved segment {text!r}{did_you_mean}: give a saved name "
@@ -253,7 +247,7 @@ class Session:
         if engine is not None:
             return engine
         if name not in ENGINES:
-            hint = close_match(name, ENGINES)
+            hint = difflib.get_close_matches(name, list(ENGINES), n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise InputError(f"unknown engine {name!r}{extra}: use one of {', '.join(ENGINES)}")
         with self._engines_lock:
