@@ -6,7 +6,10 @@ there when the engagement index answers (behaviour, lists, statuses, numbers, da
 small text dictionaries and click URLs). The same process asked for ``--engine duckdb``
 must show DuckDB loaded, so the check itself can fail. Neither is a Parquet file hashed
 (their checksums are checked when an engine reads them, and the index reads none), nor
-are OpenSSL and shutil loaded, and numpy's OpenBLAS runs one thread.
+are OpenSSL and shutil loaded, and numpy's OpenBLAS runs one thread. A count that the
+index's bitmaps answer alone (activity in a window, "at least k times in the last N
+days", statuses, lists) does not even import numpy, while one that reads a per-contact
+array does, so that check can fail too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ HEAVY = ("duckdb", "polars", "pyarrow")
 #: only) and shutil with its compression modules (writers only).
 STARTUP = ("hashlib", "shutil", "lzma", "bz2")
 AS_OF = "2026-11-01"
+#: Counts the bitmaps answer alone: numpy (a quarter of a one-shot count's time) stays out.
+NUMPY_FREE = {
+    "opened-3x-in-90d": {"rules": [
+        {"activity": "opened", "when": {"in_last_days": 90}, "count": {"gte": 3}}]},
+    "active-newsletter-clickers-30d": {"rules": [
+        {"field": "status", "op": "is", "value": "active"},
+        {"field": "lists", "op": "includes", "value": "newsletter"},
+        {"activity": "clicked", "when": {"in_last_days": 30}},
+    ]},
+    "not-opened-in-14d-or-bounced": {"match": "any", "rules": [
+        {"activity": "opened", "negate": True, "when": {"in_last_days": 14}},
+        {"field": "status", "op": "is", "value": "bounced"},
+    ]},
+}
 
 #: Runs the command line as `segengine` would and prints, after its own output, the
 #: heavy modules it imported and the Parquet files it checked (each on a line of its own).
@@ -62,15 +79,17 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = segengine.Workspace.init(root)
     ws.import_contacts(SAMPLE / "contacts.csv")
     ws.import_events(SAMPLE / "events.csv")
-    for name, body in DEFINITIONS.items():
+    for name, body in {**DEFINITIONS, **NUMPY_FREE}.items():
         (root.parent / f"{name}.json").write_text(json.dumps({"name": name, **body}))
     return root
 
 
-def run_count(workspace: Path, segment: Path, *options: str) -> tuple[dict, list[str], list[str]]:
+def run_count(
+    workspace: Path, segment: Path, *options: str, watch: tuple[str, ...] = HEAVY + STARTUP
+) -> tuple[dict, list[str], list[str]]:
     argv = ["-w", str(workspace), "count", str(segment), "--json", "--as-of", AS_OF, *options]
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER.format(heavy=HEAVY + STARTUP), *argv],
+        [sys.executable, "-c", DRIVER.format(heavy=watch), *argv],
         capture_output=True, text=True, check=False, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -94,6 +113,27 @@ def test_a_count_from_the_index_loads_no_engine(sample: Path, name: str) -> None
     assert result["by_status"] == expected["by_status"]
 
 
+@pytest.mark.parametrize("name", NUMPY_FREE)
+def test_a_count_the_bitmaps_answer_does_not_import_numpy(sample: Path, name: str) -> None:
+    segment = sample.parent / f"{name}.json"
+    result, loaded, parquet = run_count(sample, segment, watch=("numpy", *HEAVY, *STARTUP))
+    assert loaded == []
+    assert parquet == []
+    expected = segengine.open(sample).count(segment, as_of=AS_OF, engine="duckdb")
+    assert result["by_status"] == expected["by_status"]
+
+
+def test_the_check_sees_numpy_when_a_count_reads_an_array(sample: Path) -> None:
+    # "at least 3 times ever" reads the per-contact event counts, a numpy array
+    segment = sample.parent / "opened-3x-ever.json"
+    segment.write_text(json.dumps({"name": "opened-3x-ever", "rules": [
+        {"activity": "opened", "count": {"gte": 3}}]}))
+    result, loaded, _ = run_count(sample, segment, watch=("numpy", *HEAVY))
+    assert loaded == ["numpy"]
+    expected = segengine.open(sample).count(segment, as_of=AS_OF, engine="duckdb")
+    assert result["by_status"] == expected["by_status"]
+
+
 def test_the_check_sees_an_engine_that_is_loaded(sample: Path) -> None:
     result, loaded, parquet = run_count(sample, SEGMENTS / "state-ca.yaml", "--engine", "duckdb")
     assert "duckdb" in loaded
@@ -112,3 +152,15 @@ def test_the_cold_benchmark_times_alternating_pairs(sample: Path) -> None:
     assert result["total"] == expected["total"]
     assert result["ratio"] == result["count_seconds"] / result["import_seconds"] > 0
     assert "| cold count ms |" in "\n".join(cold.lines(result))
+
+
+def test_numpy_on_first_use_puts_numpy_itself_in_the_module() -> None:
+    import numpy
+
+    from segengine.lazy import OnFirstUse, numpy_on_first_use
+
+    namespace: dict = {}
+    namespace["np"] = numpy_on_first_use(namespace)
+    assert isinstance(namespace["np"], OnFirstUse)
+    assert namespace["np"].arange(3).tolist() == [0, 1, 2]
+    assert namespace["np"] is numpy  # later uses are plain global look-ups

@@ -288,3 +288,65 @@ def test_a_file_linked_into_the_next_index_is_not_hashed_again(tmp_path, monkeyp
     with pytest.raises(checksums.DamagedFile, match="c.bin"):
         checksums.check(copied)
     checksums.forget()
+
+
+# --- the aggregate delta: read, and checked, when a count first reads an aggregate -----
+
+
+@pytest.fixture(scope="module")
+def with_delta(tmp_path_factory) -> Path:
+    """The sample imported as contacts, then its events in two imports whose second keeps
+    the changed aggregates in a delta over the first's base."""
+    from conftest import SAMPLE
+
+    from segengine.store import aggregates
+
+    root = tmp_path_factory.mktemp("delta")
+    header, *rows = (SAMPLE / "events.csv").read_text().splitlines(keepends=True)
+    cut = len(rows) * 9 // 10
+    write(root / "a.csv", header + "".join(rows[:cut]))
+    write(root / "b.csv", header + "".join(rows[cut:]))
+    ws = segengine.Workspace.init(root / "ws")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aggregates, "DELTA_MAX_PER_CONTACT", 1e9)
+        ws.import_contacts(SAMPLE / "contacts.csv")
+        ws.import_events(root / "a.csv")
+        ws.import_events(root / "b.csv")
+    manifest = json.loads((root / "ws" / "manifest.json").read_text())
+    assert [rel for rel in manifest["checksums"] if "/aggregates/delta." in rel]
+    return root / "ws"
+
+
+def test_a_flipped_delta_file_is_an_error_once_a_count_reads_the_aggregates(with_delta, tmp_path):
+    manifest = json.loads((with_delta / "manifest.json").read_text())
+    deltas = sorted(rel for rel in manifest["checksums"] if "/aggregates/delta." in rel)
+    assert len(deltas) == 5  # the rows and the four aggregates
+    # "at least twice ever" reads the per-contact counts, so their delta; "3 times in
+    # 90 days" is answered by bitmaps and reads no aggregate
+    ever = write(tmp_path / "ever.json", json.dumps(
+        {"name": "ever", "rules": [{"activity": "opened", "count": {"gte": 2}}]}))
+    recent = write(tmp_path / "recent.json", json.dumps(
+        {"name": "recent", "rules": [{"activity": "opened", "when": {"in_last_days": 90},
+                                      "count": {"gte": 3}}]}))
+    ws = tmp_path / "ws"
+    rng = random.Random(3)
+    for rel in deltas:
+        shutil.rmtree(ws, ignore_errors=True)
+        shutil.copytree(with_delta, ws)
+        flip(ws / rel, rng)
+        with pytest.raises(checksums.DamagedFile, match=rel.replace(".", r"\.")):
+            read_everything(ws)
+    shutil.rmtree(ws)
+    shutil.copytree(with_delta, ws)
+    before = run(ws, "count", str(ever), "--json", "--as-of", "2026-11-01")
+    assert before.returncode == 0, before.stderr
+    rel = next(rel for rel in deltas if rel.endswith("delta.count.npy"))
+    flip(ws / rel, rng)
+    after = run(ws, "count", str(ever), "--as-of", "2026-11-01")
+    assert after.returncode == 1 and rel in after.stderr
+    assert after.stderr.count("\n") == 1 and "segengine reindex" in after.stderr
+    answered = run(ws, "count", str(recent), "--json", "--as-of", "2026-11-01")
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["total"] == segengine.open(with_delta).count(
+        recent, as_of="2026-11-01", engine="duckdb")["total"]
+    assert f"DAMAGED: {rel}" in run(ws, "verify").stdout

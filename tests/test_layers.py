@@ -132,7 +132,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("definition", ("segengine.definition",)),
     ("store", ("segengine.store",)),
     ("foundations", ("segengine.fields", "segengine.addresses", "segengine.errors", "segengine.progress",
-                     "segengine.synth")),
+                     "segengine.lazy", "segengine.synth")),
 ]
 
 

@@ -14,17 +14,20 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..definition.lower import Lowered
 from ..errors import EngineError
+from ..lazy import numpy_on_first_use
 from ..store.index.read import IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine
 from .index import Evaluator, contact_ids_of, count_by_status
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .duckdb import DuckDBEngine
+else:
+    np = numpy_on_first_use(globals())
 
 
 class AutoEngine(Engine):

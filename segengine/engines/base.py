@@ -22,15 +22,19 @@ import datetime as dt
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..definition.lower import COMPARE_OPS, LOWERED_KINDS, Lowered, Not, as_it_stood, lower_all
 from ..definition.nodes import Group
 from ..errors import EngineError
 from ..fields import STATUSES, FieldType
+from ..lazy import numpy_on_first_use
 from ..store.manifest import Tables
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy_on_first_use(globals())
 
 
 class Engine(ABC):

@@ -16,13 +16,13 @@ on empty values" falls out of ``negative = not positive``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
-import numpy as np
 from pyroaring import BitMap
 
 from ..definition.lower import (
@@ -42,6 +42,7 @@ from ..definition.lower import (
 from ..definition.nodes import ANY_CAMPAIGN, LastCampaigns
 from ..errors import EngineError
 from ..fields import EVENT_TYPES, STATUSES, FieldType
+from ..lazy import numpy_on_first_use
 from ..store.aggregates import RECENT
 from ..store.index.bitmaps import bitmap_rows, runs, to_bitmap
 from ..store.index.buckets import NO_BUCKET
@@ -52,9 +53,13 @@ from .base import Engine, Visitor, empty_by_status
 from .masks import bitmap_to_mask, mask_to_bitmap
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
+else:
+    np = numpy_on_first_use(globals())
 
-Rows = BitMap | np.ndarray
+# numpy named, not imported: a count whose rules all answer with bitmaps never loads it
+Rows = Union[BitMap, "np.ndarray"]  # noqa: UP007 - `|` cannot take a forward reference
 
 #: Up to this many day bitmaps are OR-ed; wider windows use the first/last-day aggregates.
 MAX_DAY_UNION = 31
@@ -66,9 +71,9 @@ MAX_PROBE = 1000
 
 
 def to_mask(rows: Rows, n: int) -> np.ndarray:
-    if isinstance(rows, np.ndarray):
-        return rows
-    return bitmap_to_mask(rows, n)
+    if isinstance(rows, BitMap):
+        return bitmap_to_mask(rows, n)
+    return rows
 
 
 def complement(a: Rows, n: int) -> Rows:
@@ -1272,9 +1277,9 @@ class Evaluator(Visitor[Rows]):
             return union_all([bitmaps.get(BitmapKeys.campaign(etype, c)) for c in campaigns])
         if campaigns is not None:
             return self.campaigns_in_window(etype, campaigns, window)
-        days = self.index.bitmap_days(etype)
-        lo = 0 if low is None else np.searchsorted(days, low, side="left")
-        hi = len(days) if high is None else np.searchsorted(days, high, side="right")
+        days = self.index.bitmap_day_list(etype)
+        lo = 0 if low is None else bisect.bisect_left(days, low)
+        hi = len(days) if high is None else bisect.bisect_right(days, high)
         selected = days[lo:hi]
         if len(selected) == len(days):
             return BitMap(bitmaps.get(BitmapKeys.event_type(etype)))
@@ -1292,7 +1297,7 @@ class Evaluator(Visitor[Rows]):
                 if order is not None:
                     return order.compare("lte", (day32(high),))
                 return np.asarray(self.index.first[t]) <= high
-        return union_all([bitmaps.get(BitmapKeys.day(etype, int(d))) for d in selected])
+        return union_all([bitmaps.get(BitmapKeys.day(etype, d)) for d in selected])
 
     def campaigns_in_window(
         self, etype: str, campaigns: np.ndarray, window: tuple[int | None, int | None]
@@ -1442,16 +1447,16 @@ class Evaluator(Visitor[Rows]):
         bound = count_low if count_high is None else count_high
         if bound > MAX_PROBE:
             return None
-        probe = np.arange(RECENT, int(bound) + 2)
-        if len(set(test(probe).tolist())) > 1:
+        # the test on Python ints: a condition the day bitmaps answer needs no numpy
+        if len({bool(test(k)) for k in range(RECENT, int(bound) + 2)}) > 1:
             return None  # the condition differs between RECENT events and more
         # Each row's days are sorted latest first, so "at least k events in the window"
         # is one comparison of its k-th latest day: a threshold condition ("at least 3",
         # "at most 1") is one pass; anything else counts all RECENT.
-        allowed = test(np.arange(RECENT + 1))
-        steps = np.flatnonzero(allowed[1:] != allowed[:-1])
+        allowed = [bool(test(k)) for k in range(RECENT + 1)]
+        steps = [k for k in range(RECENT) if allowed[k + 1] != allowed[k]]
         if len(steps) == 1:
-            at_least = self.at_least_since(etype, int(steps[0]) + 1, low)
+            at_least = self.at_least_since(etype, steps[0] + 1, low)
             return at_least if allowed[-1] else complement(at_least, self.n)
         recent = self.index.recent[t]  # read (and its bytes checked) only here
         counts = np.zeros(self.n, dtype=np.uint8)
@@ -1461,12 +1466,12 @@ class Evaluator(Visitor[Rows]):
 
     def at_least_since(self, etype: str, k: int, low: int) -> Rows:
         """Rows with at least `k` (<= RECENT) events of `etype` on or after day `low`."""
-        days = self.index.recent_days(etype, k)
+        days = self.index.recent_day_list(etype, k)
         if days is None:  # an index built before the recent-day bitmaps
             return np.asarray(self.index.recent[self.type_code(etype)][k - 1]) >= day32(low)
-        start = int(np.searchsorted(days, low, side="left"))
+        start = bisect.bisect_left(days, low)
         return union_all(
-            [self.index.bitmaps.get(BitmapKeys.recent(etype, k, int(day))) for day in days[start:]]
+            [self.index.bitmaps.get(BitmapKeys.recent(etype, k, day)) for day in days[start:]]
         )
 
     def counts_outside_window(self, etype: str, window: tuple) -> np.ndarray | None:

@@ -12,8 +12,16 @@ either way. The format is specified at https://github.com/RoaringBitmap/RoaringF
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 from pyroaring import BitMap
+
+from ..lazy import numpy_on_first_use
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy_on_first_use(globals())
 
 CHUNK = 1 << 16  # rows per container
 CHUNK_BYTES = CHUNK // 8

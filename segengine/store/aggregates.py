@@ -19,24 +19,31 @@ Rows past the base (contacts added since) read as "no events" unless the delta h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..fields import EVENT_TYPES
+from ..lazy import numpy_on_first_use
 from .arrays import link_or_copy, load, load_unchecked, save
 from .checksums import check_range
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy_on_first_use(globals())
 
 #: Per (type, row), the days of its RECENT latest events are kept: "at least k times in
 #: the last N days" (k <= RECENT) is then k comparisons per contact, not a pass over the
 #: window's events (shape (types, RECENT, rows), latest first).
 RECENT = 3
-NO_FIRST = np.iinfo(np.int32).max
-NO_LAST = np.iinfo(np.int32).min
+#: int32's largest and smallest values (numpy dtypes by name: a count that reads no
+#: aggregate does not import numpy)
+NO_FIRST = 2**31 - 1
+NO_LAST = -(2**31)
 NAMES = ("count", "first", "last", "recent")
-DTYPES = {"count": np.uint32, "first": np.int32, "last": np.int32, "recent": np.int32}
+DTYPES = {"count": "uint32", "first": "int32", "last": "int32", "recent": "int32"}
 #: the value of a row without events
 FILL = {"count": 0, "first": NO_FIRST, "last": NO_LAST, "recent": NO_LAST}
 #: The delta is folded into a new base when it would hold more entries (type, row) than
@@ -146,15 +153,32 @@ class Aggregates:
     the change is too big for a delta; a full build starts `dense` with no events.
     """
 
-    def __init__(self, n: int, base: Mapping[str, np.ndarray], deltas: list[Delta] | None):
+    def __init__(
+        self, n: int, base: Mapping[str, np.ndarray], deltas: list[Delta] | None,
+        read_deltas: Callable[[], list[Delta]] | None = None,
+    ):
         self.n = n
         self.base = base if isinstance(base, BaseFiles) else dict(base)
-        #: None: the base is the whole truth (full arrays over all `n` rows, writable
-        #: in a writer); otherwise one delta per event type
         self.deltas = deltas
+        # a reader's deltas are read (and their files checked) when first used: a count
+        # answered by bitmaps reads no aggregate
+        self._read_deltas = read_deltas
         #: whether `store` changed the deltas (a writer that did not links them)
         self.changed = False
         self._columns: dict[tuple[str, int], np.ndarray] = {}
+
+    @property
+    def deltas(self) -> list[Delta] | None:
+        """None: the base is the whole truth (full arrays over all `n` rows, writable in
+        a writer); otherwise one delta per event type."""
+        read = self._read_deltas  # once: another thread may read them at the same time
+        if read is not None:
+            self._deltas, self._read_deltas = read(), None
+        return self._deltas
+
+    @deltas.setter
+    def deltas(self, deltas: list[Delta] | None) -> None:
+        self._deltas, self._read_deltas = deltas, None
 
     # --- building ----------------------------------------------------------------
 
@@ -258,20 +282,22 @@ class Aggregates:
     def open(cls, directory: Path, n: int, meta: Mapping | None) -> Aggregates:
         """The aggregates of an index directory (`meta`: its ``events.aggregates``)."""
         part = directory / DIRECTORY
-        base = BaseFiles(part)
         offsets = (meta or {}).get("delta")
-        if offsets is None:
-            # empty deltas, not None: a reader never writes into its memory-mapped base,
-            # and a base over fewer rows than `n` reads as "no events" past its end
-            # (deciding between the two would open the count file to read its length)
-            return cls(n, base, [Delta.empty() for _ in EVENT_TYPES])
-        rows = load(part / "delta.rows.npy").view(np.ndarray)
-        stored = {name: load(part / f"delta.{name}.npy").view(np.ndarray) for name in NAMES}
-        deltas = [
-            Delta(rows[a:b], Values(*(stored[name][..., a:b] for name in NAMES)))
-            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
-        ]
-        return cls(n, base, deltas)
+
+        def read_deltas() -> list[Delta]:
+            if offsets is None:
+                # empty deltas, not None: a reader never writes into its memory-mapped
+                # base, and a base over fewer rows than `n` reads as "no events" past its
+                # end (deciding between the two would open the count file for its length)
+                return [Delta.empty() for _ in EVENT_TYPES]
+            rows = load(part / "delta.rows.npy").view(np.ndarray)
+            stored = {name: load(part / f"delta.{name}.npy").view(np.ndarray) for name in NAMES}
+            return [
+                Delta(rows[a:b], Values(*(stored[name][..., a:b] for name in NAMES)))
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+            ]
+
+        return cls(n, BaseFiles(part), None, read_deltas)
 
     def column(self, name: str, t: int, n: int | None = None) -> np.ndarray:
         """The full array of `name` for type `t` over `n` rows (default: all rows).

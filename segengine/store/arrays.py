@@ -10,12 +10,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from ..lazy import numpy_on_first_use
 from .checksums import check, check_range
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
+else:
+    np = numpy_on_first_use(globals())
 
 
 def save(path: Path, array_: np.ndarray) -> str:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import array
+import mmap
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pyroaring import BitMap
 
+from ...lazy import numpy_on_first_use
 from ..checksums import check_range
 
 if TYPE_CHECKING:
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 from .layout import (
     DAY_US,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy_on_first_use(globals())
 
 # --- small helpers ---------------------------------------------------------------
 
@@ -110,10 +116,12 @@ class BitmapStore:
         file, offset, size = entry
         data = self._maps.get(file)
         if data is None:
-            data = self._maps[file] = np.memmap(self.directory / file, dtype=np.uint8, mode="r")
+            # the standard library's memory map: reading bitmaps needs no numpy
+            with open(self.directory / file, "rb") as f:
+                data = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # the blocks holding this bitmap, not the whole layer: a count reads a few
         check_range(self.directory / file, offset, offset + size)
-        bitmap = BitMap.deserialize(data[offset : offset + size].tobytes())
+        bitmap = BitMap.deserialize(data[offset : offset + size])
         self._cache[name] = bitmap
         return bitmap
 

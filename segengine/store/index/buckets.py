@@ -14,14 +14,20 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pyroaring import BitMap
 
+from ...lazy import numpy_on_first_use
 from .bitmaps import to_bitmap
 
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy_on_first_use(globals())
+
 #: The number of a row without a bucket (no email): no range [from, to) holds it.
-NO_BUCKET = np.uint16(np.iinfo(np.uint16).max)
+NO_BUCKET = 0xFFFF  # uint16's largest value
 #: Seeds kept per index (2 bytes per contact each: 20 MB at 10M contacts).
 MAX_SEEDS = 16
 #: Bucket ranges kept as bitmaps per index (a split of k groups uses k of them).

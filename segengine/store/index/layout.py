@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
-
 from ...errors import EngineError
 from ...fields import EVENT_TYPES
 
@@ -73,7 +71,8 @@ TYPE_CODES = {t: i for i, t in enumerate(EVENT_TYPES)}
 CLICK = TYPE_CODES["click"]
 SENT = TYPE_CODES["sent"]
 #: The event store's columns per type and their dtypes (``url`` for clicks only).
-STORE_COLUMNS = {"rows": np.uint32, "day": np.int32, "campaign": np.int32, "url": np.int32}
+#: (numpy dtypes by name: a count answered by bitmaps does not import numpy)
+STORE_COLUMNS = {"rows": "uint32", "day": "int32", "campaign": "int32", "url": "int32"}
 
 
 class IndexUnavailable(EngineError):

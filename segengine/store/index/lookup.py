@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
+from ...lazy import numpy_on_first_use
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
+else:
+    np = numpy_on_first_use(globals())
 
 _P = 0x100000001B3
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB

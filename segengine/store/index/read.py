@@ -9,9 +9,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from ...fields import EVENT_TYPES, STATUSES, FieldType
+from ...lazy import numpy_on_first_use
 from ..aggregates import Aggregates
 from ..arrays import load, load_strings
 from ..checksums import check
@@ -35,6 +34,11 @@ from .layout import (
     IndexUnavailable,
 )
 from .lookup import candidate_rows
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy_on_first_use(globals())
 
 
 class Committed(Protocol):
@@ -197,14 +201,10 @@ class IndexData:
         self.send_us: list[int | None] = events["send_us"]
         self.bitmaps = BitmapStore.from_json(self.directory, events["bitmaps"])
         self.day_range = events["day_range"]
-        days = events["campaign_days"]
-        self.campaign_days = (
-            None if days is None
-            else np.array(days, np.int64).reshape(len(EVENT_TYPES), len(self.campaigns), 2)
-        )
         self._urls: pa.Array | None = None
         self._blocks: list[EventBlock] | None = None
         self._days: dict[str, np.ndarray] = {}
+        self._day_lists: dict[str, list[int]] = {}
         self._status_rows: tuple[str, dict[str, np.ndarray]] | None = None
         #: bucket numbers per seed and bucket ranges' rows, computed on first use
         self.buckets = BucketCache(self.n)
@@ -221,6 +221,15 @@ class IndexData:
     @cached_property
     def status(self) -> np.ndarray:
         return load(self.directory / "contacts" / "status.npy")
+
+    @cached_property
+    def campaign_days(self) -> np.ndarray | None:
+        """Per (type, campaign code): [first day, last day] of its events (None: an index
+        built before they were kept)."""
+        days = self.meta["events"]["campaign_days"]
+        if days is None:
+            return None
+        return np.array(days, np.int64).reshape(len(EVENT_TYPES), len(self.campaigns), 2)
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
@@ -275,18 +284,34 @@ class IndexData:
 
     def bitmap_days(self, etype: str) -> np.ndarray:
         """The sorted days that have a (type, day) bitmap."""
+        return self._day_array(BitmapKeys.day_prefix(etype))
+
+    def bitmap_day_list(self, etype: str) -> list[int]:
+        """`bitmap_days` as a list, for `bisect`: a window of day bitmaps needs no numpy."""
         return self._named_days(BitmapKeys.day_prefix(etype))
 
     def recent_days(self, etype: str, k: int) -> np.ndarray | None:
         """The sorted days that have a (type, k-th latest, day) bitmap (None: not built)."""
         if not self.meta["events"]["recent_bitmaps"]:
             return None
+        return self._day_array(BitmapKeys.recent_prefix(etype, k))
+
+    def recent_day_list(self, etype: str, k: int) -> list[int] | None:
+        """`recent_days` as a list, for `bisect` (no numpy)."""
+        if not self.meta["events"]["recent_bitmaps"]:
+            return None
         return self._named_days(BitmapKeys.recent_prefix(etype, k))
 
-    def _named_days(self, prefix: str) -> np.ndarray:
+    def _named_days(self, prefix: str) -> list[int]:
+        if prefix not in self._day_lists:
+            self._day_lists[prefix] = sorted(
+                BitmapKeys.day_of(prefix, name) for name in self.bitmaps.names(prefix)
+            )
+        return self._day_lists[prefix]
+
+    def _day_array(self, prefix: str) -> np.ndarray:
         if prefix not in self._days:
-            days = [BitmapKeys.day_of(prefix, name) for name in self.bitmaps.names(prefix)]
-            self._days[prefix] = np.array(sorted(days), dtype=np.int64)
+            self._days[prefix] = np.array(self._named_days(prefix), dtype=np.int64)
         return self._days[prefix]
 
 
