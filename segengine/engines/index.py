@@ -855,7 +855,7 @@ class Evaluator(Visitor[Rows]):
         if order is not None:
             return order.run(
                 0 if low is None else order.position(day32(low), "left"),
-                len(order.values) if high is None else order.position(day32(high), "right"),
+                len(order.rows) if high is None else order.position(day32(high), "right"),
             )
         matched = in_range(np.asarray(column.arrays["days"]), low, high)
         return matched & np.asarray(self.present(column))
