@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .checksums import check, check_range
+from .checksums import check, check_range, inherit
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -56,7 +56,8 @@ def load_strings(path: Path) -> pa.Array:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Reuse an immutable file of the previous index without copying its bytes."""
+    """Reuse an immutable file of the previous index without copying its bytes; a read
+    of `target` is checked against `source`'s recorded checksums."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
@@ -64,3 +65,4 @@ def link_or_copy(source: Path, target: Path) -> None:
         import shutil  # here: a reader of the index never copies
 
         shutil.copyfile(source, target)
+    inherit(source, target)

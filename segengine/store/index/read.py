@@ -27,6 +27,8 @@ from .bitmaps import (
 from .buckets import BucketCache
 from .layout import (
     BLOCK_FILES,
+    CONTACTS_VERSION,
+    LOOKUP_FIELD,
     META,
     NOT_FILES,
     READABLE_FORMATS,
@@ -34,7 +36,7 @@ from .layout import (
     BitmapKeys,
     IndexUnavailable,
 )
-from .lookup import candidate_rows
+from .lookup import candidate_rows, find_all
 
 
 class Committed(Protocol):
@@ -239,6 +241,33 @@ class IndexData:
             None if days is None else np.array(days, np.int64),
             part / spec["words"] if "words" in spec else None,
         )
+
+    def contacts_of(self, emails: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every (position in `emails`, contact row) whose stored address is that one by
+        the address rule (`emails`: distinct normalised addresses); None when this
+        index cannot tell (built before it listed the addresses the rule would change).
+        """
+        import pyarrow.compute as pc
+
+        spec = self.meta["contacts"].get("addresses")
+        if spec is None or self.meta["contacts"].get("version") != CONTACTS_VERSION:
+            return None
+        column = self.fields[LOOKUP_FIELD]
+        if "hash" not in column.arrays or column.lower is None:
+            return None
+        part = self.directory / "contacts"
+        which, rows = find_all(column.arrays["hash"], column.arrays["hash_rows"],
+                               column.arrays["codes"], column.lower, emails)
+        odd = np.asarray(load(part / spec["rows"]))
+        if len(odd) == 0:
+            return which, rows
+        # an odd row is found by the address the rule makes of it, never by its lower case
+        keep = ~np.isin(rows, odd)
+        normal = pc.index_in(load_strings(part / spec["normal"]), emails)
+        hit = pc.is_valid(normal).to_numpy(zero_copy_only=False)
+        at = pc.fill_null(normal, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return (np.concatenate([which[keep], at[hit]]),
+                np.concatenate([rows[keep], odd[hit]]))
 
     def urls(self) -> pa.Array:
         if self._urls is None:
