@@ -182,3 +182,45 @@ def test_the_first_read_after_a_commit_does_not_hash_what_the_commit_hashed(tmp_
     after = counts(ws)
     assert hashed == []
     assert after == counts(segengine.open(ws.path), "duckdb")
+
+
+def window_segments() -> list[dict]:
+    """Count ranges in windows that end before the data does: answered from per-contact
+    counts before a day (`CountMarks`), not from the latest days."""
+    return [{"name": f"w{low}-{days}", "rules": [
+        {"activity": activity, "count": {"between": [low, low + 3]}, "when": {"in_last_days": days}}]}
+        for activity in ("opened", "sent") for low in (1, 2) for days in (20, 45, 90)]
+
+
+def test_counts_carried_over_an_import_equal_those_of_a_new_process(tmp_path):
+    from segengine.engines.index import CountMarks, type_slices
+
+    rng = random.Random(17)
+    emails = [f"u{i}@x.io" for i in range(120)]
+    ws = segengine.Workspace.init(tmp_path / "ws")
+    ws.import_contacts(write(tmp_path / "c.csv", "email\n" + "".join(f"{e}\n" for e in emails)))
+    ws.import_events(events_csv(tmp_path / "e1.csv", batch(rng, emails, 0, 200, 6000, "a")))
+    as_of = ["2026-03-10", "2026-05-02", "2026-06-20", "2026-07-15"]
+    for day in as_of:  # the marks and kept days are derived over the first index
+        for segment in window_segments():
+            ws.count(segment, as_of=day, engine="index")
+    old = ws.session.engine("index").index
+    assert ("count-marks", "open") in old.derived and ("counts-before", "open") in old.derived
+    # a later batch, with contacts of its own: their rows have no earlier events
+    ws.import_contacts(write(tmp_path / "c2.csv", "email\nnew1@x.io\nnew2@x.io\n"))
+    for day in as_of:
+        for segment in window_segments():
+            ws.count(segment, as_of=day, engine="index")
+    old = ws.session.engine("index").index
+    ws.import_events(events_csv(tmp_path / "e2.csv", batch(rng, emails + ["new1@x.io"], 150, 80, 2000, "b")))
+    index = ws.session.engine("index").index
+    carried = index.derived[("count-marks", "open")]
+    assert isinstance(carried, CountMarks) and len(carried.counts[0]) == index.n == old.n
+    first_new = min(int(days[0]) for _, days in type_slices(index.blocks()[len(old.blocks()):], "open"))
+    assert 0 < len(carried.days) < len(old.derived[("count-marks", "open")].days)
+    assert carried.days.max() <= first_new
+    more = [*as_of, "2026-08-01", "2026-09-05", "2026-11-01"]
+    here = [ws.count(s, as_of=d, engine="index")["total"] for d in more for s in window_segments()]
+    fresh = segengine.open(ws.path)
+    assert here == [fresh.count(s, as_of=d, engine="index")["total"] for d in more for s in window_segments()]
+    assert here == [fresh.count(s, as_of=d, engine="duckdb")["total"] for d in more for s in window_segments()]

@@ -224,6 +224,23 @@ class IndexData:
     def status(self) -> np.ndarray:
         return load(self.directory / "contacts" / "status.npy")
 
+    def take_over(self, previous: IndexData) -> None:
+        """Keep what `previous`, the index this process used before a write replaced it,
+        has read or computed and that this one holds unchanged: the bitmaps of the layers
+        both have, and with the same contact part its statuses and bucket numbers. The
+        first count after an import then reads what the import changed, not all again.
+        """
+        self.bitmaps.take_over(previous.bitmaps)
+        self.contact_bitmaps.take_over(previous.contact_bitmaps)
+        if self.meta["contacts"] != previous.meta["contacts"]:
+            return
+        for name in ("ids", "status"):  # cached properties, when they were read
+            if name in previous.__dict__:
+                self.__dict__.setdefault(name, previous.__dict__[name])
+        if self._status_rows is None:
+            self._status_rows = previous._status_rows
+        self.buckets = previous.buckets
+
     @classmethod
     def open(cls, directory: Path) -> IndexData:
         check(Path(directory) / META)
