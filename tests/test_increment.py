@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -224,3 +225,23 @@ def test_counts_carried_over_an_import_equal_those_of_a_new_process(tmp_path):
     fresh = segengine.open(ws.path)
     assert here == [fresh.count(s, as_of=d, engine="index")["total"] for d in more for s in window_segments()]
     assert here == [fresh.count(s, as_of=d, engine="duckdb")["total"] for d in more for s in window_segments()]
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_find_all_is_a_comparison_with_every_row(collide, monkeypatch):
+    from segengine.store.index import lookup
+
+    if collide:  # every address shares one hash: every row is a candidate of every text
+        monkeypatch.setattr(lookup, "hash_array", lambda values: np.zeros(len(values), np.uint64))
+    rng = random.Random(4)
+    values = sorted({f"{rng.choice('abc')}{rng.randrange(60)}@x.io" for _ in range(80)})
+    dictionary = pa.array(values, pa.string())
+    codes = np.array([rng.randrange(len(values) + 1) for _ in range(300)], np.uint32)
+    prefixes, rows = lookup.build_lookup(codes, dictionary)
+    texts = pa.array(sorted({*rng.sample(values, 30), "none@x.io", ""}), pa.string())
+    which, found = lookup.find_all(prefixes, rows, codes, dictionary, texts)
+    got = sorted(zip(which.tolist(), found.tolist(), strict=True))
+    expected = sorted((i, row) for i, text in enumerate(texts.to_pylist())
+                      for row, code in enumerate(codes.tolist())
+                      if code < len(values) and values[code] == text)
+    assert got == expected and len(expected) > 30
