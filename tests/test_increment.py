@@ -245,3 +245,27 @@ def test_find_all_is_a_comparison_with_every_row(collide, monkeypatch):
                       for row, code in enumerate(codes.tolist())
                       if code < len(values) and values[code] == text)
     assert got == expected and len(expected) > 30
+
+
+def test_an_update_makes_what_it_wrote_durable_and_links_by_their_directories(tmp_path, monkeypatch):
+    from segengine.store import workspace
+
+    rng = random.Random(8)
+    ws = segengine.Workspace.init(tmp_path / "ws")
+    ws.import_contacts(write(tmp_path / "c.csv", "email\n" + "".join(f"{e}\n" for e in PLAIN)))
+    ws.import_events(events_csv(tmp_path / "e1.csv", batch(rng, PLAIN, 0, 200, 3000, "a")))
+    old = ws.path / json.loads((ws.path / "manifest.json").read_text())["index"]["path"]
+    old_inodes = {p.stat().st_ino for p in old.rglob("*") if p.is_file()}
+    synced: list[Path] = []
+    real = workspace.fsync_path
+    monkeypatch.setattr(workspace, "fsync_path", lambda p: synced.append(Path(p)) or real(p))
+    ws.import_events(events_csv(tmp_path / "e2.csv", batch(rng, PLAIN, 200, 30, 500, "b")))
+    new = ws.path / json.loads((ws.path / "manifest.json").read_text())["index"]["path"]
+    files = [p for p in new.rglob("*") if p.is_file()]
+    written = [p for p in files if p.stat().st_ino not in old_inodes]
+    assert written and len(written) < len(files)  # the update links most of the index
+    assert set(written) <= set(synced)
+    assert {new, *(p for p in new.rglob("*") if p.is_dir())} <= set(synced)
+    # a subdirectory is synced after the files written into it
+    for path in written:
+        assert synced.index(path) < synced.index(path.parent)

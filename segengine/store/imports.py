@@ -724,6 +724,9 @@ def import_events(
     progress = progress or NullProgress()
     with ws.transaction() as tx:
         con = addresses.register(connect(tx.staging))
+        # the SQL names no Python objects; looking for them in statements that create
+        # tables makes DuckDB import pandas (~1 s of a small import)
+        con.execute("SET python_enable_replacements = false")
         try:
             summary = _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows)
         finally:
@@ -758,7 +761,7 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
         check_builtin_shapes(path, source, EVENT_COLUMNS)
     index = current_index(tx.base)
     with progress.task(f"checking {source.rows:,} events"):
-        key = match_addresses(con, tx.base, index)
+        key = match_addresses(con, tx, index)
         checked = stage_checked_events(con, tx, source, key, chunk_rows)
     staged = sorted(str(f) for f in Path(checked).parent.parent.glob("chunk=*/*.parquet"))
     rows = f"read_parquet({file_list(staged)})" if staged else (
@@ -815,7 +818,7 @@ def stored_days_end(index: IndexData | None) -> int | None:
     return max(last) + 1 if last else 0
 
 
-def match_addresses(con: duckdb.DuckDBPyConnection, snapshot: Snapshot, index: IndexData | None) -> str:
+def match_addresses(con: duckdb.DuckDBPyConnection, tx: Transaction, index: IndexData | None) -> str:
     """Normalise, check and look up each distinct address of the file once: the table
     `addresses` (key, contact_id, reason). Returns the SQL of a source row's key.
 
@@ -844,10 +847,10 @@ def match_addresses(con: duckdb.DuckDBPyConnection, snapshot: Snapshot, index: I
         f"SELECT raw, {email_expr('raw')} AS email FROM raw_addresses))"
     )
     con.execute("DROP TABLE raw_addresses")
-    if not known_from_index(con, index):
+    if not known_from_index(con, tx, index):
         con.execute(
             f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
-            f"FROM read_parquet({file_list(snapshot.files('contacts'))})"
+            f"FROM read_parquet({file_list(tx.base.files('contacts'))})"
         )
     reasons = [
         ("email IS NULL OR email = ''", "'missing email'"),
@@ -865,7 +868,7 @@ def match_addresses(con: duckdb.DuckDBPyConnection, snapshot: Snapshot, index: I
     return key.format(f"CAST({q('email')} AS VARCHAR)")
 
 
-def known_from_index(con: duckdb.DuckDBPyConnection, index: IndexData | None) -> bool:
+def known_from_index(con: duckdb.DuckDBPyConnection, tx: Transaction, index: IndexData | None) -> bool:
     """Define the table `known` (known_email, contact_id) of the stored contacts of the
     file's valid addresses from the index's email lookup; False when the index cannot
     (none, one that does not list its odd addresses, or a damaged file: the contacts'
@@ -885,11 +888,12 @@ def known_from_index(con: duckdb.DuckDBPyConnection, index: IndexData | None) ->
         ids = np.asarray(index.ids)[rows]
     except DamagedFile:
         return False
-    known_found = pa.table({"known_email": wanted.take(pa.array(which)),
-                            "contact_id": pa.array(ids, pa.int64())})
-    con.register("known_found", known_found)
-    con.execute("CREATE TEMP TABLE known AS SELECT * FROM known_found")
-    con.unregister("known_found")
+    # handed to DuckDB as a staged file: any Arrow hand-over makes it import pandas
+    staged = tx.staging / "known.parquet"
+    pq.write_table(pa.table({"known_email": wanted.take(pa.array(which)),
+                             "contact_id": pa.array(ids, pa.int64())}), staged,
+                   compression="none")
+    con.execute(f"CREATE TEMP VIEW known AS SELECT * FROM read_parquet({lit(str(staged))})")
     return True
 
 

@@ -276,11 +276,12 @@ class IndexData:
         which, rows = find_all(column.arrays["hash"], column.arrays["hash_rows"],
                                column.arrays["codes"], column.lower, emails)
         odd = np.asarray(load(part / spec["rows"]))
+        normal = load_strings(part / spec["normal"])
         if len(odd) == 0:
             return which, rows
         # an odd row is found by the address the rule makes of it, never by its lower case
         keep = ~np.isin(rows, odd)
-        normal = pc.index_in(load_strings(part / spec["normal"]), emails)
+        normal = pc.index_in(normal, emails)
         hit = pc.is_valid(normal).to_numpy(zero_copy_only=False)
         at = pc.fill_null(normal, 0).to_numpy(zero_copy_only=False).astype(np.int64)
         return (np.concatenate([which[keep], at[hit]]),
