@@ -1317,8 +1317,10 @@ def carry_counts(index: IndexData, previous: IndexData) -> None:
         )
         days = previous.derived.get(("counts-before", etype))
         if isinstance(days, KeptDays):
+            with days.lock:  # a server's other threads may still be counting with it
+                kept_days = list(days.arrays.items())
             carried = KeptDays()
-            carried.arrays = {day: padded(counts, index.n) for day, counts in days.arrays.items()
+            carried.arrays = {day: padded(counts, index.n) for day, counts in kept_days
                               if first is None or day <= first}
             index.derived[("counts-before", etype)] = carried
 

@@ -260,7 +260,7 @@ def for_commit(root: Path, manifest: Mapping, base: Mapping) -> tuple[dict[str, 
     blocks: dict[str, str] = {}
     for rel in referenced(root, manifest):
         st = os.stat(root / rel)
-        found = known.get((st.st_dev, st.st_ino))
+        found = known.get((st.st_dev, st.st_ino)) or _inherited(os.fspath(root / rel))
         if found is None:
             found = file_checksums(root / rel, blocks=rel.startswith(BLOCKED_DIRECTORY))
             _hashed(os.fspath(root / rel), _identity(st), found[0])
@@ -269,6 +269,17 @@ def for_commit(root: Path, manifest: Mapping, base: Mapping) -> tuple[dict[str, 
         if parts is not None:
             blocks[rel] = parts
     return out, blocks
+
+
+def _inherited(key: str) -> tuple[str, str | None] | None:
+    """The checksums a copy made for the next index holds from its source (`inherit`):
+    a copy keeps them as a link would, so damage it copied is never blessed."""
+    with _lock:
+        found = _expected.get(key)
+        blocks = _blocks.get(key)
+    if found is None:
+        return None
+    return found[0], None if blocks is None else f"{blocks[0]}:{blocks[1]}"
 
 
 def _hashed(key: str, ident: tuple[int, int, int, int], whole: str) -> None:
