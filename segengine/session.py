@@ -90,6 +90,9 @@ class Session:
     def __init__(self, store: Store):
         self.store = store
         self._engines: dict[tuple[str, tuple[Any, ...]], Engine] = {}
+        #: per engine name, the last one a write made stale: the next takes over what
+        #: it read that still holds (the bitmaps of an index an import only extended)
+        self._replaced: dict[str, Engine] = {}
         #: engines are made and replaced one thread at a time (a server evaluates in several)
         self._engines_lock = threading.RLock()
         #: close an engine as soon as it is stale; a server, whose other threads may still be
@@ -112,6 +115,7 @@ class Session:
 
     def _drop(self, key: tuple[str, tuple[Any, ...]]) -> None:
         engine = self._engines.pop(key)
+        self._replaced[key[0]] = engine
         if self.close_stale:
             engine.close()
 
@@ -255,6 +259,9 @@ class Session:
                 for stale in [k for k in self._engines if k[1] != key[1]]:
                     self._drop(stale)
                 self._engines[key] = get_engine(name, snap)
+                replaced = self._replaced.pop(name, None)
+                if replaced is not None:
+                    self._engines[key].take_over(replaced)
             return self._engines[key]
 
     def connection(self, snapshot: Snapshot) -> duckdb.DuckDBPyConnection:

@@ -20,7 +20,7 @@ from ..lazy import numpy_on_first_use
 from ..store.index.read import IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine
-from .index import Evaluator, contact_ids_of, count_by_status
+from .index import Evaluator, contact_ids_of, count_by_status, take_over
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,6 +99,11 @@ class AutoEngine(Engine):
             return self.duckdb.evaluate_count(roots, as_of)
         rows = Evaluator(self.index, self.tables, as_of, self._fallback(as_of)).union(roots)
         return count_by_status(self.index, rows)
+
+    def take_over(self, previous: Engine) -> None:
+        earlier = getattr(previous, "index", None)
+        if self.index is not None and earlier is not None:
+            take_over(self.index, earlier)
 
     def close(self) -> None:
         if self._duckdb is not None:

@@ -83,6 +83,10 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or caches."""
 
+    def take_over(self, previous: Engine) -> None:  # noqa: B027 - optional hook
+        """Keep what `previous` (this engine's predecessor over the data a write replaced)
+        read or derived that still holds for this engine's data."""
+
 
 def empty_by_status() -> dict[str, int]:
     return {s: 0 for s in STATUSES}

@@ -46,8 +46,8 @@ from ..lazy import numpy_on_first_use
 from ..store.aggregates import RECENT
 from ..store.index.bitmaps import bitmap_rows, runs, to_bitmap
 from ..store.index.buckets import NO_BUCKET
-from ..store.index.layout import DAY_US, BitmapKeys, day_number
-from ..store.index.read import FieldColumn, IndexData, load_index
+from ..store.index.layout import BLOCK_FILES, DAY_US, BitmapKeys, day_number
+from ..store.index.read import EventBlock, FieldColumn, IndexData, load_index
 from ..store.manifest import Tables
 from .base import Engine, Visitor, empty_by_status
 from .masks import bitmap_to_mask, mask_to_bitmap
@@ -1181,7 +1181,7 @@ class Evaluator(Visitor[Rows]):
 
     def type_slices(self, etype: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per event-store block, the (rows, days) of `etype`, sorted by day."""
-        return [(cols["rows"], cols["day"]) for cols, _, _ in self.window_slices(etype, (None, None))]
+        return type_slices(self.index.blocks(), etype)
 
     def window_counts(self, etype: str, window: tuple) -> np.ndarray | None:
         """Per-row counts of `etype` in `window` as the difference of two cumulative counts.
@@ -1511,6 +1511,71 @@ class Evaluator(Visitor[Rows]):
         return any_of([self.visit(root) for root in roots], self.n)
 
 
+def type_slices(blocks: Sequence[EventBlock], etype: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per event-store block holding events of `etype`, their (rows, days), sorted by day."""
+    slices = []
+    for block in blocks:
+        cols = block.columns[etype]
+        if "rows" in cols and len(cols["rows"]):
+            slices.append((cols["rows"], cols["day"]))
+    return slices
+
+
+def take_over(index: IndexData, previous: IndexData) -> None:
+    """What `index` keeps of `previous`, the index it replaced in this process: what the
+    store keeps (`IndexData.take_over`), and when `index` extends `previous` by blocks
+    of later events, the per-contact counts before a day that those blocks do not
+    change (`carry_counts`)."""
+    index.take_over(previous)
+    carry_counts(index, previous)
+
+
+def padded(counts: np.ndarray, n: int) -> np.ndarray:
+    """Per-row counts of an index of fewer contacts over `n` rows (the new ones: 0)."""
+    if len(counts) == n:
+        return counts
+    return np.concatenate([counts, np.zeros(n - len(counts), counts.dtype)])
+
+
+def carry_counts(index: IndexData, previous: IndexData) -> None:
+    """Carry `previous`'s count marks and kept cumulative counts into `index` where exact.
+
+    `index` extends `previous` when its event store starts with `previous`'s blocks (a
+    block's name is unique, and only an update links a block into the next index, over
+    the same contact rows with new ones appended). Its events before day D are then
+    those of `previous` plus the added blocks' events before D, so a count of the
+    events before D is unchanged for every D up to the first day of the added events
+    of that type: the marks and kept days up to it are kept, the later ones dropped.
+    """
+    old_blocks = [spec["name"] for spec in previous.meta["events"][BLOCK_FILES]]
+    specs = index.meta["events"][BLOCK_FILES]
+    if index.n < previous.n or [spec["name"] for spec in specs[: len(old_blocks)]] != old_blocks:
+        return
+    added = index.blocks()[len(old_blocks):]
+    for key, marks in list(previous.derived.items()):
+        if key[0] != "count-marks" or not isinstance(marks, CountMarks):
+            continue
+        etype = key[1]
+        new = type_slices(added, etype)
+        first = min((int(days[0]) for _, days in new), default=None)
+        last = max((int(days[-1]) for _, days in new), default=None)
+        kept = marks.days <= first if first is not None else np.ones(len(marks.days), bool)
+        ends = [d for d in (marks.last_day, last) if d is not None]
+        index.derived[key] = CountMarks(
+            index.n, type_slices(index.blocks(), etype), marks.days[kept],
+            [padded(c, index.n) for c, keep in zip(marks.counts, kept.tolist(), strict=True) if keep],
+            max(ends) if ends else None,
+        )
+        days = previous.derived.get(("counts-before", etype))
+        if isinstance(days, KeptDays):
+            with days.lock:  # a server's other threads may still be counting with it
+                kept_days = list(days.arrays.items())
+            carried = KeptDays()
+            carried.arrays = {day: padded(counts, index.n) for day, counts in kept_days
+                              if first is None or day <= first}
+            index.derived[("counts-before", etype)] = carried
+
+
 def count_by_status(index: IndexData, rows: Rows) -> dict[str, int]:
     counts = empty_by_status()
     if isinstance(rows, BitMap):
@@ -1551,6 +1616,11 @@ class IndexEngine(Engine):
     def for_snapshot(cls, snapshot: Any) -> IndexEngine:
         """The engine over a snapshot's index; raises EngineError when it is not current."""
         return cls(snapshot.tables, load_index(snapshot))
+
+    def take_over(self, previous: Engine) -> None:
+        earlier = getattr(previous, "index", None)
+        if earlier is not None:
+            take_over(self.index, earlier)
 
     def evaluator(self, as_of: dt.date) -> Evaluator:
         return Evaluator(self.index, self.tables, as_of)

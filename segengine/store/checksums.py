@@ -169,6 +169,20 @@ def check(path: str | os.PathLike[str]) -> None:
     _matches(key, expected, ident)
 
 
+def inherit(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Expect of `target` the checksums recorded for `source`, whose bytes it holds (a
+    hard link or a copy made for the next index): a build that reads a file of the
+    previous index through its new name checks it as a reader of the old one would."""
+    source, target = os.fspath(source), os.fspath(target)
+    with _lock:
+        if source in _expected:
+            value, rel = _expected[source]
+            root = source[: len(source) - len(rel)]  # damage is reported by the new name
+            _expected[target] = (value, os.path.relpath(target, root) if root else target)
+        if source in _blocks:
+            _blocks[target] = _blocks[source]
+
+
 def forget() -> None:
     """Forget which files were checked, as a new process starts (for tests)."""
     with _lock:
@@ -246,13 +260,33 @@ def for_commit(root: Path, manifest: Mapping, base: Mapping) -> tuple[dict[str, 
     blocks: dict[str, str] = {}
     for rel in referenced(root, manifest):
         st = os.stat(root / rel)
-        whole, parts = known.get((st.st_dev, st.st_ino)) or file_checksums(
-            root / rel, blocks=rel.startswith(BLOCKED_DIRECTORY)
-        )
+        found = known.get((st.st_dev, st.st_ino)) or _inherited(os.fspath(root / rel))
+        if found is None:
+            found = file_checksums(root / rel, blocks=rel.startswith(BLOCKED_DIRECTORY))
+            _hashed(os.fspath(root / rel), _identity(st), found[0])
+        whole, parts = found
         out[rel] = whole
         if parts is not None:
             blocks[rel] = parts
     return out, blocks
+
+
+def _inherited(key: str) -> tuple[str, str | None] | None:
+    """The checksums a copy made for the next index holds from its source (`inherit`):
+    a copy keeps them as a link would, so damage it copied is never blessed."""
+    with _lock:
+        found = _expected.get(key)
+        blocks = _blocks.get(key)
+    if found is None:
+        return None
+    return found[0], None if blocks is None else f"{blocks[0]}:{blocks[1]}"
+
+
+def _hashed(key: str, ident: tuple[int, int, int, int], whole: str) -> None:
+    """Remember a file hashed from disk for the commit as matching what it records: the
+    first read after the commit then costs a ``stat`` (the identity was taken before the
+    hash, so a file changed since is hashed again), as after any other check."""
+    _matches(key, whole, ident)
 
 
 @dataclass(frozen=True, slots=True)

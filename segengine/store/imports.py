@@ -14,18 +14,24 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 
 from .. import addresses
 from ..errors import ImportRejected, InputError
 from ..fields import CUSTOM_TYPES, EVENT_TYPES, FIELD_NAME_RE, RESERVED_NAMES, STATUSES, FieldType
 from ..progress import NullProgress, Progress
+from .checksums import DamagedFile
 from .duck import connect_writer as connect
 from .duck import file_list, lit, q
 from .staging import LINE, check_names, file_format, stage_csv
-from .workspace import PRIVATE_DIR, REJECTS_DIR, Store, Transaction, make_private
+from .workspace import PRIVATE_DIR, REJECTS_DIR, Snapshot, Store, Transaction, make_private
+
+if TYPE_CHECKING:
+    from .index import IndexData
 
 NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 # Inference is stricter than parsing: a leading zero (a postal code) means text.
@@ -38,6 +44,7 @@ WS_CHARS = " \t\n\r\x0b\x0c\u00a0"
 EDGE_WS_RE = f"^[{WS_CHARS}]|[{WS_CHARS}]$"
 
 REJECT_SAMPLE = 3
+EPOCH = dt.datetime(1970, 1, 1)
 
 
 @dataclass
@@ -717,6 +724,9 @@ def import_events(
     progress = progress or NullProgress()
     with ws.transaction() as tx:
         con = addresses.register(connect(tx.staging))
+        # the SQL names no Python objects; looking for them in statements that create
+        # tables makes DuckDB import pandas (~1 s of a small import)
+        con.execute("SET python_enable_replacements = false")
         try:
             summary = _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows)
         finally:
@@ -745,13 +755,13 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
             f"{path}: unknown event column(s) {', '.join(extra)}: drop them "
             "(events have email, campaign, type, timestamp and url)"
         )
-    contacts = tx.base.files("contacts")
-    if not contacts:
+    if not tx.base.manifest["contacts"]:
         raise ImportRejected("the workspace has no contacts yet: import contacts before events")
     if source.fmt == "parquet":
         check_builtin_shapes(path, source, EVENT_COLUMNS)
+    index = current_index(tx.base)
     with progress.task(f"checking {source.rows:,} events"):
-        key = match_addresses(con, contacts)
+        key = match_addresses(con, tx, index)
         checked = stage_checked_events(con, tx, source, key, chunk_rows)
     staged = sorted(str(f) for f in Path(checked).parent.parent.glob("chunk=*/*.parquet"))
     rows = f"read_parquet({file_list(staged)})" if staged else (
@@ -771,7 +781,7 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
     else:
         rejected, report, sample = write_rejects(con, ws.root, path, rejects_path)
     good = source.rows - rejected
-    written = write_event_chunks(con, tx, checked, good, progress)
+    written = write_event_chunks(con, tx, checked, good, progress, stored_days_end(index))
     imported = sum(rows for _, rows in written)
     if imported:
         tx.manifest["events"] = [*tx.manifest["events"], *(tx.relative(f) for f, _ in written)]
@@ -789,7 +799,26 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
     )
 
 
-def match_addresses(con: duckdb.DuckDBPyConnection, contacts: list[str]) -> str:
+def current_index(snapshot: Snapshot) -> IndexData | None:
+    """The snapshot's engagement index, or None when it has none covering its files."""
+    from .index import IndexUnavailable, load_index
+
+    try:
+        return load_index(snapshot)
+    except (IndexUnavailable, DamagedFile):
+        return None  # the import reads the data files, and the commit rebuilds the index
+
+
+def stored_days_end(index: IndexData | None) -> int | None:
+    """The day after the last stored event, when the index knows it of every stored
+    event (None: it may not: an event of a removed contact is in no aggregate)."""
+    if index is None or index.meta["events"]["orphans"]:
+        return None
+    last = [hi for _, hi in index.day_range if hi is not None]
+    return max(last) + 1 if last else 0
+
+
+def match_addresses(con: duckdb.DuckDBPyConnection, tx: Transaction, index: IndexData | None) -> str:
     """Normalise, check and look up each distinct address of the file once: the table
     `addresses` (key, contact_id, reason). Returns the SQL of a source row's key.
 
@@ -798,11 +827,11 @@ def match_addresses(con: duckdb.DuckDBPyConnection, contacts: list[str]) -> str:
     address, not per event. The key is a 64-bit hash of the text as written, so the
     per-event join is on integers; when two of the file's addresses share a hash
     (about one file in a million at 10M addresses) the key is the text itself.
+
+    The contacts of the file's addresses are found by the index's email lookup when it
+    has one: a batch of a million events then reads the contacts it names, not the
+    10M stored addresses, each normalised again.
     """
-    con.execute(
-        f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
-        f"FROM read_parquet({file_list(contacts)})"
-    )
     con.execute(
         "CREATE TEMP TABLE raw_addresses AS "
         f"SELECT DISTINCT CAST({q('email')} AS VARCHAR) AS raw FROM src"
@@ -811,6 +840,18 @@ def match_addresses(con: duckdb.DuckDBPyConnection, contacts: list[str]) -> str:
         "SELECT count(DISTINCT hash(raw)) = count(*) FROM raw_addresses"
     ).fetchone()[0]
     key = "hash({})" if unique_hashes else "{}"
+    con.execute(
+        "CREATE TEMP TABLE checked_addresses AS "
+        "SELECT *, coalesce(email <> '' AND problem IS NULL, false) AS valid FROM ("
+        f"SELECT *, {addresses.sql_problem('email')} AS problem FROM ("
+        f"SELECT raw, {email_expr('raw')} AS email FROM raw_addresses))"
+    )
+    con.execute("DROP TABLE raw_addresses")
+    if not known_from_index(con, tx, index):
+        con.execute(
+            f"CREATE TEMP VIEW known AS SELECT {email_expr('email')} AS known_email, contact_id "
+            f"FROM read_parquet({file_list(tx.base.files('contacts'))})"
+        )
     reasons = [
         ("email IS NULL OR email = ''", "'missing email'"),
         ("email <> '' AND NOT valid",
@@ -820,14 +861,40 @@ def match_addresses(con: duckdb.DuckDBPyConnection, contacts: list[str]) -> str:
     ]
     con.execute(
         f"CREATE TEMP TABLE addresses AS SELECT {key.format('raw')} AS key, contact_id, "
-        f"NULLIF({reason_sql(reasons)}, '') AS reason FROM ("
-        "SELECT *, coalesce(email <> '' AND problem IS NULL, false) AS valid FROM ("
-        f"SELECT *, {addresses.sql_problem('email')} AS problem FROM ("
-        f"SELECT raw, {email_expr('raw')} AS email FROM raw_addresses)))"
-        " a LEFT JOIN known k ON k.known_email = a.email"
+        f"NULLIF({reason_sql(reasons)}, '') AS reason FROM checked_addresses a "
+        "LEFT JOIN known k ON k.known_email = a.email"
     )
-    con.execute("DROP TABLE raw_addresses")
+    con.execute("DROP TABLE checked_addresses")
     return key.format(f"CAST({q('email')} AS VARCHAR)")
+
+
+def known_from_index(con: duckdb.DuckDBPyConnection, tx: Transaction, index: IndexData | None) -> bool:
+    """Define the table `known` (known_email, contact_id) of the stored contacts of the
+    file's valid addresses from the index's email lookup; False when the index cannot
+    (none, one that does not list its odd addresses, or a damaged file: the contacts'
+    own file is then read, and checked)."""
+    if index is None:
+        return False
+    import pyarrow as pa
+
+    wanted = con.sql(
+        "SELECT DISTINCT email FROM checked_addresses WHERE valid"
+    ).to_arrow_table().column("email").combine_chunks().cast(pa.string())
+    try:
+        found = index.contacts_of(wanted)
+        if found is None:
+            return False
+        which, rows = found
+        ids = np.asarray(index.ids)[rows]
+    except DamagedFile:
+        return False
+    # handed to DuckDB as a staged file: any Arrow hand-over makes it import pandas
+    staged = tx.staging / "known.parquet"
+    pq.write_table(pa.table({"known_email": wanted.take(pa.array(which)),
+                             "contact_id": pa.array(ids, pa.int64())}), staged,
+                   compression="none")
+    con.execute(f"CREATE TEMP VIEW known AS SELECT * FROM read_parquet({lit(str(staged))})")
+    return True
 
 
 def chunk_bounds(con: duckdb.DuckDBPyConnection, timestamp: str, rows: int, chunk_rows: int) -> list[str]:
@@ -909,17 +976,20 @@ def stage_checked_events(
 
 
 def write_event_chunks(
-    con: duckdb.DuckDBPyConnection, tx: Transaction, checked: str, good: int, progress: Progress
+    con: duckdb.DuckDBPyConnection, tx: Transaction, checked: str, good: int, progress: Progress,
+    stored_end: int | None = None,
 ) -> list[tuple[Path, int]]:
     """De-duplicate and sort each time range's good rows into an events file of its own,
     in time order; returns the files written that hold events, with their row counts.
 
     An event is identified by all of its columns: what is stored already is not stored
-    again, and only stored events in a range's own time span can match its rows.
+    again, and only stored events in a range's own time span can match its rows. A
+    range that starts on or after `stored_end` (the day after the last stored event,
+    when known) matches none: the stored files are not read.
     """
     staged = Path(checked).parent.parent
     chunks = sorted(int(d.name.partition("=")[2]) for d in staged.glob("chunk=*"))
-    old_files = tx.base.files("events")
+    old_files: tuple[str, ...] | None = None
     written: list[tuple[Path, int]] = []
     with progress.task(f"writing events ({good:,} good rows)", total=good) as task:
         for n in chunks:
@@ -930,7 +1000,10 @@ def write_event_chunks(
             ).fetchone()
             if not count:
                 continue
-            if old_files:
+            later = stored_end is not None and lo >= EPOCH + dt.timedelta(days=stored_end)
+            if old_files is None and tx.base.manifest["events"] and not later:
+                old_files = tx.base.files("events")
+            if old_files and not later:
                 new_rows = (
                     f"{new_rows} EXCEPT SELECT contact_id, campaign, type, timestamp, url "
                     f"FROM read_parquet({file_list(old_files)}) "

@@ -172,6 +172,18 @@ class Transaction:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
+    def _committed_files(self) -> set[tuple[int, int]]:
+        """(device, inode) of the files the last commit recorded (each made durable by
+        the commit that wrote it)."""
+        found = set()
+        for rel in self.base.manifest.get("checksums") or {}:
+            try:
+                st = os.stat(self.root / rel)
+            except OSError:
+                continue
+            found.add((st.st_dev, st.st_ino))
+        return found
+
     def commit(self, progress: Progress | None = None) -> Snapshot:
         """Make every new file durable, then publish the new manifest atomically.
 
@@ -182,12 +194,17 @@ class Transaction:
         from .index import refresh_index  # lazy: numpy/pyroaring only for writers
 
         refresh_index(self, progress)
+        durable = self._committed_files()
         for path in self.new_files:
             if path.exists():
                 make_private(path)
             if path.is_dir():
-                for sub in sorted(path.rglob("*")):
-                    if sub.is_file():
+                for sub in sorted(path.rglob("*"), reverse=True):  # files before their directory
+                    st = sub.stat()
+                    # a link to a committed file (an index update links most of the last
+                    # index) adds only a directory entry: its directory's fsync makes it
+                    # durable, the file's bytes were made so by the commit that wrote them
+                    if sub.is_dir() or (st.st_dev, st.st_ino) not in durable:
                         fsync_path(sub)
                 fsync_path(path)
             elif path.exists():

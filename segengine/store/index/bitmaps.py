@@ -125,6 +125,14 @@ class BitmapStore:
         self._cache[name] = bitmap
         return bitmap
 
+    def take_over(self, other: BitmapStore) -> None:
+        """Keep the bitmaps `other` (the store of an earlier index) has read that this one
+        holds unchanged: the same layer file and place. A layer's name is unique to the
+        layer, and a later index holds it only as a link to the same file."""
+        for name, bitmap in other._cache.items():
+            if name not in self._cache and self.entries.get(name) == other.entries.get(name):
+                self._cache[name] = bitmap
+
     def names(self, prefix: str) -> Iterator[str]:
         return (name for name in self.entries if name.startswith(prefix))
 

@@ -15,7 +15,7 @@ from ...errors import EngineError
 from ...fields import Schema
 from ...progress import NullProgress
 from ..arrays import link_or_copy, load
-from ..checksums import DamagedFile, check
+from ..checksums import DamagedFile
 from ..manifest import Manifest, covers_of, schema_of
 
 if TYPE_CHECKING:
@@ -161,22 +161,27 @@ def refresh_index(tx: Committing, progress: Progress | None = None) -> None:
     if current.get("path"):
         try:
             previous = IndexData.open(tx.root / current["path"])
-            # a damaged file of the previous index is not carried into the next one
-            for path in (tx.root / current["path"]).rglob("*"):
-                check(path)
         except (OSError, ValueError, KeyError, EngineError, DamagedFile):
             previous = None  # unreadable or another format (`read.upgraded`): build from scratch
     directory = tx.new_file("index", suffix="", directory="index")
     schema = schema_of(tx.manifest)
-    build_index(
-        [str(tx.root / f) for f in covers["contacts"]],
-        [str(tx.root / f) for f in covers["events"]],
-        schema,
-        directory,
-        previous=previous,
-        covers=covers,
-        progress=progress,
-    )
+    files = ([str(tx.root / f) for f in covers["contacts"]],
+             [str(tx.root / f) for f in covers["events"]])
+    try:
+        # Every file of the previous index the update reads is checked as it is read (a
+        # file linked into the new index is expected to hold the old one's bytes), and
+        # one it only links keeps the checksum of its first commit: damage is never
+        # blessed, and the 10 GB of a big index are not hashed for a small import.
+        build_index(*files, schema, directory, previous=previous, covers=covers,
+                    progress=progress)
+    except DamagedFile:
+        if previous is None:
+            raise
+        # a damaged file of the previous index is not carried into the next one
+        import shutil  # with its compression modules, for writers only
+
+        shutil.rmtree(directory)
+        build_index(*files, schema, directory, covers=covers, progress=progress)
     tx.manifest["index"] = {"path": tx.relative(directory), "format": FORMAT, "covers": covers}
 
 

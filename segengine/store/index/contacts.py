@@ -212,6 +212,37 @@ def build_contacts(directory: Path, files: Sequence[str], schema: Schema) -> dic
         "fields": fields,
         "bitmaps": store.to_json(),
         "version": CONTACTS_VERSION,
+        "addresses": odd_addresses(part, columns["email"]),
+    }
+
+
+def odd_addresses(directory: Path, emails: pa.Array) -> dict:
+    """The rows whose stored address is not what the email lookup finds it by, with the
+    address the rule makes of it (the files named in meta.json's ``addresses``).
+
+    The lookup finds a row by its lower-cased address; an import matches an address
+    by the rule applied to the stored side (`addresses.normalise`). The two agree on
+    every address the rule stored; an address stored by an older rule (white space
+    around it, a full-width letter) is listed here, so that an import looks it up by
+    its normal form and finds exactly the contacts a pass over all of them would.
+    """
+    from ... import addresses
+
+    values = flat(emails).cast(pa.string())
+    # an ASCII address is normalised by trimming ASCII white space and lower-casing: it
+    # differs from its lower-cased form only when there is white space at an end
+    trimmed = pc.ascii_trim(values, characters=addresses.ASCII_SPACE)
+    odd = pc.invert(pc.fill_null(pc.string_is_ascii(values), True))
+    odd = pc.or_(odd, pc.fill_null(pc.not_equal(trimmed, values), False))
+    rows = np.flatnonzero(odd.to_numpy(zero_copy_only=False))
+    kept, normal = [], []
+    for row, text in zip(rows.tolist(), values.take(pa.array(rows)).to_pylist(), strict=True):
+        if addresses.normalise(text) != text.lower():
+            kept.append(row)
+            normal.append(addresses.normalise(text))
+    return {
+        "rows": save(directory / "addresses.rows.npy", np.array(kept, np.int64)),
+        "normal": save_strings(directory / "addresses.normal.arrow", pa.array(normal, pa.string())),
     }
 
 

@@ -115,3 +115,33 @@ def candidate_rows(prefixes: np.ndarray, rows: np.ndarray, text: str) -> np.ndar
     lo = int(np.searchsorted(prefixes, prefix, side="left"))
     hi = int(np.searchsorted(prefixes, prefix, side="right"))
     return np.asarray(rows[lo:hi])
+
+
+def find_all(
+    prefixes: np.ndarray, rows: np.ndarray, codes: np.ndarray, dictionary: pa.Array,
+    texts: pa.Array,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (position in `texts`, row) whose value is that text: `candidate_rows` for
+    many texts at once, one binary search and one comparison per candidate in all."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Searched in order (one sort of the prefixes packed above the positions), the
+    # binary searches of a million texts walk the 10M prefixes once instead of missing
+    # the cache at every step: ~20x faster.
+    keys = np.sort((hash_array(texts) & np.uint64(0xFFFFFFFF00000000))
+                   | np.arange(len(texts), dtype=np.uint64))
+    wanted = (keys >> np.uint64(32)).astype(np.uint32)
+    order = (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    lo = np.searchsorted(prefixes, wanted, side="left")
+    hi = np.searchsorted(prefixes, wanted, side="right")
+    found = hi - lo
+    which = np.repeat(order, found)
+    # the candidates of text i are rows[lo[i]:hi[i]], laid end to end
+    starts = np.cumsum(found) - found
+    at = np.repeat(lo - starts, found) + np.arange(len(which))
+    candidates = np.asarray(rows)[at].astype(np.int64)
+    values = dictionary.take(pa.array(np.asarray(codes)[candidates])).cast(pa.large_string())
+    wanted_texts = texts.take(pa.array(which)).cast(pa.large_string())
+    same = pc.fill_null(pc.equal(values, wanted_texts), False).to_numpy(zero_copy_only=False)
+    return which[same], candidates[same]

@@ -26,6 +26,8 @@ from .bitmaps import (
 from .buckets import BucketCache
 from .layout import (
     BLOCK_FILES,
+    CONTACTS_VERSION,
+    LOOKUP_FIELD,
     META,
     NOT_FILES,
     READABLE_FORMATS,
@@ -33,7 +35,7 @@ from .layout import (
     BitmapKeys,
     IndexUnavailable,
 )
-from .lookup import candidate_rows
+from .lookup import candidate_rows, find_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -230,6 +232,22 @@ class IndexData:
         if days is None:
             return None
         return np.array(days, np.int64).reshape(len(EVENT_TYPES), len(self.campaigns), 2)
+    def take_over(self, previous: IndexData) -> None:
+        """Keep what `previous`, the index this process used before a write replaced it,
+        has read or computed and that this one holds unchanged: the bitmaps of the layers
+        both have, and with the same contact part its statuses and bucket numbers. The
+        first count after an import then reads what the import changed, not all again.
+        """
+        self.bitmaps.take_over(previous.bitmaps)
+        self.contact_bitmaps.take_over(previous.contact_bitmaps)
+        if self.meta["contacts"] != previous.meta["contacts"]:
+            return
+        for name in ("ids", "status"):  # cached properties, when they were read
+            if name in previous.__dict__:
+                self.__dict__.setdefault(name, previous.__dict__[name])
+        if self._status_rows is None:
+            self._status_rows = previous._status_rows
+        self.buckets = previous.buckets
 
     @classmethod
     def open(cls, directory: Path) -> IndexData:
@@ -248,6 +266,34 @@ class IndexData:
             None if days is None else np.array(days, np.int64),
             part / spec["words"] if "words" in spec else None,
         )
+
+    def contacts_of(self, emails: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every (position in `emails`, contact row) whose stored address is that one by
+        the address rule (`emails`: distinct normalised addresses); None when this
+        index cannot tell (built before it listed the addresses the rule would change).
+        """
+        import pyarrow.compute as pc
+
+        spec = self.meta["contacts"].get("addresses")
+        if spec is None or self.meta["contacts"].get("version") != CONTACTS_VERSION:
+            return None
+        column = self.fields[LOOKUP_FIELD]
+        if "hash" not in column.arrays or column.lower is None:
+            return None
+        part = self.directory / "contacts"
+        which, rows = find_all(column.arrays["hash"], column.arrays["hash_rows"],
+                               column.arrays["codes"], column.lower, emails)
+        odd = np.asarray(load(part / spec["rows"]))
+        normal = load_strings(part / spec["normal"])
+        if len(odd) == 0:
+            return which, rows
+        # an odd row is found by the address the rule makes of it, never by its lower case
+        keep = ~np.isin(rows, odd)
+        normal = pc.index_in(normal, emails)
+        hit = pc.is_valid(normal).to_numpy(zero_copy_only=False)
+        at = pc.fill_null(normal, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return (np.concatenate([which[keep], at[hit]]),
+                np.concatenate([rows[keep], odd[hit]]))
 
     def urls(self) -> pa.Array:
         if self._urls is None:
