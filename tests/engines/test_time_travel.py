@@ -85,8 +85,10 @@ def test_trend_points_sharing_work_on_the_index_match_the_reference(request, tmp
         st.sampled_from((None, Window("in_last_days", 40), Window("in_last_days", 7),
                          Window("in_last_days", 8), Window("in_last_days", 30), Window("in_last_days", 31),
                          Window("older_than_days", 2), Window("after", DAYS[3]))),
-        st.sampled_from((CountCondition("gte", 1), CountCondition("gte", 2), CountCondition("lte", 1),
-                         CountCondition("eq", 0), CountCondition("between", (1, 2)))),
+        # thresholds a point's move can cross either way (one event entering or leaving)
+        st.sampled_from((CountCondition("gte", 1), CountCondition("gte", 2), CountCondition("gte", 3),
+                         CountCondition("lte", 1), CountCondition("eq", 0), CountCondition("between", (1, 2)),
+                         CountCondition("between", (2, 3)))),
     )
     roots = [Group("all", (r,)) for r in data.draw(st.lists(sliding, min_size=1, max_size=2))]
     roots += data.draw(st.lists(rule_trees(ws.schema, ws.campaigns), max_size=1))
@@ -100,15 +102,27 @@ def test_trend_points_sharing_work_on_the_index_match_the_reference(request, tmp
     directory = tmp_path_factory.mktemp("trend")
     engine = build(data.draw(st.sampled_from(("index", "auto"))), write_workspace(ws, directory), directory, request)
     contacts, events = list(ws.contacts), list(ws.events)
+    active = {c["contact_id"] for c in contacts if c["status"] == "active"}
     try:
         evaluation = Evaluation(engine, None, None)
+        # the trend's own points: moved from the last point where they can be (only the
+        # rows added or with events in between tested again), in full otherwise
+        points = Evaluation(engine, None, None)
+        previous = None
         for day in days:
-            got = evaluation.as_it_stood(engine.lower(roots, day, as_it_was=True), day)
+            lowered = engine.lower(roots, day, as_it_was=True)
+            got = evaluation.as_it_stood(lowered, day)
             expected = set().union(*(reference_as_it_stood(contacts, events, ws.schema, r, day) for r in roots))
             ids = engine.index.ids
             assert len(got) == len(expected), (day, roots)
             rows = {int(ids[r]) for r in range(engine.index.n) if got.common(single(r, engine.index.n))}
             assert rows == expected, (day, roots)
+            assert points.point(lowered, day) == {
+                "total": len(expected), "sendable": len(expected & active),
+                "joined": None if previous is None else len(expected - previous),
+                "left": None if previous is None else len(previous - expected),
+            }, (day, roots)
+            previous = expected
     finally:
         engine.close()
 
