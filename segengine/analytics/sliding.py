@@ -147,29 +147,29 @@ class PointEvaluator(Evaluator):
 
     def moved_counts(
         self, etype: str, low: int | None, high: int, campaigns: np.ndarray | None = None,
-        touched: list[np.ndarray] | None = None,
+        moves: list[Move] | None = None,
     ) -> np.ndarray | None:
-        """`window_counts` moved in place from an earlier point's, adding the rows whose
-        count changed to `touched`; None when no earlier counts are worth moving."""
+        """`window_counts` moved in place from an earlier point's, adding each change of
+        counts to `moves`; None when no earlier counts are worth moving."""
         key = window_key(etype, low, high, campaigns)
         state = self.memory.windows.get(key)
         if state is None:
-            return self.swapped_counts(key, high, campaigns, touched)
+            return self.swapped_counts(key, high, campaigns, moves)
         old_low, old_high, counts = state
         entering = high - old_high
         leaving = 0 if low is None or old_low is None else low - old_low
         if not (entering >= 0 and leaving >= 0 and (low is None or entering + leaving <= high - low)):
             return None
         # in place: a point's answer is a test of the counts, never the counts
-        self.add_days(counts, etype, old_high + 1, high, 1, campaigns, touched)
+        self.add_days(counts, etype, old_high + 1, high, 1, campaigns, moves)
         if low is not None and old_low is not None:
-            self.add_days(counts, etype, old_low, low - 1, -1, campaigns, touched)
+            self.add_days(counts, etype, old_low, low - 1, -1, campaigns, moves)
         self.memory.windows[key] = (low, high, counts)
         return counts
 
     def swapped_counts(
         self, key: tuple[Any, ...], high: int, campaigns: np.ndarray | None,
-        touched: list[np.ndarray] | None,
+        moves: list[Move] | None,
     ) -> np.ndarray | None:
         """Counts since ever of a campaign list moved from another list's ("the last 5
         campaigns" change every few days, by one campaign): the events of the campaigns
@@ -186,16 +186,16 @@ class PointEvaluator(Evaluator):
             return None
         before, now = set(earlier[0][1]), set(key[1])
         codes = functools.partial(np.array, dtype=np.int64)
-        self.add_days(counts, key[0], None, old_high, -1, codes(sorted(before - now)), touched)
-        self.add_days(counts, key[0], None, high, 1, codes(sorted(now - before)), touched)
-        self.add_days(counts, key[0], old_high + 1, high, 1, codes(sorted(now & before)), touched)
+        self.add_days(counts, key[0], None, old_high, -1, codes(sorted(before - now)), moves)
+        self.add_days(counts, key[0], None, high, 1, codes(sorted(now - before)), moves)
+        self.add_days(counts, key[0], old_high + 1, high, 1, codes(sorted(now & before)), moves)
         del self.memory.windows[earlier[0]]
         self.memory.windows[key] = (None, high, counts)
         return counts
 
     def add_days(
         self, counts: np.ndarray, etype: str, low: int | None, high: int, sign: int,
-        campaigns: np.ndarray | None, touched: list[np.ndarray] | None = None,
+        campaigns: np.ndarray | None, moves: list[Move] | None = None,
     ) -> None:
         """Add `sign` per event on days [low, high] (low None: since ever) to `counts`."""
         if (low is not None and low > high) or (campaigns is not None and len(campaigns) == 0):
@@ -217,15 +217,27 @@ class PointEvaluator(Evaluator):
             # a day's events are few: counting them sorted beats ufunc.at's scatter, and
             # the rows in order make the reads and writes of the counts go forward
             rows, times = runs(np.sort(rows))
-            counts[rows] += sign * times.astype(counts.dtype)
-            if touched is not None:
-                touched.append(rows)
+            before = counts[rows]
+            after = before + sign * times.astype(counts.dtype)
+            counts[rows] = after
+            if moves is not None:
+                moves.append(Move(rows, before, after))
 
     def entered_rows(self, etype: str, low: int, high: int, touched: list[np.ndarray]) -> None:
         """Add to `touched` the rows with an `etype` event on days [low, high]."""
         for cols, lo, hi in self.window_slices(etype, (low, high)):
             if hi > lo:
                 touched.append(np.asarray(cols["rows"][lo:hi]))
+
+
+@dataclass(frozen=True)
+class Move:
+    """Rows whose count of a window changed on one day's (or campaign's) events, with
+    their counts before and after (a row is in one move at most once)."""
+
+    rows: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
 
 
 def window_key(etype: str, low: int | None, high: int, campaigns: np.ndarray | None) -> tuple[Any, ...]:
@@ -396,7 +408,16 @@ def remember_point(evaluator: PointEvaluator, members: np.ndarray, trees: list[A
         memory.members = memory.shape = None
         memory.field_flags = {}
         return
-    shape, _, fields = found
+    shape, events, fields = found
+    # every window's counts as of this point: a later point moved from here must see
+    # each row's count go from its count here to its count then (a rule answered here
+    # without its counts would leave them at an older point)
+    for node in events:
+        etype, campaigns, (low, high) = evaluator.selection(node.events)
+        if isinstance(node, HasEvents) and campaigns is None and low is None:
+            memory.windows[("first day", etype, None)] = (None, high, None)
+        else:
+            evaluator.window_counts(etype, low, high, campaigns)
     kept = {}
     for node in fields:
         flags = memory.field_flags.get(node)
@@ -420,6 +441,7 @@ def moved_point(evaluator: PointEvaluator, index: IndexData, trees: list[Any], d
     if added.grown is None:
         return None
     touched: list[np.ndarray] = [added.grown]
+    moved: dict[tuple[Any, ...], list[Move]] = {}
     answers: dict[Any, Any] = {}
     for node, (etype, campaigns, (low, high)) in zip(events, selections, strict=True):
         if (isinstance(node, HasEvents) and campaigns is None and low is None):
@@ -433,11 +455,17 @@ def moved_point(evaluator: PointEvaluator, index: IndexData, trees: list[Any], d
             first = np.asarray(index.first[evaluator.type_code(etype)])
             answers[node] = lambda rows, first=first, high=high: first[rows] <= high
             continue
-        counts = evaluator.moved_counts(etype, low, high, campaigns, touched)
-        if counts is None:
-            evaluator.window_counts(etype, low, high, campaigns)  # for the next point
-            return None
+        key = window_key(etype, low, high, campaigns)
+        if key not in moved:
+            moved[key] = []
+            if evaluator.moved_counts(etype, low, high, campaigns, moved[key]) is None:
+                evaluator.window_counts(etype, low, high, campaigns)  # for the next point
+                return None
+        counts = memory.windows[key][2]
         test = count_in(1, None) if isinstance(node, HasEvents) else count_in(node.low, node.high)
+        # a row whose count moved answers differently only if the move crossed the
+        # rule's bounds (a row moved twice crosses in one of its moves at least)
+        touched += [move.rows[test(move.before) != test(move.after)] for move in moved[key]]
         answers[node] = lambda rows, counts=counts, test=test: test(counts[rows])
     rows = np.concatenate(touched) if touched else np.zeros(0, np.uint32)
     now = np.zeros(len(rows), dtype=bool)
