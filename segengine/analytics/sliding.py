@@ -200,6 +200,10 @@ class PointEvaluator(Evaluator):
         """Add `sign` per event on days [low, high] (low None: since ever) to `counts`."""
         if (low is not None and low > high) or (campaigns is not None and len(campaigns) == 0):
             return
+        if campaigns is None and low is not None and high - low < MAX_DAY_UNION:
+            for day in range(low, high + 1):
+                self.add_day(counts, etype, day, sign, moves)
+            return
         window: tuple[int | None, int | None] | None = (low, high)
         wanted = None
         if campaigns is not None:
@@ -217,11 +221,33 @@ class PointEvaluator(Evaluator):
             # a day's events are few: counting them sorted beats ufunc.at's scatter, and
             # the rows in order make the reads and writes of the counts go forward
             rows, times = runs(np.sort(rows))
-            before = counts[rows]
-            after = before + sign * times.astype(counts.dtype)
-            counts[rows] = after
-            if moves is not None:
-                moves.append(Move(rows, before, after))
+            self.add_rows(counts, rows, sign * times.astype(counts.dtype), moves)
+
+    def add_day(self, counts: np.ndarray, etype: str, day: int, sign: int, moves: list[Move] | None) -> None:
+        """`add_days` of one day, every type and campaign."""
+        slices = [(cols, lo, hi) for cols, lo, hi in self.window_slices(etype, (day, day)) if hi > lo]
+        events = sum(hi - lo for _, lo, hi in slices)
+        if events == 0:
+            return
+        # the day's bitmap holds its rows in order, once each: when it has as many rows
+        # as the day has events (a contact rarely has two of a type on one day), those
+        # are the rows to move by one, without sorting the day's events
+        distinct = self.index.bitmaps.get(BitmapKeys.day(etype, day))
+        if len(distinct) == events:
+            self.add_rows(counts, bitmap_rows(distinct), sign, moves)
+            return
+        rows = np.concatenate([np.asarray(cols["rows"][lo:hi]) for cols, lo, hi in slices])
+        rows, times = runs(np.sort(rows))
+        self.add_rows(counts, rows, sign * times.astype(counts.dtype), moves)
+
+    @staticmethod
+    def add_rows(counts: np.ndarray, rows: np.ndarray, added: Any, moves: list[Move] | None) -> None:
+        """``counts[rows] += added`` for distinct `rows`, the change kept in `moves`."""
+        before = counts[rows]
+        after = before + added
+        counts[rows] = after
+        if moves is not None:
+            moves.append(Move(rows, before, after))
 
     def entered_rows(self, etype: str, low: int, high: int, touched: list[np.ndarray]) -> None:
         """Add to `touched` the rows with an `etype` event on days [low, high]."""
