@@ -200,45 +200,72 @@ class PointEvaluator(Evaluator):
         """Add `sign` per event on days [low, high] (low None: since ever) to `counts`."""
         if (low is not None and low > high) or (campaigns is not None and len(campaigns) == 0):
             return
-        if campaigns is None and low is not None and high - low < MAX_DAY_UNION:
-            for day in range(low, high + 1):
-                self.add_day(counts, etype, day, sign, moves)
+        if campaigns is not None and len(campaigns) > 1 and low is None:
+            # since ever: campaign by campaign, each maybe whole (below)
+            for code in campaigns:
+                self.add_days(counts, etype, low, high, sign, campaigns[campaigns == code], moves)
             return
         window: tuple[int | None, int | None] | None = (low, high)
-        wanted = None
         if campaigns is not None:
             window = self.narrow(etype, campaigns, (low, high))
             if window is None:
                 return
-            wanted = np.zeros(len(self.index.campaigns), dtype=bool)
-            wanted[campaigns] = True
-        for cols, lo, hi in self.window_slices(etype, window):
-            if hi <= lo:
-                continue
-            rows = np.asarray(cols["rows"][lo:hi])
-            if wanted is not None:
-                rows = rows[wanted[cols["campaign"][lo:hi]]]
-            # a day's events are few: counting them sorted beats ufunc.at's scatter, and
-            # the rows in order make the reads and writes of the counts go forward
-            rows, times = runs(np.sort(rows))
-            self.add_rows(counts, rows, sign * times.astype(counts.dtype), moves)
+        if low is not None and window[0] is not None and window[1] - window[0] < MAX_DAY_UNION:
+            for day in range(window[0], window[1] + 1):
+                self.add_day(counts, etype, day, sign, campaigns, moves)
+            return
+        rows = self.events_of(etype, window, campaigns)
+        if campaigns is not None and len(rows):
+            # a campaign's events all in the window, and as many as its bitmap has rows
+            # (a contact opens a campaign once, mostly): the bitmap's rows, in order
+            spans = self.campaign_spans(etype, campaigns)
+            distinct = self.index.bitmaps.get(BitmapKeys.campaign(etype, int(campaigns[0])))
+            whole = spans is not None and window == (int(spans[0][0]), int(spans[1][0]))
+            if whole and len(distinct) == len(rows):
+                self.add_rows(counts, bitmap_rows(distinct), sign, moves)
+                return
+        # counting them sorted beats ufunc.at's scatter, and the rows in order make the
+        # reads and writes of the counts go forward
+        rows, times = runs(np.sort(rows))
+        self.add_rows(counts, rows, sign * times.astype(counts.dtype), moves)
 
-    def add_day(self, counts: np.ndarray, etype: str, day: int, sign: int, moves: list[Move] | None) -> None:
-        """`add_days` of one day, every type and campaign."""
+    def add_day(
+        self, counts: np.ndarray, etype: str, day: int, sign: int, campaigns: np.ndarray | None,
+        moves: list[Move] | None,
+    ) -> None:
+        """`add_days` of one day."""
         slices = [(cols, lo, hi) for cols, lo, hi in self.window_slices(etype, (day, day)) if hi > lo]
         events = sum(hi - lo for _, lo, hi in slices)
         if events == 0:
             return
         # the day's bitmap holds its rows in order, once each: when it has as many rows
-        # as the day has events (a contact rarely has two of a type on one day), those
-        # are the rows to move by one, without sorting the day's events
+        # as the day has events (a contact rarely has two of a type on one day), no row
+        # repeats and the rows move by one each, without sorting the day's events
         distinct = self.index.bitmaps.get(BitmapKeys.day(etype, day))
-        if len(distinct) == events:
+        once = len(distinct) == events
+        if once and campaigns is None:
             self.add_rows(counts, bitmap_rows(distinct), sign, moves)
             return
-        rows = np.concatenate([np.asarray(cols["rows"][lo:hi]) for cols, lo, hi in slices])
+        rows = self.events_of(etype, (day, day), campaigns)
+        if once:
+            # all of the day's events of `campaigns`: the bitmap's rows are in order
+            self.add_rows(counts, bitmap_rows(distinct) if len(rows) == events else rows, sign, moves)
+            return
         rows, times = runs(np.sort(rows))
         self.add_rows(counts, rows, sign * times.astype(counts.dtype), moves)
+
+    def events_of(self, etype: str, window: tuple, campaigns: np.ndarray | None) -> np.ndarray:
+        """The row of each `etype` event in `window` (of `campaigns`, None: any)."""
+        wanted = None
+        if campaigns is not None:
+            wanted = np.zeros(len(self.index.campaigns), dtype=bool)
+            wanted[campaigns] = True
+        parts = []
+        for cols, lo, hi in self.window_slices(etype, window):
+            if hi > lo:
+                rows = np.asarray(cols["rows"][lo:hi])
+                parts.append(rows if wanted is None else rows[wanted[cols["campaign"][lo:hi]]])
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
 
     @staticmethod
     def add_rows(counts: np.ndarray, rows: np.ndarray, added: Any, moves: list[Move] | None) -> None:
