@@ -17,6 +17,10 @@ points of one trend (`TrendMemory`):
 * answers of subtrees that test fields only, when the next point lowers them alike
   (every subtree without a date relative to `as_of`).
 
+A trend's point can also be moved from the last one as a whole (`moved_point`): only
+the rows added since, or whose count crossed a rule's bounds, are tested again, and the
+members are flags flipped in place.
+
 Answers are exactly the evaluator's; only the work differs.
 """
 
