@@ -22,6 +22,7 @@ from ..definition.lower import AllOf, DayRange, Lowered
 from ..engines.auto import AutoEngine
 from ..engines.base import Engine
 from ..engines.index import IndexEngine
+from ..fields import STATUSES
 from ..store.index.bitmaps import bitmap_rows, to_bitmap
 from ..store.index.layout import BitmapKeys
 from ..store.workspace import Snapshot
@@ -205,9 +206,11 @@ class Evaluation:
     def active_flags(self) -> np.ndarray:
         """One flag per row: whether its status is active."""
         if self._active_flags is None:
-            active = self.active()
-            self._active_flags = (flags_of(active.bitmap, self.n) if active.bitmap is not None
-                                  else np.unpackbits(active.packed(), count=self.n).view(bool))
+            if self.index is not None:
+                # one pass over the status codes, cheaper than scattering the bitmap's rows
+                self._active_flags = np.asarray(self.index.status) == STATUSES.index("active")
+            else:
+                self._active_flags = np.unpackbits(self.active().packed(), count=self.n).view(bool)
         return self._active_flags
 
     @staticmethod
