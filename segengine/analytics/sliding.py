@@ -219,7 +219,7 @@ class PointEvaluator(Evaluator):
                 self.add_day(counts, etype, day, sign, campaigns, moves)
             return
         rows = self.events_of(etype, window, campaigns)
-        if campaigns is not None and len(rows):
+        if campaigns is not None and len(campaigns) == 1 and len(rows):
             # a campaign's events all in the window, and as many as its bitmap has rows
             # (a contact opens a campaign once, mostly): the bitmap's rows, in order
             spans = self.campaign_spans(etype, campaigns)
