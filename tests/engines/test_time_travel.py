@@ -133,3 +133,44 @@ def single(row: int, n: int):
     from segengine.analytics.sets import Members
 
     return Members(n, bitmap=BitMap([row]))
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data())
+def test_moved_counts_match_counts_computed_afresh(request, tmp_path_factory, ws, data):
+    """A window's counts moved day by day (and from one campaign list to another) are
+    each row's count of the window's events, repeats on a day or a campaign included."""
+    import numpy as np
+
+    from segengine.analytics.sliding import PointEvaluator, TrendMemory
+
+    etype = data.draw(st.sampled_from(("open", "click", "sent")))
+    length = data.draw(st.sampled_from((None, 0, 6, 30, 40)))
+    lists = st.none() | st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True).map(sorted)
+    start = data.draw(st.sampled_from(POINTS)) - dt.timedelta(days=data.draw(st.integers(0, 40)))
+    steps = data.draw(st.lists(st.integers(1, 35), min_size=1, max_size=6))
+    directory = tmp_path_factory.mktemp("moved")
+    engine = build("index", write_workspace(ws, directory), directory, request)
+    try:
+        memory = TrendMemory()
+        day = start
+        chosen = data.draw(lists)
+        for step in [0, *steps]:
+            day += dt.timedelta(days=step)
+            if length is None or data.draw(st.booleans()):
+                chosen = data.draw(lists)  # "the last N" changing its campaigns
+            base = engine.evaluator(day)
+            evaluator = PointEvaluator(base.index, base.tables, day, base.fallback, memory=memory)
+            codes = None if chosen is None else np.array(
+                [c for c in chosen if c < len(base.index.campaigns)], dtype=np.int64)
+            high = (day - dt.date(1970, 1, 1)).days
+            low = None if length is None else high - length
+            moves = []
+            moved = evaluator.moved_counts(etype, low, high, codes, moves)
+            got = evaluator.window_counts(etype, low, high, codes) if moved is None else moved
+            rows = evaluator.matching_rows(etype, codes, (low, high), None)
+            assert got.tolist() == np.bincount(rows, minlength=base.index.n).tolist(), (day, chosen)
+            for move in moves:  # each change is the count before and after, once per row
+                assert len(set(move.rows.tolist())) == len(move.rows)
+    finally:
+        engine.close()
