@@ -475,10 +475,9 @@ def remember_point(evaluator: PointEvaluator, members: np.ndarray, trees: list[A
             memory.windows[("first day", etype, None)] = (None, high, None)
         else:
             evaluator.window_counts(etype, low, high, campaigns)
-    kept = {}
-    for node in fields:
-        flags = memory.field_flags.get(node)
-        kept[node] = flags if flags is not None else flags_of(evaluator.visit(node), evaluator.n)
+    # the field subtrees' flags are made when a point is moved (a trend whose fields
+    # lower differently at every point never needs them)
+    kept = {node: memory.field_flags[node] for node in fields if node in memory.field_flags}
     memory.members, memory.shape, memory.field_flags = members, shape, kept
 
 
@@ -489,7 +488,10 @@ def moved_point(evaluator: PointEvaluator, index: IndexData, trees: list[Any], d
     found = moving(trees)
     if memory.members is None or found is None or found[0] != memory.shape:
         return None
-    _, events, _ = found
+    _, events, fields = found
+    for node in fields:  # the same nodes as the last point's: the same answers
+        if node not in memory.field_flags:
+            memory.field_flags[node] = flags_of(evaluator.visit(node), evaluator.n)
     selections = [evaluator.selection(node.events) for node in events]
     keys = {window_key(etype, low, high, campaigns) for etype, campaigns, (low, high) in selections}
     if len({(k[0], k[2]) for k in keys}) != len(keys):
