@@ -170,6 +170,34 @@ def test_trend_matches_the_reference(filled, engine, start, end, every):
         previous = union
 
 
+def test_trend_points_move_from_the_last_point(filled, monkeypatch):
+    """Daily points of activity rules are moved from the previous point (only the rows
+    with events on the day, or added that day, are tested again) and stay exact."""
+    from segengine.analytics import sets
+
+    moved = []
+    move = sets.moved_point
+
+    def counting(*args):
+        changed = move(*args)
+        moved.append(changed is not None)
+        return changed
+
+    monkeypatch.setattr(sets, "moved_point", counting)
+    # "recent" tests a click URL, which is not moved: only these two are
+    names = ["openers", "never-opened"]
+    got = filled.trend(*names, start="2024-01-29", end="2024-03-05", every="day")
+    assert sum(moved) >= len(got["points"]) // 2
+    previous = None
+    for point in got["points"]:
+        day = dt.date.fromisoformat(point["as_of"])
+        union = set().union(*(reference(filled, n, day, as_it_stood=True) for n in names))
+        assert point["total"] == len(union), day
+        assert point["joined"] == (None if previous is None else len(union - previous)), day
+        assert point["left"] == (None if previous is None else len(previous - union)), day
+        previous = union
+
+
 def test_trend_across_month_ends_sees_contacts_and_events_by_then(filled):
     got = filled.trend("openers", start="2024-01-31", end="2024-03-31", every="month")
     assert got["points"] == [

@@ -22,10 +22,20 @@ from ..definition.lower import AllOf, DayRange, Lowered
 from ..engines.auto import AutoEngine
 from ..engines.base import Engine
 from ..engines.index import IndexEngine
+from ..fields import STATUSES
 from ..store.index.bitmaps import bitmap_rows, to_bitmap
 from ..store.index.layout import BitmapKeys
 from ..store.workspace import Snapshot
-from .sliding import PointEvaluator, TrendMemory, added_by
+from .sliding import (
+    PointEvaluator,
+    TrendMemory,
+    added_by,
+    added_flags,
+    flags_of,
+    moved_point,
+    moving,
+    remember_point,
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,11 @@ class Evaluation:
         #: what the points of a trend share (sliding.py)
         self.memory = TrendMemory()
         self._n: int | None = None
+        #: a trend's last point: its members (as a set, or as flags in
+        #: `memory.members`) and (total, sendable)
+        self.previous: Members | None = None
+        self.last: tuple[int, int] | None = None
+        self._active_flags: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -124,6 +139,85 @@ class Evaluation:
             return Members.of(self.engine.rows(roots, as_of), self.n)  # type: ignore[attr-defined]
         return self.from_ids(self.engine.evaluate_ids(roots, as_of))
 
+    def point(self, roots: Sequence[Lowered], day: dt.date) -> dict[str, int | None]:
+        """A trend's point: the size of the union of `roots` (lowered with ``as_it_was``
+        at `day`), its sendable part, and how many joined and left since the last point.
+
+        On the index, with activity rules, a point is moved from the last one where it
+        can be (`moved_point`: only the rows added since, or with events on the days in
+        between, are tested again), and the members are kept as one flag per row;
+        otherwise each point is a set evaluated in full.
+        """
+        trees = self.moving_trees(roots)
+        if trees is None:
+            return self.point_in_full(roots, day)
+        base = self.engine.evaluator(day)  # type: ignore[attr-defined]
+        evaluator = PointEvaluator(base.index, base.tables, day, base.fallback, memory=self.memory)
+        active = self.active_flags()
+        before = self.memory.members
+        if before is not None and self.last is not None:
+            changed = moved_point(evaluator, self.index, trees, day)
+            if changed is not None:
+                now = before[changed]
+                joined = int(np.count_nonzero(now))
+                left = len(changed) - joined
+                total, sendable = self.last
+                kept = active[changed]
+                sendable += int(np.count_nonzero(kept & now)) - int(np.count_nonzero(kept & ~now))
+                self.last = (total + joined - left, sendable)
+                return {"total": self.last[0], "sendable": sendable, "joined": joined, "left": left}
+        if before is None and self.previous is not None:
+            before = np.unpackbits(self.previous.packed(), count=self.n).view(bool)
+        flags = flags_of(evaluator.union(trees), self.n)
+        flags &= added_flags(self.index, self.memory, day).flags
+        total = int(np.count_nonzero(flags))
+        sendable = int(np.count_nonzero(flags & active))
+        self.previous, self.last = None, (total, sendable)
+        remember_point(evaluator, flags, trees)
+        return {
+            "total": total, "sendable": sendable,
+            "joined": None if before is None else int(np.count_nonzero(flags & ~before)),
+            "left": None if before is None else int(np.count_nonzero(before & ~flags)),
+        }
+
+    def point_in_full(self, roots: Sequence[Lowered], day: dt.date) -> dict[str, int | None]:
+        """A trend's point from its set of members, compared with the last point's."""
+        current = self.as_it_stood(roots, day)
+        before = self.previous
+        if before is None and self.memory.members is not None:
+            before = Members(self.n, bits=np.packbits(self.memory.members))
+            self.memory.members = None
+        total, sendable = len(current), current.common(self.active())
+        self.previous, self.last = current, (total, sendable)
+        return {
+            "total": total, "sendable": sendable,
+            "joined": None if before is None else current.without(before),
+            "left": None if before is None else before.without(current),
+        }
+
+    def moving_trees(self, roots: Sequence[Lowered]) -> list[Lowered] | None:
+        """The trees of `roots` under their ``date_added`` cut when a point of them can
+        be moved from the last (index only, with activity rules)."""
+        if self.index is None or not self.cut(roots) or "date_added" not in self.index.fields:
+            return None
+        trees = [r.rules[1] for r in roots]  # type: ignore[attr-defined]
+        return trees if moving(trees) is not None else None
+
+    def active_flags(self) -> np.ndarray:
+        """One flag per row: whether its status is active."""
+        if self._active_flags is None:
+            if self.index is not None:
+                # one pass over the status codes, cheaper than scattering the bitmap's rows
+                self._active_flags = np.asarray(self.index.status) == STATUSES.index("active")
+            else:
+                self._active_flags = np.unpackbits(self.active().packed(), count=self.n).view(bool)
+        return self._active_flags
+
+    @staticmethod
+    def cut(roots: Sequence[Lowered]) -> bool:
+        return all(isinstance(r, AllOf) and len(r.rules) == 2 and isinstance(r.rules[0], DayRange)
+                   and r.rules[0].field == "date_added" and r.rules[0].low is None for r in roots)
+
     def as_it_stood(self, roots: Sequence[Lowered], day: dt.date) -> Members:
         """The contacts matching any of `roots`, lowered with ``as_it_was`` at `day`.
 
@@ -132,9 +226,7 @@ class Evaluation:
         from the last point's answer, and the rest by a `PointEvaluator`. Points must
         come in increasing order for the sharing to pay; any order is answered right.
         """
-        cut = all(isinstance(r, AllOf) and len(r.rules) == 2 and isinstance(r.rules[0], DayRange)
-                  and r.rules[0].field == "date_added" and r.rules[0].low is None for r in roots)
-        if self.index is None or not cut or "date_added" not in self.index.fields:
+        if self.index is None or not self.cut(roots) or "date_added" not in self.index.fields:
             return self.members(roots, day)
         base = self.engine.evaluator(day)  # type: ignore[attr-defined]
         evaluator = PointEvaluator(base.index, base.tables, day, base.fallback, memory=self.memory)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .sets import Members, evaluation
+from .sets import evaluation
 
 if TYPE_CHECKING:
     from ..session import SegmentArg, Session
@@ -102,19 +102,10 @@ def trend(
     loaded = [session.load_segment(s, snap) for s in segments]
     roots = [session.resolve(s, snap) for s in loaded]
     ev = evaluation(session, engine, snap)
-    active = ev.active()
-    points: list[dict[str, Any]] = []
-    previous: Members | None = None
-    for day in days:
-        current = ev.as_it_stood(ev.engine.lower(roots, day, as_it_was=True), day)
-        points.append({
-            "as_of": day.isoformat(),
-            "total": len(current),
-            "sendable": current.common(active),
-            "joined": None if previous is None else current.without(previous),
-            "left": None if previous is None else previous.without(current),
-        })
-        previous = current
+    points = [
+        {"as_of": day.isoformat(), **ev.point(ev.engine.lower(roots, day, as_it_was=True), day)}
+        for day in days
+    ]
     return {
         "segments": [s.name for s in loaded],
         "from": first.isoformat(),

@@ -85,8 +85,10 @@ def test_trend_points_sharing_work_on_the_index_match_the_reference(request, tmp
         st.sampled_from((None, Window("in_last_days", 40), Window("in_last_days", 7),
                          Window("in_last_days", 8), Window("in_last_days", 30), Window("in_last_days", 31),
                          Window("older_than_days", 2), Window("after", DAYS[3]))),
-        st.sampled_from((CountCondition("gte", 1), CountCondition("gte", 2), CountCondition("lte", 1),
-                         CountCondition("eq", 0), CountCondition("between", (1, 2)))),
+        # thresholds a point's move can cross either way (one event entering or leaving)
+        st.sampled_from((CountCondition("gte", 1), CountCondition("gte", 2), CountCondition("gte", 3),
+                         CountCondition("lte", 1), CountCondition("eq", 0), CountCondition("between", (1, 2)),
+                         CountCondition("between", (2, 3)))),
     )
     roots = [Group("all", (r,)) for r in data.draw(st.lists(sliding, min_size=1, max_size=2))]
     roots += data.draw(st.lists(rule_trees(ws.schema, ws.campaigns), max_size=1))
@@ -100,15 +102,27 @@ def test_trend_points_sharing_work_on_the_index_match_the_reference(request, tmp
     directory = tmp_path_factory.mktemp("trend")
     engine = build(data.draw(st.sampled_from(("index", "auto"))), write_workspace(ws, directory), directory, request)
     contacts, events = list(ws.contacts), list(ws.events)
+    active = {c["contact_id"] for c in contacts if c["status"] == "active"}
     try:
         evaluation = Evaluation(engine, None, None)
+        # the trend's own points: moved from the last point where they can be (only the
+        # rows added or with events in between tested again), in full otherwise
+        points = Evaluation(engine, None, None)
+        previous = None
         for day in days:
-            got = evaluation.as_it_stood(engine.lower(roots, day, as_it_was=True), day)
+            lowered = engine.lower(roots, day, as_it_was=True)
+            got = evaluation.as_it_stood(lowered, day)
             expected = set().union(*(reference_as_it_stood(contacts, events, ws.schema, r, day) for r in roots))
             ids = engine.index.ids
             assert len(got) == len(expected), (day, roots)
             rows = {int(ids[r]) for r in range(engine.index.n) if got.common(single(r, engine.index.n))}
             assert rows == expected, (day, roots)
+            assert points.point(lowered, day) == {
+                "total": len(expected), "sendable": len(expected & active),
+                "joined": None if previous is None else len(expected - previous),
+                "left": None if previous is None else len(previous - expected),
+            }, (day, roots)
+            previous = expected
     finally:
         engine.close()
 
@@ -119,3 +133,44 @@ def single(row: int, n: int):
     from segengine.analytics.sets import Members
 
     return Members(n, bitmap=BitMap([row]))
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ws=workspaces(), data=st.data())
+def test_moved_counts_match_counts_computed_afresh(request, tmp_path_factory, ws, data):
+    """A window's counts moved day by day (and from one campaign list to another) are
+    each row's count of the window's events, repeats on a day or a campaign included."""
+    import numpy as np
+
+    from segengine.analytics.sliding import PointEvaluator, TrendMemory
+
+    etype = data.draw(st.sampled_from(("open", "click", "sent")))
+    length = data.draw(st.sampled_from((None, 0, 6, 30, 40)))
+    lists = st.none() | st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True).map(sorted)
+    start = data.draw(st.sampled_from(POINTS)) - dt.timedelta(days=data.draw(st.integers(0, 40)))
+    steps = data.draw(st.lists(st.integers(1, 35), min_size=1, max_size=6))
+    directory = tmp_path_factory.mktemp("moved")
+    engine = build("index", write_workspace(ws, directory), directory, request)
+    try:
+        memory = TrendMemory()
+        day = start
+        chosen = data.draw(lists)
+        for step in [0, *steps]:
+            day += dt.timedelta(days=step)
+            if length is None or data.draw(st.booleans()):
+                chosen = data.draw(lists)  # "the last N" changing its campaigns
+            base = engine.evaluator(day)
+            evaluator = PointEvaluator(base.index, base.tables, day, base.fallback, memory=memory)
+            codes = None if chosen is None else np.array(
+                [c for c in chosen if c < len(base.index.campaigns)], dtype=np.int64)
+            high = (day - dt.date(1970, 1, 1)).days
+            low = None if length is None else high - length
+            moves = []
+            moved = evaluator.moved_counts(etype, low, high, codes, moves)
+            got = evaluator.window_counts(etype, low, high, codes) if moved is None else moved
+            rows = evaluator.matching_rows(etype, codes, (low, high), None)
+            assert got.tolist() == np.bincount(rows, minlength=base.index.n).tolist(), (day, chosen)
+            for move in moves:  # each change is the count before and after, once per row
+                assert len(set(move.rows.tolist())) == len(move.rows)
+    finally:
+        engine.close()
