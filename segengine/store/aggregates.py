@@ -217,14 +217,16 @@ class Aggregates:
 
     def lookup(self, t: int, rows: np.ndarray, names: tuple[str, ...] = NAMES) -> Values:
         """The current values of type `t` at the sorted unique `rows` (only `names` are
-        read; the others stay "no events")."""
+        read; the others are left empty)."""
         base = {name: self.base_column(name, t) for name in names}  # only these are read
         if self.deltas is None and (len(rows) == 0 or rows[-1] < self.base_rows):
             values = Values.empty(0)
             for name in names:
                 setattr(values, name, base[name][..., rows])
             return values
-        values = Values.empty(len(rows))
+        values = Values.empty(0)  # the names not read stay empty, as above
+        for name in names:
+            setattr(values, name, no_events(name, len(rows)))
         inside = rows < self.base_rows
         below = rows[inside]
         for name in names:

@@ -33,7 +33,6 @@ from .bitmaps import (
     parts_sorted,
     python_lower,
     runs,
-    sorted_unique,
     timestamp_micros,
     to_bitmap,
 )
@@ -57,6 +56,9 @@ INDEX_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaff
 #: Events buffered before they are sorted by day and written as one event-store block:
 #: bounds the build's memory (~16 bytes an event) while keeping few blocks to search.
 BLOCK_ROWS = 32_000_000
+#: Rows whose recent days are grouped into recent-day bitmaps at a time: the arrays of
+#: all 10M contacts at once took ~1 GB beside the aggregates.
+RECENT_ROWS = 2_000_000
 
 
 class Dictionary:
@@ -137,8 +139,10 @@ class EventPart:
     #: recent days changed between its recent-day bitmaps and ours) and its directory
     previous: Aggregates | None = None
     previous_directory: Path | None = None
-    #: per type, the distinct rows of each aggregated batch (an update's changed rows)
-    changed: list[list[np.ndarray]] = field(default_factory=lambda: [[] for _ in EVENT_TYPES])
+    #: per type, whether each row had events in this update (None: none yet). A flag a
+    #: row, not the distinct rows of every batch: 200M events into 10M contacts kept
+    #: ~800 MB of batches' rows for the end of the build.
+    changed: list[np.ndarray | None] = field(default_factory=lambda: [None for _ in EVENT_TYPES])
     #: the rows each bitmap gains from the events indexed since the last block was written
     touched: dict[str, BitMap] = field(default_factory=dict)
     #: what earlier blocks added to each bitmap, set aside in a file (`_set_aside`)
@@ -349,7 +353,9 @@ class EventPart:
             recent=merge_recent(before.recent, distinct, counts, starts, sorted_days),
         ))
         if self.previous is not None:
-            self.changed[t].append(distinct.astype(np.uint32))
+            if self.changed[t] is None:
+                self.changed[t] = np.zeros(self.n, bool)
+            self.changed[t][distinct] = True
         lo, hi = int(days.min()), int(days.max())
         old_lo, old_hi = self.day_range[t]
         self.day_range[t] = [lo if old_lo is None else min(lo, old_lo),
@@ -402,54 +408,65 @@ class EventPart:
         "At least k events since day D" (k <= RECENT, nothing later than the data) is
         then the union of the (type, k) bitmaps of the days from D on: a bitmap that
         combines with the others, not a pass over every contact. A full build groups
-        all rows; an update moves only the rows whose recent days changed. The bitmaps
-        of one (type, k) are handed out as soon as they are complete, to be written
-        before the next are made; one nobody has any more is removed instead.
+        all rows; an update moves only the rows whose recent days changed. The rows are
+        taken `RECENT_ROWS` at a time, and the bitmaps of one type are handed out as
+        soon as they are complete, to be written before the next are made; one nobody
+        has any more is removed instead.
         """
         for t, etype in enumerate(EVENT_TYPES):
-            rows, before, after = self._recent_changes(t)
-            for k in range(RECENT):
-                changed: dict[str, BitMap] = {}
+            changed: list[dict[str, BitMap]] = [{} for _ in range(RECENT)]
 
-                def edit(name: str, rows: BitMap, add: bool, changed=changed) -> None:
-                    current = changed.get(name)
-                    if current is None:
-                        current = changed[name] = self.bitmaps.read(name)
-                    if add:
-                        current |= rows
-                    else:
-                        current -= rows
-
-                if before is None:  # a full build: nothing to move away from
-                    moved = np.ones(len(rows), bool)
+            def edit(k: int, day: int, rows: BitMap, add: bool, changed=changed, etype=etype) -> None:
+                name = BitmapKeys.recent(etype, k + 1, day)
+                current = changed[k].get(name)
+                if current is None:
+                    current = changed[k][name] = self.bitmaps.read(name)
+                if add:
+                    current |= rows
                 else:
-                    moved = before[k] != after[k]
-                    was = moved & (before[k] != NO_LAST)
-                    for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
-                        edit(BitmapKeys.recent(etype, k + 1, day), bitmap, add=False)
-                now = moved & (after[k] != NO_LAST)
-                for day, bitmap in group_bitmaps(after[k][now], rows[now]).items():
-                    edit(BitmapKeys.recent(etype, k + 1, day), bitmap, add=True)
-                for name, bitmap in changed.items():
+                    current -= rows
+
+            for rows, before, after in self._recent_changes(t):
+                for k in range(RECENT):
+                    if before is None:  # a full build: nothing to move away from
+                        moved = np.ones(len(rows), bool)
+                    else:
+                        moved = before[k] != after[k]
+                        was = moved & (before[k] != NO_LAST)
+                        for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
+                            edit(k, day, bitmap, add=False)
+                    now = moved & (after[k] != NO_LAST)
+                    for day, bitmap in group_bitmaps(after[k][now], rows[now]).items():
+                        edit(k, day, bitmap, add=True)
+            for by_name in changed:
+                for name, bitmap in by_name.items():
                     if bitmap:
                         yield name, bitmap
                     else:  # a day nobody's k-th latest event is on any more
                         self.bitmaps.entries.pop(name, None)
-            del rows, before, after
+                by_name.clear()
 
-    def _recent_changes(self, t: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(rows, their recent days before, after) for type `t`: every row with events in
-        a full build (before: None), the rows this update's events touched in an update."""
+    def _recent_changes(self, t: int) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """(rows, their recent days before, after) for type `t`, `RECENT_ROWS` rows at a
+        time: every row with events in a full build (before: None), the rows this
+        update's events touched in an update."""
         names = ("recent",)
         if self.previous is None:
             rows = np.flatnonzero(self.aggregates.column("count", t) > 0).astype(np.uint32)
-            return rows, None, self.aggregates.lookup(t, rows, names).recent
-        parts = self.changed[t]
-        rows = sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint32)
-        before = self.previous.lookup(t, rows, names).recent
-        # the pages of the previous index read for it are not needed again
-        self.previous.release()
-        return rows, before, self.aggregates.lookup(t, rows, names).recent
+        else:
+            touched = self.changed[t]
+            rows = np.flatnonzero(touched).astype(np.uint32) if touched is not None else np.zeros(0, np.uint32)
+            self.changed[t] = None
+        for start in range(0, len(rows), RECENT_ROWS):
+            part = rows[start : start + RECENT_ROWS]
+            after = self.aggregates.lookup(t, part, names).recent
+            if self.previous is None:
+                yield part, None, after
+                continue
+            before = self.previous.lookup(t, part, names).recent
+            # the pages of the previous index read for it are not needed again
+            self.previous.release()
+            yield part, before, after
 
     def write(self) -> dict:
         """Write aggregates and dictionaries; returns the meta.json section."""
