@@ -44,6 +44,31 @@ def test_a_nul_in_a_cell_is_refused(ws, cli, tmp_path):
     assert "name: the value holds a NUL" in summary["first_rejects"][0]["reason"]
 
 
+def test_a_nul_in_an_event_cell_is_named_in_the_reason(ws, tmp_path):
+    """An address is checked once per distinct address, its other cells per row: the
+    reasons still come in the order of the columns, for every row of an address."""
+    import datetime as dt
+
+    import polars as pl
+
+    write(tmp_path / "c.csv", "email\na@x.io\nb@x.io\n")
+    ws.import_contacts(tmp_path / "c.csv")
+    t = dt.datetime(2024, 5, 1)
+    pq.write_table(pa.table({
+        "email": ["a@x.io", "a\x00@x.io", "b@x.io", "a\x00@x.io", "a@x.io"],
+        "campaign": ["c1", "c1", "c\x002", "c\x002", "c1"],
+        "type": ["open"] * 5, "timestamp": [t] * 5, "url": [None] * 5}), tmp_path / "e.parquet")
+    summary = ws.import_events(tmp_path / "e.parquet")
+    assert (summary.imported, summary.rejected, summary.duplicates) == (1, 3, 1)
+    email = "email: the value holds a NUL character (byte 0x00)"
+    campaign = "campaign: the value holds a NUL character (byte 0x00)"
+    invalid = "invalid email 'a\x00@x.io': it contains a space, control or invisible character (U+0000)"
+    rejects = pl.read_csv(summary.rejects_path)
+    assert rejects["line"].to_list() == [2, 3, 4]
+    assert rejects["reason"].to_list() == [
+        f"{email}; {invalid}", campaign, f"{email}; {campaign}; {invalid}"]
+
+
 @pytest.mark.parametrize("name", ["_line", "_width", "file_row_number"])
 def test_internal_column_names_are_refused_not_dropped(ws, cli, tmp_path, name):
     write(tmp_path / "c.csv", f"email,{name}\na@x.io,7\n")

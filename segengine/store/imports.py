@@ -243,9 +243,15 @@ def check_builtin_shapes(path: Path, source: Source, builtins: tuple[str, ...]) 
 def nul_checks(columns: dict[str, str]) -> list[tuple[str, str]]:
     """Reasons for text cells holding a NUL character (CSV refuses one while reading);
     `columns` maps a column's name to the SQL of its text."""
-    return [(f"coalesce(contains({sql}, chr(0)), false)",
-             f"'{name}: the value holds a NUL character (byte 0x00)'")
-            for name, sql in columns.items()]
+    return [(holds_nul(sql), nul_reason(name)) for name, sql in columns.items()]
+
+
+def holds_nul(sql: str) -> str:
+    return f"coalesce(contains({sql}, chr(0)), false)"
+
+
+def nul_reason(name: str) -> str:
+    return f"'{name}: the value holds a NUL character (byte 0x00)'"
 
 
 def parquet_field_type(source_type: str, name: str = "") -> FieldType:
@@ -820,7 +826,8 @@ def stored_days_end(index: IndexData | None) -> int | None:
 
 def match_addresses(con: duckdb.DuckDBPyConnection, tx: Transaction, index: IndexData | None) -> str:
     """Normalise, check and look up each distinct address of the file once: the table
-    `addresses` (key, contact_id, reason). Returns the SQL of a source row's key.
+    `addresses` (key, contact_id, reason, has_nul: whether the text as written holds a
+    NUL character). Returns the SQL of a source row's key.
 
     A file repeats each contact's address in many events (200M events name 10M
     addresses): the rule's regular expressions and the join with the contacts run per
@@ -861,8 +868,8 @@ def match_addresses(con: duckdb.DuckDBPyConnection, tx: Transaction, index: Inde
     ]
     con.execute(
         f"CREATE TEMP TABLE addresses AS SELECT {key.format('raw')} AS key, contact_id, "
-        f"NULLIF({reason_sql(reasons)}, '') AS reason FROM checked_addresses a "
-        "LEFT JOIN known k ON k.known_email = a.email"
+        f"NULLIF({reason_sql(reasons)}, '') AS reason, {holds_nul('raw')} AS has_nul "
+        "FROM checked_addresses a LEFT JOIN known k ON k.known_email = a.email"
     )
     con.execute("DROP TABLE checked_addresses")
     return key.format(f"CAST({q('email')} AS VARCHAR)")
@@ -950,8 +957,10 @@ def stage_checked_events(
     ])
     nul = []
     if source.fmt == "parquet":
-        nul = nul_checks({name: f"CAST(n.{column} AS VARCHAR)" for name, column in (
-            ("email", "raw_email"), ("campaign", "campaign"), ("type", "raw_type"), ("url", "url"))})
+        # the address's own check was made once per distinct address (`match_addresses`)
+        nul = [("a.has_nul", nul_reason("email")), *nul_checks({
+            name: f"CAST(n.{column} AS VARCHAR)"
+            for name, column in (("campaign", "campaign"), ("type", "raw_type"), ("url", "url"))})]
     reasons = width_check(source) + nul + [
         ("a.reason IS NOT NULL", "a.reason"),
         ("campaign IS NULL", "'missing campaign'"),
@@ -995,8 +1004,13 @@ def write_event_chunks(
         for n in chunks:
             rows = f"read_parquet({lit(str(staged / f'chunk={n}' / '*.parquet'))})"
             new_rows = f"SELECT contact_id, campaign, type, timestamp, url FROM {rows} WHERE reason = ''"
-            count, lo, hi = con.execute(
-                f"SELECT count(*), min(timestamp), max(timestamp) FROM ({new_rows})"
+            # Without stored events, rows of distinct hashes are distinct rows: counting
+            # 64-bit hashes costs about half of a DISTINCT over the five columns, which
+            # is then needed only when the range repeats a row (or two hashes collide).
+            distinct = "count(DISTINCT hash(contact_id, campaign, type, timestamp, url))"
+            count, lo, hi, hashes = con.execute(
+                f"SELECT count(*), min(timestamp), max(timestamp), "
+                f"{'NULL' if old_files else distinct} FROM ({new_rows})"
             ).fetchone()
             if not count:
                 continue
@@ -1009,7 +1023,7 @@ def write_event_chunks(
                     f"FROM read_parquet({file_list(old_files)}) "
                     f"WHERE timestamp BETWEEN TIMESTAMP {lit(str(lo))} AND TIMESTAMP {lit(str(hi))}"
                 )
-            else:
+            elif hashes != count:
                 new_rows = f"SELECT DISTINCT * FROM ({new_rows})"
             out = tx.new_file("events")
             # In time order, each row group covers a short span: a scan for a window or a

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import array
 import mmap
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,14 @@ class BitmapStore:
         cached = self._cache.get(name)
         if cached is not None:
             return cached
+        bitmap = self.read(name)
+        if name in self.entries:
+            self._cache[name] = bitmap
+        return bitmap
+
+    def read(self, name: str) -> BitMap:
+        """A new copy of the named bitmap (empty when absent), not kept: a writer merging
+        into thousands of bitmaps holds only the ones it is changing."""
         entry = self.entries.get(name)
         if entry is None:
             return BitMap()
@@ -121,9 +130,7 @@ class BitmapStore:
                 data = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # the blocks holding this bitmap, not the whole layer: a count reads a few
         check_range(self.directory / file, offset, offset + size)
-        bitmap = BitMap.deserialize(data[offset : offset + size])
-        self._cache[name] = bitmap
-        return bitmap
+        return BitMap.deserialize(data[offset : offset + size])
 
     def take_over(self, other: BitmapStore) -> None:
         """Keep the bitmaps `other` (the store of an earlier index) has read that this one
@@ -136,21 +143,31 @@ class BitmapStore:
     def names(self, prefix: str) -> Iterator[str]:
         return (name for name in self.entries if name.startswith(prefix))
 
-    def write_layer(self, bitmaps: dict[str, BitMap]) -> str | None:
-        """Write `bitmaps` as one new layer file; returns its name (None when empty)."""
-        if not bitmaps:
-            return None
+    def write_layer(self, bitmaps: Mapping[str, BitMap] | Iterable[tuple[str, BitMap]]) -> str | None:
+        """Write `bitmaps` as one new layer file; returns its name (None when empty).
+
+        `bitmaps` may be a generator of (name, bitmap) pairs: each is written and let go
+        before the next is made, so a writer of thousands of bitmaps holds one at a time.
+        """
+        items = bitmaps.items() if isinstance(bitmaps, Mapping) else bitmaps
         name = f"bitmaps-{uuid.uuid4().hex[:12]}.bin"
+        out = None
         offset = 0
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / name, "wb") as f:
-            for key, bitmap in bitmaps.items():
+        try:
+            for key, bitmap in items:
+                if out is None:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    out = open(self.directory / name, "wb")  # noqa: SIM115 - closed below
                 bitmap.run_optimize()
                 data = bitmap.serialize()
-                f.write(data)
+                out.write(data)
                 self.entries[key] = (name, offset, len(data))
+                self._cache.pop(key, None)
                 offset += len(data)
-        return name
+        finally:
+            if out is not None:
+                out.close()
+        return None if out is None else name
 
     def layers(self) -> set[str]:
         return {file for file, _, _ in self.entries.values()}
@@ -163,6 +180,53 @@ class BitmapStore:
         # The lists JSON gives are used as they are: an index holds thousands of named
         # bitmaps, and a count reads a few of them.
         return cls(directory, dict(entries))
+
+
+class BitmapsAside:
+    """What a build adds to its bitmaps, set aside in a file block by block and merged
+    into each bitmap when the layer is written: at 10M contacts the bitmaps of every
+    touched day, campaign and URL took ~1 GB held until the end of the build.
+
+    The file lives in the index directory being built and is deleted when closed (an
+    interrupted build's directory is deleted as a whole by the next writer).
+    """
+
+    def __init__(self, directory: Path):
+        self.path = directory / f".aside-{uuid.uuid4().hex[:12]}.bin"
+        self._file: Any = None
+        self._parts: dict[str, list[tuple[int, int]]] = {}
+        self._end = 0
+
+    def add(self, bitmaps: Mapping[str, BitMap]) -> None:
+        """Set these additions aside (the caller lets go of them)."""
+        if not bitmaps:
+            return
+        if self._file is None:
+            self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by `close`
+        for name, bitmap in bitmaps.items():
+            data = bitmap.serialize()
+            self._file.write(data)
+            self._parts.setdefault(name, []).append((self._end, len(data)))
+            self._end += len(data)
+        self._file.flush()
+
+    def names(self) -> list[str]:
+        return list(self._parts)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._parts
+
+    def merge_into(self, name: str, bitmap: BitMap) -> None:
+        """Add to `bitmap` what was set aside for `name` (then forget it)."""
+        for offset, size in self._parts.pop(name, ()):
+            bitmap |= BitMap.deserialize(os.pread(self._file.fileno(), size, offset))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+        self._parts = {}
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -184,6 +248,18 @@ def runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def is_sorted(values: np.ndarray) -> bool:
     """Whether `values` never decrease (one vectorised pass, no sort)."""
     return len(values) < 2 or bool(np.all(values[1:] >= values[:-1]))
+
+
+def parts_sorted(parts: Sequence[np.ndarray]) -> bool:
+    """Whether the concatenation of `parts` never decreases, without concatenating."""
+    previous = None
+    for part in parts:
+        if len(part) == 0:
+            continue
+        if not is_sorted(part) or (previous is not None and part[0] < previous):
+            return False
+        previous = part[-1]
+    return True
 
 
 def day_order(days: np.ndarray) -> np.ndarray:

@@ -24,14 +24,15 @@ from ..arrays import link_or_copy, save_strings
 if TYPE_CHECKING:
     from ...progress import Task
 from .bitmaps import (
+    BitmapsAside,
     BitmapStore,
     day_order,
     flat,
     group_bitmaps,
     is_sorted,
+    parts_sorted,
     python_lower,
     runs,
-    sorted_unique,
     timestamp_micros,
     to_bitmap,
 )
@@ -55,6 +56,9 @@ INDEX_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaff
 #: Events buffered before they are sorted by day and written as one event-store block:
 #: bounds the build's memory (~16 bytes an event) while keeping few blocks to search.
 BLOCK_ROWS = 32_000_000
+#: Rows whose recent days are grouped into recent-day bitmaps at a time: the arrays of
+#: all 10M contacts at once took ~1 GB beside the aggregates.
+RECENT_ROWS = 2_000_000
 
 
 class Dictionary:
@@ -135,9 +139,14 @@ class EventPart:
     #: recent days changed between its recent-day bitmaps and ours) and its directory
     previous: Aggregates | None = None
     previous_directory: Path | None = None
-    #: per type, the distinct rows of each aggregated batch (an update's changed rows)
-    changed: list[list[np.ndarray]] = field(default_factory=lambda: [[] for _ in EVENT_TYPES])
+    #: per type, whether each row had events in this update (None: none yet). A flag a
+    #: row, not the distinct rows of every batch: 200M events into 10M contacts kept
+    #: ~800 MB of batches' rows for the end of the build.
+    changed: list[np.ndarray | None] = field(default_factory=lambda: [None for _ in EVENT_TYPES])
+    #: the rows each bitmap gains from the events indexed since the last block was written
     touched: dict[str, BitMap] = field(default_factory=dict)
+    #: what earlier blocks added to each bitmap, set aside in a file (`_set_aside`)
+    aside: BitmapsAside | None = None
     #: events of the block being collected: type -> column -> batches
     pending: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
     pending_rows: int = 0
@@ -191,18 +200,34 @@ class EventPart:
         if not files:
             return
         (self.directory / "events").mkdir(parents=True, exist_ok=True)
-        for batch in stream_events(files):
-            self._add_batch(batch, ids, dense)
-            if self.chunk_rows >= BATCH_ROWS:
-                self._index_chunk()
-            if self.pending_rows >= BLOCK_ROWS:
-                self._flush()
-            if progress is not None:
-                progress.advance(batch.num_rows)
-        self._index_chunk()
-        self._flush()
-        self.bitmaps.write_layer(self.touched)
+        self.aside = BitmapsAside(self.directory)
+        try:
+            for batch in stream_events(files):
+                self._add_batch(batch, ids, dense)
+                if self.chunk_rows >= BATCH_ROWS:
+                    self._index_chunk()
+                if self.pending_rows >= BLOCK_ROWS:
+                    self._flush()
+                if progress is not None:
+                    progress.advance(batch.num_rows)
+            self._index_chunk()
+            self._flush()
+            # one bitmap at a time: the previous index's, what each block added, the rest
+            self.bitmaps.write_layer(self._merged_bitmaps())
+        finally:
+            self.aside.close()
+            self.aside = None
         self.touched = {}
+
+    def _merged_bitmaps(self) -> Iterator[tuple[str, BitMap]]:
+        assert self.aside is not None
+        for name in [*self.aside.names(), *(n for n in self.touched if n not in self.aside)]:
+            bitmap = self.bitmaps.read(name)
+            self.aside.merge_into(name, bitmap)
+            added = self.touched.pop(name, None)
+            if added is not None:
+                bitmap |= added
+            yield name, bitmap
 
     def _add_batch(self, batch: pa.RecordBatch, ids: np.ndarray, dense: bool) -> None:
         contact = pc.fill_null(batch.column("contact_id").cast(pa.int64()), 0)
@@ -271,17 +296,21 @@ class EventPart:
         return self.urls.encode(python_lower(pc.if_else(empty, pa.scalar(None, pa.string()), urls)))
 
     def _flush(self) -> None:
-        """Write the buffered events as one block, each type's events sorted by day."""
+        """Write the buffered events as one block, each type's events sorted by day, and
+        set the bitmaps' additions aside: the import's peak memory is then one block's
+        events and bitmaps over the aggregates, whatever the number of events."""
+        if self.aside is not None:
+            self.aside.add(self.touched)
+            self.touched = {}
         if not self.pending:
             return
         block = f"s{len(self.blocks):04d}-{uuid.uuid4().hex[:8]}"
         files: dict[str, str] = {}
         lengths = {t: 0 for t in EVENT_TYPES}
         for etype, columns in self.pending.items():
-            days = np.concatenate(columns["day"])
             # time-ordered files give days in order: the batches are written as they are
-            order = None if is_sorted(days) else day_order(days)
-            lengths[etype] = len(days)
+            order = None if parts_sorted(columns["day"]) else day_order(np.concatenate(columns["day"]))
+            lengths[etype] = sum(len(days) for days in columns["day"])
             for key, parts in columns.items():
                 name = files[f"{etype}.{key}"] = f"{block}.{etype}.{key}.bin"
                 if order is None:
@@ -324,7 +353,9 @@ class EventPart:
             recent=merge_recent(before.recent, distinct, counts, starts, sorted_days),
         ))
         if self.previous is not None:
-            self.changed[t].append(distinct.astype(np.uint32))
+            if self.changed[t] is None:
+                self.changed[t] = np.zeros(self.n, bool)
+            self.changed[t][distinct] = True
         lo, hi = int(days.min()), int(days.max())
         old_lo, old_hi = self.day_range[t]
         self.day_range[t] = [lo if old_lo is None else min(lo, old_lo),
@@ -332,10 +363,12 @@ class EventPart:
         return distinct
 
     def _merge(self, name: str, bitmap: BitMap) -> None:
+        """Add rows to a bitmap (its stored rows are added when it is written)."""
         current = self.touched.get(name)
         if current is None:
-            current = self.touched[name] = BitMap(self.bitmaps.get(name))
-        current |= bitmap
+            self.touched[name] = bitmap
+        else:
+            current |= bitmap
 
     def _campaign_days(self, t: int, days: np.ndarray, camps: np.ndarray) -> None:
         """Widen each campaign's [first, last] day of type `t` to this batch's events."""
@@ -369,58 +402,75 @@ class EventPart:
         for code, bitmap in group_bitmaps(urls[has], rows[has]).items():
             self._merge(BitmapKeys.click_url(code), bitmap)
 
-    def _recent_bitmaps(self) -> None:
+    def _recent_bitmaps(self) -> Iterator[tuple[str, BitMap]]:
         """Per (type, k, day): the rows whose k-th latest event of the type is on that day.
 
         "At least k events since day D" (k <= RECENT, nothing later than the data) is
         then the union of the (type, k) bitmaps of the days from D on: a bitmap that
         combines with the others, not a pass over every contact. A full build groups
-        all rows; an update moves only the rows whose recent days changed.
+        all rows; an update moves only the rows whose recent days changed. The rows are
+        taken `RECENT_ROWS` at a time, and the bitmaps of one type are handed out as
+        soon as they are complete, to be written before the next are made; one nobody
+        has any more is removed instead.
         """
-        changed: dict[str, BitMap] = {}
-
-        def edit(name: str, rows: BitMap, add: bool) -> None:
-            current = changed.get(name)
-            if current is None:
-                current = changed[name] = BitMap(self.bitmaps.get(name))
-            if add:
-                current |= rows
-            else:
-                current -= rows
-
         for t, etype in enumerate(EVENT_TYPES):
-            rows, before, after = self._recent_changes(t)
-            for k in range(RECENT):
-                if before is None:  # a full build: nothing to move away from
-                    moved = np.ones(len(rows), bool)
-                else:
-                    moved = before[k] != after[k]
-                    was = moved & (before[k] != NO_LAST)
-                    for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
-                        edit(BitmapKeys.recent(etype, k + 1, day), bitmap, add=False)
-                now = moved & (after[k] != NO_LAST)
-                for day, bitmap in group_bitmaps(after[k][now], rows[now]).items():
-                    edit(BitmapKeys.recent(etype, k + 1, day), bitmap, add=True)
-        for name in [name for name, bitmap in changed.items() if not bitmap]:
-            del changed[name]  # a day nobody's k-th latest event is on any more
-            self.bitmaps.entries.pop(name, None)
-        self.bitmaps.write_layer(changed)
+            changed: list[dict[str, BitMap]] = [{} for _ in range(RECENT)]
 
-    def _recent_changes(self, t: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """(rows, their recent days before, after) for type `t`: every row with events in
-        a full build (before: None), the rows this update's events touched in an update."""
+            def edit(k: int, day: int, rows: BitMap, add: bool, changed=changed, etype=etype) -> None:
+                name = BitmapKeys.recent(etype, k + 1, day)
+                current = changed[k].get(name)
+                if current is None:
+                    current = changed[k][name] = self.bitmaps.read(name)
+                if add:
+                    current |= rows
+                else:
+                    current -= rows
+
+            for rows, before, after in self._recent_changes(t):
+                for k in range(RECENT):
+                    if before is None:  # a full build: nothing to move away from
+                        moved = np.ones(len(rows), bool)
+                    else:
+                        moved = before[k] != after[k]
+                        was = moved & (before[k] != NO_LAST)
+                        for day, bitmap in group_bitmaps(before[k][was], rows[was]).items():
+                            edit(k, day, bitmap, add=False)
+                    now = moved & (after[k] != NO_LAST)
+                    for day, bitmap in group_bitmaps(after[k][now], rows[now]).items():
+                        edit(k, day, bitmap, add=True)
+            for by_name in changed:
+                for name, bitmap in by_name.items():
+                    if bitmap:
+                        yield name, bitmap
+                    else:  # a day nobody's k-th latest event is on any more
+                        self.bitmaps.entries.pop(name, None)
+                by_name.clear()
+
+    def _recent_changes(self, t: int) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """(rows, their recent days before, after) for type `t`, `RECENT_ROWS` rows at a
+        time: every row with events in a full build (before: None), the rows this
+        update's events touched in an update."""
         names = ("recent",)
         if self.previous is None:
             rows = np.flatnonzero(self.aggregates.column("count", t) > 0).astype(np.uint32)
-            return rows, None, self.aggregates.lookup(t, rows, names).recent
-        parts = self.changed[t]
-        rows = sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint32)
-        before = self.previous.lookup(t, rows, names).recent
-        return rows, before, self.aggregates.lookup(t, rows, names).recent
+        else:
+            touched = self.changed[t]
+            rows = np.flatnonzero(touched).astype(np.uint32) if touched is not None else np.zeros(0, np.uint32)
+            self.changed[t] = None
+        for start in range(0, len(rows), RECENT_ROWS):
+            part = rows[start : start + RECENT_ROWS]
+            after = self.aggregates.lookup(t, part, names).recent
+            if self.previous is None:
+                yield part, None, after
+                continue
+            before = self.previous.lookup(t, part, names).recent
+            # the pages of the previous index read for it are not needed again
+            self.previous.release()
+            yield part, before, after
 
     def write(self) -> dict:
         """Write aggregates and dictionaries; returns the meta.json section."""
-        self._recent_bitmaps()
+        self.bitmaps.write_layer(self._recent_bitmaps())
         aggregates = self.aggregates.write(self.directory, self.previous_directory)
         if len(self.send_us) < len(self.campaigns.values):
             self.send_us.extend([None] * (len(self.campaigns.values) - len(self.send_us)))
