@@ -596,10 +596,15 @@ def sorted_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def chunk_starts(bounds: np.ndarray, fine: int) -> np.ndarray:
     """Chunk bounds over sorted values whose runs start at `bounds` (and end at its
-    last): about every `fine` positions, each moved to the next change of value when
-    one comes within `fine` positions (a run of one value longer than that is cut where
-    it falls)."""
+    last): the runs themselves when there are at most FINE_CHUNKS; otherwise about every
+    `fine` positions, each moved to the next change of value when one comes within
+    `fine` positions (a run of one value longer than that is cut where it falls)."""
     n = int(bounds[-1]) if len(bounds) else 0
+    if len(bounds) - 1 <= FINE_CHUNKS:
+        # few distinct values (a score, employees, a boolean, a count, days): one chunk
+        # per value. A range's bounds are always changes of value, so no chunk is ever
+        # cut, and the cumulative unions then fall on every value or every few.
+        return np.asarray(bounds, dtype=np.int64)
     targets = np.arange(fine, n, fine)
     changes = bounds[1:]  # every run's end, the last being n
     moved = changes[np.searchsorted(changes, targets, side="left")]
