@@ -1095,10 +1095,8 @@ class Evaluator(Visitor[Rows]):
 
     def window_source(self, etype: str, window: tuple) -> tuple[np.ndarray, np.ndarray]:
         """A window's per-row counts as a `ValueOrder` source (rows with none: no value);
-        only for a window `window_counted` answers for."""
-        counts = self.counts_outside_window(etype, window)
-        if counts is None:
-            counts = self.window_counts(etype, window)
+        only for a window `window_counted` answers for (`counts_in_window` is then not None)."""
+        counts = self.counts_in_window(etype, window)
         return counts, counts > 0
 
     def aggregate_order(self, name: str, t: int) -> ValueOrder | None:
