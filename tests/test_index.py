@@ -21,6 +21,7 @@ import pytest
 from conftest import SAMPLE, Cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap
 from reference import reference_contact_ids
 from strategies import (
     _COUNTS,
@@ -152,9 +153,9 @@ VALUE_ORDER_EXAMPLES = int(os.environ.get("SEGENGINE_VALUE_ORDER_EXAMPLES", "15"
 @given(ws=workspaces(), data=st.data(), fine=st.integers(1, 3), chunks=st.integers(1, 8),
        marks=st.integers(1, 4), sparse=st.sampled_from([1, 8, 10**9]),
        ordered_rows=st.sampled_from([0, 10**9]), day_union=st.sampled_from([0, 31]),
-       day_bitmaps=st.booleans())
+       day_bitmaps=st.booleans(), few_chunks=st.sampled_from([0, 3]))
 def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse, ordered_rows,
-                                           day_union, day_bitmaps, tmp_path_factory):
+                                           day_union, day_bitmaps, few_chunks, tmp_path_factory):
     """Number, date and boolean rules, counts of events (ever and in windows) and wide
     windows (`day_union` 0: every window of more than one day) answered from sorted rows
     (from the first ask, with chunks of a few rows so bounds fall inside them), with and
@@ -198,6 +199,7 @@ def test_sorted_values_match_the_reference(ws, data, fine, chunks, marks, sparse
         patch.setattr(index_engine_module, "FINE_ROWS", fine)
         patch.setattr(index_engine_module, "FINE_CHUNKS", chunks)
         patch.setattr(index_engine_module, "MARK_UNIONS", marks)
+        patch.setattr(index_engine_module, "FEW_CHUNKS", few_chunks)
         patch.setattr(index_engine_module, "SPARSE", sparse)
         for _ in range(8):
             root = data.draw(rule_trees(ws.schema, ws.campaigns) | value_rules)
@@ -890,3 +892,24 @@ def test_sorting_a_column_for_its_order_sorts_every_kind_of_value(values):
     distinct, counts = np.unique(values, return_counts=True)
     assert np.array_equal(keys, distinct) and keys.dtype == values.dtype
     assert bounds.tolist() == [0, *np.cumsum(counts).tolist()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=60), marks=st.integers(1, 12),
+       few=st.sampled_from([0, 3]), data=st.data())
+def test_cumulative_unions_answer_every_run_of_their_bitmaps(sizes, marks, few, data):
+    """`Cumulative.first`, `rest` and `between` against plain unions, for every bound,
+    with marks that fall between them and kept tails reused across asks."""
+    rows = np.random.default_rng(len(sizes)).permutation(max(sum(sizes), 1))
+    cuts = np.cumsum([0, *sizes])
+    bitmaps = [BitMap(rows[a:b].tolist()) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_engine_module, "MARK_UNIONS", marks)
+        patch.setattr(index_engine_module, "FEW_CHUNKS", few)
+        unions = index_engine_module.Cumulative.build(bitmaps)
+        for _ in range(2):  # the second pass reads the kept tails
+            for lo in range(len(bitmaps) + 1):
+                assert unions.first(lo) == BitMap.union(BitMap(), *bitmaps[:lo])
+                assert unions.rest(lo) == BitMap.union(BitMap(), *bitmaps[lo:])
+                hi = data.draw(st.integers(lo, len(bitmaps)))
+                assert unions.between(lo, hi) == BitMap.union(BitMap(), *bitmaps[lo:hi])

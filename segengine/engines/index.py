@@ -110,7 +110,7 @@ def all_of(parts: Sequence[Rows], n: int) -> Rows:
     bitmaps, masks = split_forms(parts)
     if not parts:
         return everyone(n)
-    bitmap = intersect_all(bitmaps) if bitmaps else None
+    bitmap = intersect_all(bitmaps, n) if bitmaps else None
     mask = masks[0] if masks else None
     for other in masks[1:]:
         mask = mask & other
@@ -162,18 +162,52 @@ def sparse_rows(rows: int, n: int) -> int:
 
 
 def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
-    """The union; one bitmap is returned as it is (rows are never modified in place)."""
-    return BitMap.union(*bitmaps) if len(bitmaps) > 1 else bitmaps[0] if bitmaps else BitMap()
+    """The union; one bitmap is returned as it is (rows are never modified in place).
+
+    `BitMap.union` ORs chunks into bitsets and turns sparse ones back into values at the
+    end, which costs per chunk: bitmaps that are all sparse (fewer rows in all than a
+    chunk's 65,536 / SPARSE_CHUNK on average: a few days' events) merge their values
+    pairwise about three times faster.
+    """
+    if len(bitmaps) <= 1:
+        return bitmaps[0] if bitmaps else BitMap()
+    rows = sum(len(b) for b in bitmaps)
+    span = max((b.max() + 1 for b in bitmaps if b), default=0)
+    if len(bitmaps) <= FEW_SPARSE and rows * SPARSE_CHUNK < span:
+        result = bitmaps[0]
+        for other in bitmaps[1:]:
+            result = result | other
+        return result
+    return BitMap.union(*bitmaps)
 
 
-def intersect_all(bitmaps: Sequence[BitMap]) -> BitMap:
-    """The intersection, smallest first, one pair at a time: a chain of `&` is a few
-    times faster than `BitMap.intersection(*bitmaps)` on bitmaps of millions of rows."""
-    ordered = sorted(bitmaps, key=len)
+def intersect_all(bitmaps: Sequence[BitMap], n: int | None = None) -> BitMap:
+    """The intersection, one pair at a time: a chain of `&` is a few times faster than
+    `BitMap.intersection(*bitmaps)` on bitmaps of millions of rows.
+
+    Roaring stores a 65,536-row chunk holding fewer than 4,096 rows as sorted values,
+    and turning an `&` of two dense chunks into values costs per row kept (about a
+    millisecond per 500,000). Among `n` contacts, the dense bitmaps (at least one row in
+    SPARSE_CHUNK) are intersected first, largest first, so the result turns sparse
+    once, at the end, and the sparse ones then go smallest first; without `n`, smallest
+    first.
+    """
+    if n is None:
+        ordered = sorted(bitmaps, key=len)
+    else:
+        dense = sorted((b for b in bitmaps if len(b) * SPARSE_CHUNK >= n), key=len, reverse=True)
+        ordered = dense + sorted((b for b in bitmaps if len(b) * SPARSE_CHUNK < n), key=len)
     result = ordered[0]
     for other in ordered[1:]:
         result = result & other
     return result
+
+
+#: A Roaring chunk of 65,536 rows holds its rows as values below 4,096 (1 in 16).
+SPARSE_CHUNK = 16
+#: Up to this many sparse bitmaps are merged pairwise (more: each merge copies the
+#: growing result again, and `BitMap.union` wins).
+FEW_SPARSE = 4
 
 
 def everyone(n: int) -> BitMap:
@@ -355,6 +389,7 @@ class Cumulative:
     bitmaps: list[BitMap]
     step: int
     marks: list[BitMap]  # marks[k]: the union of bitmaps[: (k + 1) * step] (the last: all)
+    tails: dict[int, BitMap] = field(default_factory=dict)  # m -> union of bitmaps[m:]
 
     @classmethod
     def build(cls, bitmaps: list[BitMap]) -> Cumulative:
@@ -369,6 +404,41 @@ class Cumulative:
     def everyone(self) -> BitMap:
         """The union of all the bitmaps."""
         return self.marks[-1] if self.marks else BitMap()
+
+    def between(self, lo: int, hi: int) -> BitMap:
+        """The union of bitmaps[lo:hi].
+
+        A few bitmaps are their union; a run from the start is `first`, one to the end
+        `rest`. Otherwise it is the union up to `hi` less the one up to `lo`, which costs
+        per row of the latter where that is sparse (Roaring's values), so when it holds
+        fewer rows than the rest, it is the union up to `hi` and `rest(lo)` instead,
+        dense with dense.
+        """
+        if hi - lo <= FEW_CHUNKS:
+            return union_all(self.bitmaps[lo:hi])
+        if not lo:
+            return self.first(hi)
+        if hi >= len(self.bitmaps):
+            return self.rest(lo)
+        upto = self.first(hi)
+        near = self.marks[lo // self.step - 1] if lo >= self.step else BitMap()
+        if len(near) * 2 >= len(self.everyone):
+            return upto - self.first(lo)
+        return upto & self.rest(lo)
+
+    def rest(self, c: int) -> BitMap:
+        """The union of bitmaps[c:]: from the nearest kept union, the rows after it
+        (`tails`, kept on first use) with the bitmaps in between added or removed."""
+        m = min(round(c / self.step) * self.step, len(self.bitmaps))
+        tail = self.tails.get(m)
+        if tail is None:
+            tail = BitMap() if m >= len(self.bitmaps) else self.everyone - self.first(m)
+            self.tails[m] = tail
+        if m > c:
+            return union_all([tail, *self.bitmaps[c:m]])
+        if m < c:
+            return tail - union_all(self.bitmaps[m:c])
+        return tail
 
     def first(self, c: int, add: BitMap | None = None, remove: BitMap | None = None) -> BitMap:
         """The union of bitmaps[:c], with `add` (rows of bitmap c) added or `remove`
@@ -404,8 +474,7 @@ class DayUnions:
 
     def between(self, lo: int, hi: int) -> BitMap:
         """The union of day bitmaps lo..hi-1 (positions in `days`)."""
-        upto = self.unions.first(hi)
-        return upto - self.unions.first(lo) if lo else upto
+        return self.unions.between(lo, hi)
 
 
 #: How many days' cumulative counts `Evaluator.counts_before` keeps per event type (one
@@ -467,6 +536,9 @@ ORDER_AFTER = 1
 #: `ValueOrder` cuts the sorted rows into about this many bitmaps, at least FINE_ROWS
 #: rows each, each cut at a change of value where one is near.
 FINE_CHUNKS, FINE_ROWS = 1024, 1024
+#: A run of values covering at most this many whole chunks is their union (cheaper than
+#: the difference of two cumulative unions, and as sparse as the rows themselves).
+FEW_CHUNKS = 3
 #: Fewer rows than this are tested one by one even where a column's sorted rows exist
 #: (a range of them costs a few bitmap unions, a fraction of a millisecond).
 ORDERED_ROWS = 50_000
@@ -528,9 +600,13 @@ class ValueOrder:
         return self.chunks.first(c + 1, remove=to_bitmap(np.sort(self.rows[p:end])))
 
     def run(self, p: int, q: int) -> BitMap:
-        """The rows of values p..q-1 (positions in the order)."""
+        """The rows of values p..q-1 (positions in the order): whole chunks from their
+        cumulative unions (`Cumulative.between`), others less or plus part of a chunk."""
         if q <= p:
             return BitMap()
+        first, last = np.searchsorted(self.starts, (p, q))
+        if last < len(self.starts) and self.starts[first] == p and self.starts[last] == q:
+            return self.chunks.between(int(first), int(last))
         if q >= len(self.rows):
             return self.everyone - self.before(p) if p else self.everyone
         upto = self.before(q)
@@ -706,6 +782,10 @@ class Evaluator(Visitor[Rows]):
         last, and when the others leave few rows they test only those rows."""
         per_row = [rule for rule in node.rules if self.row_testable(rule)]
         first = [rule for rule in node.rules if not self.row_testable(rule)]
+        if per_row and first and self.at_most(first) * SPARSE >= self.n:
+            # too many rows left for tests one by one: one intersection of them all
+            # (`intersect_all` orders it)
+            return self.all_of_rules(first + per_row)
         parts = [self.all_of_rules(first)] if first else []
         if per_row and parts:
             narrowed = parts[0]
@@ -716,6 +796,20 @@ class Evaluator(Visitor[Rows]):
                 return to_bitmap(rows)
         return all_of(parts + [self.visit(rule) for rule in per_row], self.n)
 
+    def few_statuses(self, node: Any, rows: Rows) -> bool:
+        """Whether `node` is a status rule matching less than half the contacts: negated,
+        the other contacts (dense, `other_statuses`) intersect faster than its rows
+        (sparse) subtract."""
+        return (type(node) is Compare and node.type is FieldType.ENUM
+                and len(rows) * 2 < self.n)
+
+    def at_most(self, rules: Sequence[Any]) -> int:
+        """An upper bound of the rows matching all of `rules`: the fewest of a positive
+        rule's (every contact when none is a bitmap)."""
+        sizes = [len(rows) for rows in (self.visit(rule) for rule in rules if type(rule) is not Not)
+                 if isinstance(rows, BitMap)]
+        return min(sizes, default=self.n)
+
     def all_of_rules(self, rules: Sequence[Any]) -> Rows:
         """The AND of `rules`, where a negated rule answered by a bitmap is taken away
         from the others (one difference) instead of complemented and intersected."""
@@ -723,6 +817,9 @@ class Evaluator(Visitor[Rows]):
         for rule in rules:
             if type(rule) is Not:
                 inner = self.visit(rule.rule)
+                if self.few_statuses(rule.rule, inner):
+                    parts.append(self.other_statuses(rule.rule.values, inner))
+                    continue
                 if isinstance(inner, BitMap):
                     removed.append(inner)
                     continue
@@ -827,7 +924,7 @@ class Evaluator(Visitor[Rows]):
 
     def visit_present(self, node: Present) -> Rows:
         if node.type is FieldType.SET:
-            return BitMap(self.index.contact_bitmaps.get(BitmapKeys.IN_A_LIST))
+            return self.index.contact_bitmaps.get(BitmapKeys.IN_A_LIST)
         if node.type is FieldType.ENUM:
             return self.status_rows(STATUSES)
         return self.present(self.index.fields[node.field])
@@ -972,16 +1069,34 @@ class Evaluator(Visitor[Rows]):
             return result
         return np.append(hits, False).take(codes)  # the last code means empty
 
-    def status_rows(self, wanted: Sequence[str]) -> Rows:
+    def status_rows(self, wanted: Sequence[str]) -> BitMap:
+        """The contacts with one of the `wanted` statuses (a union of several is kept with
+        the index, as the statuses change only with it)."""
+        chosen = tuple(s for s in STATUSES if s in wanted)
         store = self.index.contact_bitmaps
-        return union_all([store.get(BitmapKeys.status(s)) for s in STATUSES if s in wanted])
+        if len(chosen) <= 1:
+            return union_all([store.get(BitmapKeys.status(s)) for s in chosen])
+        found = self.index.derived.get(("statuses", chosen))
+        if found is None:
+            found = self.index.derived[("statuses", chosen)] = union_all(
+                [store.get(BitmapKeys.status(s)) for s in chosen])
+        return found
+
+    def other_statuses(self, wanted: Sequence[str], rows: BitMap) -> BitMap:
+        """Every contact but `rows`, those with one of the `wanted` statuses (kept with
+        the index like `status_rows`)."""
+        key = ("not-statuses", tuple(s for s in STATUSES if s in wanted))
+        found = self.index.derived.get(key)
+        if found is None:
+            found = self.index.derived[key] = complement(rows, self.n)
+        return found
 
     def list_rows(self, op: str, values: tuple) -> Rows:
         store = self.index.contact_bitmaps
         names = [store.get(BitmapKeys.list_name(v.lower())) for v in dict.fromkeys(values)]
         if op == "includes":
             return union_all(names)
-        return intersect_all(names) if names else everyone(self.n)  # includes_all
+        return intersect_all(names, self.n) if names else everyone(self.n)  # includes_all
 
     # --- bucket rules ----------------------------------------------------------------
 
@@ -1276,7 +1391,7 @@ class Evaluator(Visitor[Rows]):
         low, high = window
         if low is None and high is None:
             if campaigns is None:
-                return BitMap(bitmaps.get(BitmapKeys.event_type(etype)))
+                return bitmaps.get(BitmapKeys.event_type(etype))
             return union_all([bitmaps.get(BitmapKeys.campaign(etype, c)) for c in campaigns])
         if campaigns is not None:
             return self.campaigns_in_window(etype, campaigns, window)
@@ -1285,7 +1400,7 @@ class Evaluator(Visitor[Rows]):
         hi = len(days) if high is None else bisect.bisect_right(days, high)
         selected = days[lo:hi]
         if len(selected) == len(days):
-            return BitMap(bitmaps.get(BitmapKeys.event_type(etype)))
+            return bitmaps.get(BitmapKeys.event_type(etype))
         if len(selected) == 0:
             return BitMap()
         if len(selected) > MAX_DAY_UNION:
