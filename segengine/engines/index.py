@@ -1247,18 +1247,10 @@ class Evaluator(Visitor[Rows]):
         top = low if high is None else high + 1
         if len(campaigns) * top * top > MAX_LEVEL_STEPS:
             return None
-        spans = self.campaign_spans(etype, campaigns)
-        if spans is None:
+        placed = self.campaigns_placed(etype, campaigns, window)
+        if placed is None:
             return None
-        first, last = spans
-        lo, hi = window
-        has = first <= last
-        inside = has & (first >= (lo if lo is not None else first)) & (
-            last <= (hi if hi is not None else last)
-        )
-        outside = ~has | (last < lo if lo is not None else False) | (
-            first > hi if hi is not None else False
-        )
+        inside, outside = placed
         if not np.all(inside | outside):
             return None
         levels: list[BitMap] = [BitMap() for _ in range(top + 1)]  # levels[0] unused
@@ -1428,26 +1420,38 @@ class Evaluator(Visitor[Rows]):
         opened and clicked within days of their send, so straddling is rare.) None for an
         index without campaign day ranges.
         """
-        spans = self.campaign_spans(etype, campaigns)
-        if spans is None:
+        placed = self.campaigns_placed(etype, campaigns, window)
+        if placed is None:
             return None
-        first, last = spans
-        low, high = window
-        has = first <= last
-        after_low = first >= low if low is not None else np.ones(len(first), bool)
-        before_high = last <= high if high is not None else np.ones(len(first), bool)
-        inside = has & after_low & before_high
-        outside = ~has
-        if low is not None:
-            outside |= last < low
-        if high is not None:
-            outside |= first > high
+        inside, outside = placed
         parts = [self.index.bitmaps.get(BitmapKeys.campaign(etype, int(c))) for c in campaigns[inside]]
         straddling = campaigns[~inside & ~outside]
         if len(straddling):
             rows = self.matching_rows(etype, straddling, window, None)
             parts.append(to_bitmap(np.sort(rows)))
         return union_all(parts)
+
+    def campaigns_placed(
+        self, etype: str, campaigns: np.ndarray, window: tuple[int | None, int | None]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(whether all of each campaign's events of `etype` fall inside `window`, whether
+        none do); a campaign that is neither straddles a bound. None for an index without
+        campaign day ranges."""
+        spans = self.campaign_spans(etype, campaigns)
+        if spans is None:
+            return None
+        first, last = spans
+        low, high = window
+        has = first <= last
+        inside = has.copy()
+        outside = ~has
+        if low is not None:
+            inside &= first >= low
+            outside |= last < low
+        if high is not None:
+            inside &= last <= high
+            outside |= first > high
+        return inside, outside
 
     def campaign_spans(
         self, etype: str, campaigns: np.ndarray
