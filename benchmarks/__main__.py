@@ -39,6 +39,9 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="small")
     parser.add_argument("--runs", type=int, default=5, help="timed warm runs per path (>= 1)")
+    parser.add_argument("--baseline-runs", type=int, default=None,
+                        help="timed warm runs of each baseline, if not --runs (at 10M a "
+                             "baseline's count takes seconds, segengine's milliseconds)")
     parser.add_argument("--engines", default=",".join(default_engines()),
                         type=lambda t: _names(t, ALL_ENGINES, "--engines"),
                         help="segengine engines to measure, from "
@@ -55,9 +58,12 @@ def parse_args(argv: list[str]) -> tuple[Options, bool]:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.baseline_runs is not None and args.baseline_runs < 1:
+        parser.error("--baseline-runs must be >= 1")
     if not {b for b in BASELINES if installed(b)} - set(args.skip_baselines):
         parser.error("--skip-baselines: keep at least one baseline (ratios are to the fastest)")
-    options = Options(scale=SCALES[args.scale], runs=args.runs, engines=args.engines,
+    options = Options(scale=SCALES[args.scale], runs=args.runs,
+                      baseline_runs=args.baseline_runs, engines=args.engines,
                       skip_baselines=args.skip_baselines, reimport=args.reimport,
                       cold_cli=not args.no_cold)
     return options, args.report_only

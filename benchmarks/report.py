@@ -104,11 +104,20 @@ def _data(run: Run) -> list[str]:
         f"({d['campaigns']} campaigns), seed {d['seed']}; raw Parquet "
         f"{d['contacts_bytes'] / MIB:,.0f} MiB + {d['events_bytes'] / MIB:,.0f} MiB",
         f"- {generated}",
-        f"- segments evaluated with `as_of = {AS_OF}`; {run.options.runs} warm runs after one "
-        "warm-up per path and segment",
+        f"- segments evaluated with `as_of = {AS_OF}`; {_runs(run)} after one warm-up per "
+        "path and segment",
         "",
     ]
     return [*lines, *_imports(run.imports)]
+
+
+def _runs(run: Run) -> str:
+    """How many timed warm runs each path had."""
+    runs, baseline = run.options.runs, run.options.baseline_runs
+    if baseline is None or baseline == runs:
+        return f"{runs} warm runs"
+    return (f"{runs} warm runs of each segengine path, {baseline} of each baseline "
+            "(whose counts take seconds: their medians are of fewer runs)")
 
 
 def _imports(imp: dict[str, Any]) -> list[str]:

@@ -72,6 +72,7 @@ class CountMismatch(BenchmarkError):
 class Options:
     scale: Scale
     runs: int = 5
+    baseline_runs: int | None = None  # timed runs of the baselines (None: `runs`)
     engines: tuple[str, ...] = ENGINE_ORDER
     skip_baselines: tuple[str, ...] = ()
     reimport: bool = False
@@ -104,6 +105,7 @@ class Run:
 
     def as_dict(self) -> dict[str, Any]:
         return {"scale": self.options.scale.name, "runs": self.options.runs,
+                "baseline_runs": self.options.baseline_runs,
                 **{k: getattr(self, k) for k in self.KEYS}}
 
 
@@ -117,7 +119,8 @@ def load_run(options: Options) -> Run:
         raise BenchmarkError(f"no results at {path}: run the benchmark first")
     saved = json.loads(path.read_text())
     runs = saved.get("runs", options.runs)
-    return Run(replace(options, runs=runs), **{k: saved[k] for k in Run.KEYS if k in saved})
+    return Run(replace(options, runs=runs, baseline_runs=saved.get("baseline_runs")),
+               **{k: saved[k] for k in Run.KEYS if k in saved})
 
 
 def saved_scales(cache: Path) -> list[str]:
@@ -357,7 +360,7 @@ def measure_segment(options: Options, run: Run, seg: BenchSegment, files: dict[s
         result, rss = step(options, {"step": "baseline", "baseline": name,
                                      "contacts": data["contacts_path"],
                                      "events": data["events_path"], "parts": list(seg.parts),
-                                     "as_of": AS_OF, "runs": options.runs,
+                                     "as_of": AS_OF, "runs": options.baseline_runs or options.runs,
                                      "work": str(options.cache / options.scale.name / "baselines")})
         paths[name] = _path_result(result, rss)
     check_agreement(seg.name, {path: r["total"] for path, r in paths.items()})

@@ -24,7 +24,7 @@ import pytest
 import segengine
 from benchmarks.__main__ import parse_args
 from benchmarks.baselines import BASELINES, OPTIONAL, installed
-from benchmarks.report import MET, MISSED, UNMEASURED, step_peaks, targets, write
+from benchmarks.report import MET, MISSED, UNMEASURED, _data, step_peaks, targets, write
 from benchmarks.runner import (
     CountMismatch,
     Options,
@@ -36,9 +36,10 @@ from benchmarks.runner import (
     execute,
     extra_event_count,
     load_run,
+    measure_segment,
     write_extra_events,
 )
-from benchmarks.suite import SCALES, SUITE
+from benchmarks.suite import SCALES, SUITE, segment_files
 from benchmarks.worker import index_is_current, refresh_index
 
 pytestmark = pytest.mark.xdist_group("benchmarks")  # one tiny run, on one worker
@@ -289,6 +290,23 @@ def test_extra_events_are_a_later_batch_of_the_scaled_size(run, tmp_path):
         f"SELECT count(*) FROM '{out}' WHERE campaign IN "
         "(SELECT campaign FROM read_parquet(?))", [run.data["events_path"]]).fetchone()[0]
     assert overlap == 0
+
+
+def test_baselines_can_take_fewer_timed_runs_than_segengine(run, tmp_path):
+    options = replace(run.options, runs=2, baseline_runs=1)
+    root = run.options.cache / "tiny"
+    seg = next(s for s in SUITE if s.name == "never-opened")
+    measured = measure_segment(options, run, seg, segment_files(root / "segments"),
+                               root / "workspace", run.data)
+    for path, result in measured["paths"].items():
+        assert result["runs"] == (2 if path.startswith("segengine-") else 1), path
+    shown = replace(run, options=options)
+    assert any("2 warm runs of each segengine path, 1 of each baseline" in line
+               for line in _data(shown))
+    assert not any("of each baseline" in line for line in _data(run))
+    assert parse_args(["--baseline-runs", "1"])[0].baseline_runs == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--baseline-runs", "0"])
 
 
 def test_a_saved_run_keeps_its_number_of_runs(run):
