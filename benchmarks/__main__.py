@@ -1,4 +1,4 @@
-"""``python -m benchmarks --scale small|1m|10m [--runs 5] [--engines ...] [--skip-baselines ...]``.
+"""``python -m benchmarks --scale small|1m|10m [--runs 5] [--baseline-runs N] [--engines ...] [--skip-baselines ...]``.
 
 Generates or reuses the data set and the workspace under benchmarks/.cache/<scale>,
 runs the suite through every engine and baseline, and writes benchmarks/RESULTS.md
@@ -9,7 +9,8 @@ Engines: duckdb, polars, index, auto, and spark when PySpark and Java are instal
 (Spark runs the whole suite in one session after the other paths; its start-up is
 reported apart). Name them with --engines to measure fewer, e.g. for 10m:
   python -m benchmarks --scale 10m --engines duckdb,index,auto \\
-      --skip-baselines pandas,polars-lazy --runs 3 --no-cold
+      --skip-baselines pandas,polars-lazy --runs 3 --baseline-runs 1 --no-cold
+(a baseline's count takes seconds at 10M: --baseline-runs 1 times one after its warm-up).
 """
 
 from __future__ import annotations
