@@ -199,9 +199,14 @@ class DataFusionBaseline:
     """One `SessionContext` with ``contacts`` and ``events`` tables over the raw files."""
 
     def __init__(self, data: RawData):
+        # Filters evaluated while decoding Parquet (off by default in DataFusion): the
+        # event filters keep a few percent of the rows, and this made the slowest
+        # segments 1.5x to 6x faster at 1M contacts.
         config = (SessionConfig()
                   .with_target_partitions(os.cpu_count() or 2)
-                  .set("datafusion.execution.time_zone", "UTC"))
+                  .set("datafusion.execution.time_zone", "UTC")
+                  .set("datafusion.execution.parquet.pushdown_filters", "true")
+                  .set("datafusion.execution.parquet.reorder_filters", "true"))
         self.ctx = SessionContext(config)
         self.ctx.register_parquet("contacts", str(data.contacts))
         self.ctx.register_parquet("events", str(data.events))
