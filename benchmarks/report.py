@@ -546,7 +546,10 @@ def _method() -> list[str]:
         "Parquet files** (contacts keyed by email, events carrying the email), not over the "
         "workspace: DuckDB SQL (views over the files, anti/semi joins), Polars lazy "
         "(`scan_parquet`, joins), pandas (`read_parquet` with `columns=` and pushed-down "
-        "`filters=`). Each reads the files on every call, as segengine's DuckDB and Polars "
+        "`filters=`), ClickHouse through chdb (`file()` views; `chdb-bitmap`: MergeTree "
+        "tables loaded once, with `groupBitmap*`) and DataFusion SQL (`register_parquet`, "
+        "semi/anti joins), each where its package of the `bench` extra is installed. Each "
+        "but `chdb-bitmap` reads the files on every call, as segengine's DuckDB and Polars "
         "engines read the workspace's Parquet files.",
         "- Every path's total (all statuses) must be identical on every segment, or the run "
         "fails naming the segment and the numbers.",

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -324,3 +325,83 @@ def test_an_index_older_than_the_index_code_is_rebuilt_before_measuring(run, tmp
     assert not index_is_current(segengine.open(workspace))
     assert refresh_index({"workspace": str(workspace)})["rebuilt"] is True
     assert index_is_current(segengine.open(workspace))
+
+
+# --- the baselines' semantics on untidy raw files ---------------------------------------
+
+#: contact instants whose UTC day is on one side of a suite window's edge and whose Los
+#: Angeles day is on the other: date_added (2025-01-01), last_login (the 365-day window
+#: from 2025-11-01; older than 30 days: by 2026-10-01). A baseline taking the zone's own
+#: day gets each segment wrong the same way, so the errors cannot cancel out.
+ADDED_AT_EDGE = "2025-01-01T03:00:00+00:00"
+LOGINS_AT_EDGES = ("2025-11-01T03:00:00+00:00", "2026-10-02T03:00:00+00:00")
+
+
+def _untidy_contacts(contacts, out) -> None:
+    """The generated contacts as people's files hold them: mixed case, spaces around
+    `;`, "" and null statuses for active contacts, "" titles, and timestamps in a zone
+    other than UTC (the same instants)."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(contacts).to_pylist()
+    for i, row in enumerate(rows):
+        if row["state"]:
+            row["state"] = (row["state"].lower(), row["state"].title(), row["state"])[i % 3]
+        if row["title"] and i % 4 == 0:
+            row["title"] = row["title"].upper()
+        elif row["title"] is None and i % 2 == 0:
+            row["title"] = ""
+        if row["status"] == "active":
+            row["status"] = ("ACTIVE", "", None, "Active", "active")[i % 5]
+        if row["lists"] and i % 2 == 0:
+            row["lists"] = " " + " ; ".join(n.title() for n in row["lists"].split(";")) + " "
+        if row["company"] and i % 3 == 0:
+            row["company"] = row["company"].upper()
+    for i, row in enumerate(rows[1::37]):
+        row["date_added"] = dt.datetime.fromisoformat(ADDED_AT_EDGE)
+        row["last_login"] = dt.datetime.fromisoformat(LOGINS_AT_EDGES[i % 2])
+    table = pa.Table.from_pylist(rows, schema=pq.read_schema(contacts))
+    zoned = pa.timestamp("us", tz="America/Los_Angeles")
+    for name in ("date_added", "last_login"):
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 table[name].cast(zoned))
+    pq.write_table(table, out)
+
+
+@pytest.fixture(scope="module")
+def untidy(run, tmp_path_factory):
+    """Untidy raw contacts, and every suite entry's total as segengine counts them."""
+    from benchmarks.baselines import RawData
+    from benchmarks.suite import AS_OF, segment_files
+
+    root = tmp_path_factory.mktemp("untidy")
+    contacts = root / "contacts.parquet"
+    _untidy_contacts(run.data["contacts_path"], contacts)
+    ws = segengine.Workspace.init(root / "workspace")
+    assert ws.import_contacts(contacts).rejected == 0
+    assert ws.import_events(run.data["events_path"]).rejected == 0
+    files = segment_files(root / "segments")
+    totals = {s.name: ws.count(*(files[p] for p in s.parts), as_of=AS_OF, engine="duckdb")["total"]
+              for s in SUITE}
+    return RawData(contacts, Path(run.data["events_path"]), root / "baselines"), totals
+
+
+@pytest.mark.parametrize("baseline", list(BASELINES))
+def test_baseline_matches_segengine_on_untidy_files(untidy, baseline):
+    import datetime as dt
+
+    from benchmarks.baselines import open_baseline
+    from benchmarks.suite import AS_OF
+
+    if not installed(baseline):
+        pytest.skip(f"{baseline} needs {OPTIONAL[baseline]} (pip install -e '.[bench]')")
+    data, expected = untidy
+    counter = open_baseline(baseline, data)
+    try:
+        got = {s.name: counter.count(s.parts, dt.date.fromisoformat(AS_OF)) for s in SUITE}
+    finally:
+        counter.close()
+    assert {n: (got[n], t) for n, t in expected.items() if got[n] != t} == {}

@@ -49,10 +49,12 @@ BASELINES: dict[str, str] = {
     "pandas": "benchmarks.baselines.pandas_frames:PandasBaseline",
     "chdb-parquet": "benchmarks.baselines.chdb_sql:ChdbParquetBaseline",
     "chdb-bitmap": "benchmarks.baselines.chdb_bitmap:ChdbBitmapBaseline",
+    "datafusion-sql": "benchmarks.baselines.datafusion_sql:DataFusionBaseline",
 }
 
 #: baselines on packages of the `bench` extra, not the default ones: baseline -> package
-OPTIONAL: dict[str, str] = {"chdb-parquet": "chdb", "chdb-bitmap": "chdb"}
+OPTIONAL: dict[str, str] = {"chdb-parquet": "chdb", "chdb-bitmap": "chdb",
+                             "datafusion-sql": "datafusion"}
 
 
 def installed(name: str) -> bool:

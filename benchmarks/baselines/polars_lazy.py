@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 
 import polars as pl
+import polars.selectors as cs
 
 from . import RawData, days_before, queries
 
@@ -22,7 +23,9 @@ class Frames:
     """The two lazy scans every query starts from."""
 
     def __init__(self, data: RawData):
-        self.contacts = pl.scan_parquet(data.contacts)
+        # `.dt.date()` of a zoned column is the day in its own zone: make the zone UTC
+        self.contacts = pl.scan_parquet(data.contacts).with_columns(
+            cs.datetime(time_zone="*").dt.convert_time_zone("UTC"))
         self.events = pl.scan_parquet(data.events)
 
     def of_type(self, kind: str) -> pl.LazyFrame:
@@ -45,7 +48,8 @@ def in_lists(*names: str) -> pl.Expr:
 
 
 def utc_day(name: str) -> pl.Expr:
-    """UTC date of a zoned (UTC) or naive (UTC by convention) timestamp column."""
+    """UTC date of a zoned (converted to UTC by `Frames`) or naive (UTC by convention)
+    timestamp column."""
     return pl.col(name).dt.date()
 
 
