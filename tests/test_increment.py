@@ -89,7 +89,12 @@ def counts(ws: segengine.Workspace, engine: str = "index") -> list[int]:
     return [ws.count(s, as_of="2026-11-01", engine=engine)["total"] for s in SEGMENTS]
 
 
-def test_a_later_batch_through_the_index_equals_one_through_the_data(tmp_path, monkeypatch):
+@pytest.mark.parametrize("lookup_batch", [imports.LOOKUP_BATCH, 4])
+def test_a_later_batch_through_the_index_equals_one_through_the_data(tmp_path, monkeypatch,
+                                                                     lookup_batch):
+    # addresses looked up a few at a time: the odd ones and each mailbox's contacts are
+    # found whichever batch they fall in
+    monkeypatch.setattr(imports, "LOOKUP_BATCH", lookup_batch)
     contacts = write(tmp_path / "c.csv", "email\n" + "".join(f"{e}\n" for e in PLAIN + ODD))
     rng = random.Random(5)
     typed = PLAIN + [" U3@X.IO", "bob@x.io", "alice@x.io", "ＡＬＩＣＥ@X.IO", "eve@x.io",

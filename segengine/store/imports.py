@@ -715,6 +715,8 @@ EVENT_COLUMNS = ("email", "campaign", "type", "timestamp", "url")
 CHUNK_ROWS = 10_000_000
 #: rows of a large file sampled to place the time ranges' bounds
 QUANTILE_SAMPLE = 1_000_000
+#: distinct addresses looked up in the index at a time (`known_from_index`)
+LOOKUP_BATCH = 1_000_000
 
 
 def import_events(
@@ -766,8 +768,12 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
     if source.fmt == "parquet":
         check_builtin_shapes(path, source, EVENT_COLUMNS)
     index = current_index(tx.base)
+    stored_end = stored_days_end(index)
     with progress.task(f"checking {source.rows:,} events"):
         key = match_addresses(con, tx, index)
+        # the email lookup's arrays (the 10M addresses of a big workspace) are not
+        # needed again: unmapped before DuckDB stages the events
+        del index
         checked = stage_checked_events(con, tx, source, key, chunk_rows)
     staged = sorted(str(f) for f in Path(checked).parent.parent.glob("chunk=*/*.parquet"))
     rows = f"read_parquet({file_list(staged)})" if staged else (
@@ -787,7 +793,7 @@ def _import_events(con, ws, tx, path, strict, rejects_path, progress, chunk_rows
     else:
         rejected, report, sample = write_rejects(con, ws.root, path, rejects_path)
     good = source.rows - rejected
-    written = write_event_chunks(con, tx, checked, good, progress, stored_days_end(index))
+    written = write_event_chunks(con, tx, checked, good, progress, stored_end)
     imported = sum(rows for _, rows in written)
     if imported:
         tx.manifest["events"] = [*tx.manifest["events"], *(tx.relative(f) for f, _ in written)]
@@ -879,27 +885,38 @@ def known_from_index(con: duckdb.DuckDBPyConnection, tx: Transaction, index: Ind
     """Define the table `known` (known_email, contact_id) of the stored contacts of the
     file's valid addresses from the index's email lookup; False when the index cannot
     (none, one that does not list its odd addresses, or a damaged file: the contacts'
-    own file is then read, and checked)."""
+    own file is then read, and checked).
+
+    The addresses are looked up LOOKUP_BATCH at a time, each batch's contacts written
+    to the staged file before the next is read: the lookup's arrays of all 10M
+    addresses of a big first import at once were the import's peak (~3 GB beside
+    DuckDB's tables).
+    """
     if index is None:
         return False
     import pyarrow as pa
 
-    wanted = con.sql(
-        "SELECT DISTINCT email FROM checked_addresses WHERE valid"
-    ).to_arrow_table().column("email").combine_chunks().cast(pa.string())
-    try:
-        found = index.contacts_of(wanted)
-        if found is None:
-            return False
-        which, rows = found
-        ids = np.asarray(index.ids)[rows]
-    except DamagedFile:
-        return False
     # handed to DuckDB as a staged file: any Arrow hand-over makes it import pandas
     staged = tx.staging / "known.parquet"
-    pq.write_table(pa.table({"known_email": wanted.take(pa.array(which)),
-                             "contact_id": pa.array(ids, pa.int64())}), staged,
-                   compression="none")
+    schema = pa.schema([("known_email", pa.string()), ("contact_id", pa.int64())])
+    reader = con.sql("SELECT DISTINCT email FROM checked_addresses WHERE valid").to_arrow_reader(
+        LOOKUP_BATCH)
+    try:
+        with pq.ParquetWriter(staged, schema, compression="none") as writer:
+            for batch in reader:
+                wanted = batch.column(0).cast(pa.string())
+                found = index.contacts_of(wanted)
+                if found is None:
+                    return False
+                which, rows = found
+                writer.write_table(pa.table({
+                    "known_email": wanted.take(pa.array(which)),
+                    "contact_id": pa.array(np.asarray(index.ids)[rows], pa.int64()),
+                }, schema=schema))
+    except DamagedFile:
+        return False
+    finally:
+        reader.close()
     con.execute(f"CREATE TEMP VIEW known AS SELECT * FROM read_parquet({lit(str(staged))})")
     return True
 
