@@ -181,7 +181,7 @@ def union_all(bitmaps: Sequence[BitMap]) -> BitMap:
     return BitMap.union(*bitmaps)
 
 
-def intersect_all(bitmaps: Sequence[BitMap], n: int | None = None) -> BitMap:
+def intersect_all(bitmaps: Sequence[BitMap], n: int) -> BitMap:
     """The intersection, one pair at a time: a chain of `&` is a few times faster than
     `BitMap.intersection(*bitmaps)` on bitmaps of millions of rows.
 
@@ -189,14 +189,10 @@ def intersect_all(bitmaps: Sequence[BitMap], n: int | None = None) -> BitMap:
     and turning an `&` of two dense chunks into values costs per row kept (about a
     millisecond per 500,000). Among `n` contacts, the dense bitmaps (at least one row in
     SPARSE_CHUNK) are intersected first, largest first, so the result turns sparse
-    once, at the end, and the sparse ones then go smallest first; without `n`, smallest
-    first.
+    once, at the end, and the sparse ones then go smallest first.
     """
-    if n is None:
-        ordered = sorted(bitmaps, key=len)
-    else:
-        dense = sorted((b for b in bitmaps if len(b) * SPARSE_CHUNK >= n), key=len, reverse=True)
-        ordered = dense + sorted((b for b in bitmaps if len(b) * SPARSE_CHUNK < n), key=len)
+    dense = sorted((b for b in bitmaps if len(b) * SPARSE_CHUNK >= n), key=len, reverse=True)
+    ordered = dense + sorted((b for b in bitmaps if len(b) * SPARSE_CHUNK < n), key=len)
     result = ordered[0]
     for other in ordered[1:]:
         result = result & other
